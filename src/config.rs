@@ -1,0 +1,345 @@
+//! Configuration from command-line flags and environment variables (`gatehouse --help`).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+
+use crate::storage::DbOptions;
+
+/// Shortest server secret accepted in production.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The `gatehouse` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Gatehouse: a gRPC identity service"
+)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+/// Development or production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// Generated secret, SQLite by default, reflection on.
+    Development,
+    /// Explicit secret required, reflection off unless enabled.
+    Production,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting; each flag also reads the environment variable shown in `--help`.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Development or production mode.
+    #[arg(long = "env", env = "GATEHOUSE_ENV", value_enum, default_value_t = Environment::Development)]
+    pub environment: Environment,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Database URL: sqlite://path/to/file.db or postgres://user@host/db
+    /// [default: sqlite://<data-dir>/gatehouse.db]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Folder for the SQLite database and the development secret.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Server secret (at least 32 bytes) keying token hashes. Prefer --secret-file.
+    #[arg(long, env = "GATEHOUSE_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub secret: Option<SecretString>,
+
+    /// File holding the server secret.
+    #[arg(long, env = "GATEHOUSE_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Absolute session lifetime.
+    #[arg(long, env = "GATEHOUSE_SESSION_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+
+    /// A session unused for this long ends.
+    #[arg(long, env = "GATEHOUSE_SESSION_IDLE_TIMEOUT", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// How often GetSession may write a session's last_active_at.
+    #[arg(long, env = "GATEHOUSE_SESSION_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub session_refresh_interval: Duration,
+
+    /// How often expired sessions are deleted.
+    #[arg(long, env = "GATEHOUSE_SESSION_PRUNE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub session_prune_interval: Duration,
+
+    /// Minimum password length in characters (ASVS: 8; NIST 800-63B-4 asks 15 when the password
+    /// is the only factor).
+    #[arg(long, env = "GATEHOUSE_PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub password_min_length: u16,
+
+    /// Argon2id memory cost in KiB.
+    #[arg(long, env = "GATEHOUSE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id iterations.
+    #[arg(long, env = "GATEHOUSE_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Argon2id parallelism.
+    #[arg(long, env = "GATEHOUSE_ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+
+    /// Password hashes computed at once [default: number of CPUs].
+    #[arg(long, env = "GATEHOUSE_HASH_THREADS")]
+    pub hash_threads: Option<usize>,
+
+    /// Password checks allowed to wait for a hashing thread; beyond it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEHOUSE_HASH_QUEUE_LIMIT", default_value_t = 1024)]
+    pub hash_queue_limit: usize,
+
+    /// Serve gRPC reflection [default: on in development, off in production].
+    #[arg(long, env = "GATEHOUSE_REFLECTION")]
+    pub reflection: Option<bool>,
+
+    /// Peers allowed to forward the end user's address (x-forwarded-for) and agent
+    /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges.
+    #[arg(
+        long,
+        env = "GATEHOUSE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "GATEHOUSE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Longest time a request may run, whatever deadline the client sent.
+    #[arg(long, env = "GATEHOUSE_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "GATEHOUSE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a query waits for a database connection before failing with UNAVAILABLE.
+    #[arg(long, env = "GATEHOUSE_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// How often the database is checked for the health service.
+    #[arg(long, env = "GATEHOUSE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info,tonic=warn,h2=warn,sqlx=warn"
+    )]
+    pub log_filter: String,
+
+    /// OTLP/gRPC collector for traces; unset means no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+// Manual, so that the database URL's password and the secret never reach a log.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("environment", &self.environment)
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url()))
+            .field("data_dir", &self.data_dir)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("secret_file", &self.secret_file)
+            .field("session_ttl", &self.session_ttl)
+            .field("session_idle_timeout", &self.session_idle_timeout)
+            .field("reflection", &self.reflection_enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:password@host` with the password replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Config {
+    /// Parses flags and environment.
+    pub fn from_args() -> (Option<Command>, Self) {
+        let cli = Cli::parse();
+        (cli.command, cli.config)
+    }
+
+    /// Defaults with no flags or environment: what tests start from.
+    pub fn default_for_test() -> Self {
+        Cli::parse_from(["gatehouse"]).config
+    }
+
+    /// Whether production mode is on.
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// Whether reflection is served.
+    pub fn reflection_enabled(&self) -> bool {
+        self.reflection.unwrap_or(!self.is_production())
+    }
+
+    /// The effective database URL.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("gatehouse.db").display()
+            )
+        })
+    }
+
+    /// Database connection settings.
+    pub fn db_options(&self) -> DbOptions {
+        DbOptions {
+            url: self.database_url(),
+            max_connections: self.db_max_connections.max(1),
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+
+    /// The server secret: given, read from a file, or (development only) generated once and
+    /// kept in the data folder.
+    pub fn load_secret(&self) -> anyhow::Result<SecretSlice<u8>> {
+        let given = match (&self.secret, &self.secret_file) {
+            (Some(secret), _) => Some(secret.expose_secret().as_bytes().to_vec()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the secret file {}", path.display()))?
+                    .trim()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (None, None) => None,
+        };
+        match given {
+            Some(bytes) if bytes.len() >= MIN_SECRET_BYTES => Ok(SecretSlice::from(bytes)),
+            Some(_) => bail!("the server secret must be at least {MIN_SECRET_BYTES} bytes"),
+            None if self.is_production() => bail!(
+                "production mode needs a server secret of at least {MIN_SECRET_BYTES} bytes: \
+                 set GATEHOUSE_SECRET_FILE or GATEHOUSE_SECRET"
+            ),
+            None => self.development_secret(),
+        }
+    }
+
+    fn development_secret(&self) -> anyhow::Result<SecretSlice<u8>> {
+        let path = self.data_dir.join("secret");
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            let bytes = existing.trim().as_bytes().to_vec();
+            if bytes.len() >= MIN_SECRET_BYTES {
+                return Ok(SecretSlice::from(bytes));
+            }
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating the data folder {}", self.data_dir.display()))?;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
+        let encoded = URL_SAFE_NO_PAD.encode(random);
+        write_private(&path, encoded.as_bytes())
+            .with_context(|| format!("writing the development secret {}", path.display()))?;
+        tracing::warn!(path = %path.display(), "generated a development secret");
+        Ok(SecretSlice::from(encoded.into_bytes()))
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("sqlite://data/g.db"), "sqlite://data/g.db");
+    }
+
+    #[test]
+    fn production_requires_a_long_secret() {
+        let mut config = Config::default_for_test();
+        config.environment = Environment::Production;
+        assert!(config.load_secret().is_err());
+        config.secret = Some(SecretString::from("short".to_owned()));
+        assert!(config.load_secret().is_err());
+        config.secret = Some(SecretString::from("x".repeat(32)));
+        assert!(config.load_secret().is_ok());
+        assert!(!config.reflection_enabled());
+    }
+}

@@ -1,0 +1,528 @@
+//! Learner profiles: field rules, partial updates and the consent rule.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    clock::Clock,
+    error::{Error, Violations},
+};
+use crate::storage::{ProfileRow, Store, StoreError};
+
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Parses a stored name.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// How much programming the reader has done.
+    ProgrammingLevel { /** New. */ Beginner = "beginner", /** Regular. */ Intermediate = "intermediate", /** Experienced. */ Advanced = "advanced" }
+);
+text_enum!(
+    /// What the reader knows of AI.
+    AiKnowledgeLevel { /** None. */ None = "none", /** Basics. */ Basic = "basic", /** Some. */ Intermediate = "intermediate", /** Expert. */ Advanced = "advanced" }
+);
+text_enum!(
+    /// Hardware experience.
+    HardwareExperience { /** None. */ None = "none", /** Basics. */ Basic = "basic", /** Robotics. */ Robotics = "robotics", /** Embedded. */ EmbeddedSystems = "embedded_systems" }
+);
+text_enum!(
+    /// Preferred way of learning.
+    LearningStyle { /** Theory. */ Theory = "theory", /** Code. */ CodeFirst = "code_first", /** Visual. */ Visual = "visual", /** Mixed. */ Mixed = "mixed" }
+);
+
+/// Longest free-text background.
+pub const MAX_BACKGROUND_CHARS: usize = 2000;
+/// Longest role.
+pub const MAX_ROLE_CHARS: usize = 100;
+/// Most list entries.
+pub const MAX_LIST_ITEMS: usize = 20;
+/// Longest programming language name.
+pub const MAX_LANGUAGE_CHARS: usize = 50;
+/// Longest interest.
+pub const MAX_INTEREST_CHARS: usize = 100;
+
+/// A learner profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// Background.
+    pub programming_level: Option<ProgrammingLevel>,
+    /// Background.
+    pub programming_languages: Vec<String>,
+    /// Background.
+    pub ai_knowledge_level: Option<AiKnowledgeLevel>,
+    /// Background.
+    pub hardware_experience: Option<HardwareExperience>,
+    /// Preference.
+    pub learning_style: Option<LearningStyle>,
+    /// Background.
+    pub software_background: String,
+    /// Background.
+    pub hardware_background: String,
+    /// Preference.
+    pub role: String,
+    /// Preference.
+    pub interests: Vec<String>,
+    /// Preference.
+    pub onboarding_completed: bool,
+    /// Consent to store the background fields.
+    pub consent_given: bool,
+    /// Output only.
+    pub consent_updated_at: Option<DateTime<Utc>>,
+    /// Output only.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A profile field that an update can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileField {
+    /// `programming_level`
+    ProgrammingLevel,
+    /// `programming_languages`
+    ProgrammingLanguages,
+    /// `ai_knowledge_level`
+    AiKnowledgeLevel,
+    /// `hardware_experience`
+    HardwareExperience,
+    /// `learning_style`
+    LearningStyle,
+    /// `software_background`
+    SoftwareBackground,
+    /// `hardware_background`
+    HardwareBackground,
+    /// `role`
+    Role,
+    /// `interests`
+    Interests,
+    /// `onboarding_completed`
+    OnboardingCompleted,
+    /// `consent_given`
+    ConsentGiven,
+}
+
+impl ProfileField {
+    /// Every updatable field.
+    pub const ALL: [ProfileField; 11] = [
+        Self::ProgrammingLevel,
+        Self::ProgrammingLanguages,
+        Self::AiKnowledgeLevel,
+        Self::HardwareExperience,
+        Self::LearningStyle,
+        Self::SoftwareBackground,
+        Self::HardwareBackground,
+        Self::Role,
+        Self::Interests,
+        Self::OnboardingCompleted,
+        Self::ConsentGiven,
+    ];
+
+    /// The proto field name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProgrammingLevel => "programming_level",
+            Self::ProgrammingLanguages => "programming_languages",
+            Self::AiKnowledgeLevel => "ai_knowledge_level",
+            Self::HardwareExperience => "hardware_experience",
+            Self::LearningStyle => "learning_style",
+            Self::SoftwareBackground => "software_background",
+            Self::HardwareBackground => "hardware_background",
+            Self::Role => "role",
+            Self::Interests => "interests",
+            Self::OnboardingCompleted => "onboarding_completed",
+            Self::ConsentGiven => "consent_given",
+        }
+    }
+
+    /// Parses a field-mask path.
+    pub fn parse(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == path)
+    }
+
+    /// Whether the field describes the person and so needs consent.
+    pub fn is_background(self) -> bool {
+        matches!(
+            self,
+            Self::ProgrammingLevel
+                | Self::ProgrammingLanguages
+                | Self::AiKnowledgeLevel
+                | Self::HardwareExperience
+                | Self::SoftwareBackground
+                | Self::HardwareBackground
+        )
+    }
+}
+
+impl Profile {
+    /// Checks lengths and list sizes, recording violations under `prefix`.
+    pub fn validate(&self, prefix: &str, v: &mut Violations) {
+        let text = |v: &mut Violations, name: &str, value: &str, max: usize| {
+            if value.chars().count() > max {
+                v.add(
+                    format!("{prefix}{name}"),
+                    format!("must be at most {max} characters"),
+                );
+            } else if value
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                v.add(
+                    format!("{prefix}{name}"),
+                    "must not contain control characters",
+                );
+            }
+        };
+        text(
+            v,
+            "software_background",
+            &self.software_background,
+            MAX_BACKGROUND_CHARS,
+        );
+        text(
+            v,
+            "hardware_background",
+            &self.hardware_background,
+            MAX_BACKGROUND_CHARS,
+        );
+        text(v, "role", &self.role, MAX_ROLE_CHARS);
+        let list = |v: &mut Violations, name: &str, items: &[String], max: usize| {
+            if items.len() > MAX_LIST_ITEMS {
+                v.add(
+                    format!("{prefix}{name}"),
+                    format!("must have at most {MAX_LIST_ITEMS} entries"),
+                );
+            }
+            for (i, item) in items.iter().enumerate() {
+                let trimmed = item.trim();
+                if trimmed.is_empty()
+                    || trimmed.chars().count() > max
+                    || trimmed.chars().any(char::is_control)
+                {
+                    v.add(
+                        format!("{prefix}{name}[{i}]"),
+                        format!("must be 1 to {max} characters of text"),
+                    );
+                }
+            }
+        };
+        list(
+            v,
+            "programming_languages",
+            &self.programming_languages,
+            MAX_LANGUAGE_CHARS,
+        );
+        list(v, "interests", &self.interests, MAX_INTEREST_CHARS);
+    }
+
+    /// The fields that hold a non-empty value (the implied mask of an update without one).
+    pub fn set_fields(&self) -> Vec<ProfileField> {
+        ProfileField::ALL
+            .into_iter()
+            .filter(|f| !self.is_empty(*f))
+            .collect()
+    }
+
+    fn is_empty(&self, field: ProfileField) -> bool {
+        use ProfileField as F;
+        match field {
+            F::ProgrammingLevel => self.programming_level.is_none(),
+            F::ProgrammingLanguages => self.programming_languages.is_empty(),
+            F::AiKnowledgeLevel => self.ai_knowledge_level.is_none(),
+            F::HardwareExperience => self.hardware_experience.is_none(),
+            F::LearningStyle => self.learning_style.is_none(),
+            F::SoftwareBackground => self.software_background.is_empty(),
+            F::HardwareBackground => self.hardware_background.is_empty(),
+            F::Role => self.role.is_empty(),
+            F::Interests => self.interests.is_empty(),
+            F::OnboardingCompleted => !self.onboarding_completed,
+            F::ConsentGiven => !self.consent_given,
+        }
+    }
+
+    fn copy_field(&mut self, from: &Profile, field: ProfileField) {
+        use ProfileField as F;
+        match field {
+            F::ProgrammingLevel => self.programming_level = from.programming_level,
+            F::ProgrammingLanguages => {
+                self.programming_languages = clean_list(&from.programming_languages)
+            }
+            F::AiKnowledgeLevel => self.ai_knowledge_level = from.ai_knowledge_level,
+            F::HardwareExperience => self.hardware_experience = from.hardware_experience,
+            F::LearningStyle => self.learning_style = from.learning_style,
+            F::SoftwareBackground => {
+                self.software_background = from.software_background.trim().to_owned()
+            }
+            F::HardwareBackground => {
+                self.hardware_background = from.hardware_background.trim().to_owned()
+            }
+            F::Role => self.role = from.role.trim().to_owned(),
+            F::Interests => self.interests = clean_list(&from.interests),
+            F::OnboardingCompleted => self.onboarding_completed = from.onboarding_completed,
+            F::ConsentGiven => self.consent_given = from.consent_given,
+        }
+    }
+
+    fn clear_background(&mut self) {
+        self.programming_level = None;
+        self.programming_languages.clear();
+        self.ai_knowledge_level = None;
+        self.hardware_experience = None;
+        self.software_background.clear();
+        self.hardware_background.clear();
+    }
+
+    /// Applies `fields` of `values` to this profile under the consent rule: setting a background
+    /// field without consent fails; withdrawing consent erases the background.
+    pub fn apply(
+        &self,
+        values: &Profile,
+        fields: &[ProfileField],
+        now: DateTime<Utc>,
+    ) -> Result<Profile, Error> {
+        let mut next = self.clone();
+        for field in fields {
+            next.copy_field(values, *field);
+        }
+        if !next.consent_given {
+            let offending: Vec<&str> = fields
+                .iter()
+                .filter(|f| f.is_background() && !values.is_empty(**f))
+                .map(|f| f.name())
+                .collect();
+            if !offending.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "consent_given must be true to store background fields ({})",
+                    offending.join(", ")
+                )));
+            }
+            next.clear_background();
+        }
+        if next.consent_given != self.consent_given {
+            next.consent_updated_at = Some(now);
+        }
+        next.updated_at = Some(now);
+        Ok(next)
+    }
+
+    /// The row that stores this profile for `user_id`.
+    pub fn to_row(&self, user_id: Uuid, version: i64, created_at: DateTime<Utc>) -> ProfileRow {
+        let json = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+        ProfileRow {
+            user_id,
+            programming_level: self.programming_level.map(|e| e.as_str().to_owned()),
+            programming_languages: json(&self.programming_languages),
+            ai_knowledge_level: self.ai_knowledge_level.map(|e| e.as_str().to_owned()),
+            hardware_experience: self.hardware_experience.map(|e| e.as_str().to_owned()),
+            learning_style: self.learning_style.map(|e| e.as_str().to_owned()),
+            software_background: self.software_background.clone(),
+            hardware_background: self.hardware_background.clone(),
+            role: self.role.clone(),
+            interests: json(&self.interests),
+            onboarding_completed: self.onboarding_completed,
+            consent_given: self.consent_given,
+            consent_updated_at: self.consent_updated_at,
+            version,
+            created_at,
+            updated_at: self.updated_at.unwrap_or(created_at),
+        }
+    }
+
+    /// The profile a row stores.
+    pub fn from_row(row: &ProfileRow) -> Result<Self, Error> {
+        let corrupt =
+            |what: &str| Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"));
+        let json = |text: &str, what: &str| {
+            serde_json::from_str::<Vec<String>>(text).map_err(|_| corrupt(what))
+        };
+        fn enumerated<T>(
+            text: &Option<String>,
+            parse: fn(&str) -> Option<T>,
+            what: &str,
+        ) -> Result<Option<T>, Error> {
+            match text {
+                None => Ok(None),
+                Some(t) => parse(t).map(Some).ok_or_else(|| {
+                    Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"))
+                }),
+            }
+        }
+        Ok(Self {
+            programming_level: enumerated(
+                &row.programming_level,
+                ProgrammingLevel::parse,
+                "programming_level",
+            )?,
+            programming_languages: json(&row.programming_languages, "programming_languages")?,
+            ai_knowledge_level: enumerated(
+                &row.ai_knowledge_level,
+                AiKnowledgeLevel::parse,
+                "ai_knowledge_level",
+            )?,
+            hardware_experience: enumerated(
+                &row.hardware_experience,
+                HardwareExperience::parse,
+                "hardware_experience",
+            )?,
+            learning_style: enumerated(
+                &row.learning_style,
+                LearningStyle::parse,
+                "learning_style",
+            )?,
+            software_background: row.software_background.clone(),
+            hardware_background: row.hardware_background.clone(),
+            role: row.role.clone(),
+            interests: json(&row.interests, "interests")?,
+            onboarding_completed: row.onboarding_completed,
+            consent_given: row.consent_given,
+            consent_updated_at: row.consent_updated_at,
+            updated_at: Some(row.updated_at),
+        })
+    }
+}
+
+fn clean_list(items: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let item = item.trim().to_owned();
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// Profile operations for signed-in users.
+pub struct Profiles {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Optimistic-concurrency attempts before giving up on a contended profile.
+const UPDATE_ATTEMPTS: usize = 5;
+
+impl Profiles {
+    /// Profile operations over `store`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// The user's profile; empty if never set.
+    #[tracing::instrument(skip_all)]
+    pub async fn get(&self, user_id: Uuid) -> Result<Profile, Error> {
+        match self.store.get_profile(user_id).await? {
+            Some(row) => Profile::from_row(&row),
+            None => Ok(Profile::default()),
+        }
+    }
+
+    /// Applies a partial update; concurrent updates of other fields are never lost.
+    #[tracing::instrument(skip_all)]
+    pub async fn update(
+        &self,
+        user_id: Uuid,
+        values: &Profile,
+        fields: &[ProfileField],
+    ) -> Result<Profile, Error> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let now = self.clock.now();
+            match self.store.get_profile(user_id).await? {
+                Some(row) => {
+                    let next = Profile::from_row(&row)?.apply(values, fields, now)?;
+                    if self
+                        .store
+                        .update_profile(
+                            &next.to_row(user_id, row.version, row.created_at),
+                            row.version,
+                        )
+                        .await?
+                    {
+                        return Ok(next);
+                    }
+                }
+                None => {
+                    let next = Profile::default().apply(values, fields, now)?;
+                    match self
+                        .store
+                        .insert_profile(&next.to_row(user_id, 1, now))
+                        .await
+                    {
+                        Ok(()) => return Ok(next),
+                        // Another request created it first: go round again and update it.
+                        Err(StoreError::Conflict(c)) if c.contains("pkey") || c == "unknown" => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(Error::Unavailable(anyhow::anyhow!(
+            "profile update kept conflicting"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_needs_consent_and_withdrawal_erases() {
+        let now = Utc::now();
+        let values = Profile {
+            programming_level: Some(ProgrammingLevel::Advanced),
+            ..Default::default()
+        };
+        let err = Profile::default().apply(&values, &[ProfileField::ProgrammingLevel], now);
+        assert!(
+            matches!(err, Err(Error::FailedPrecondition(m)) if m.contains("programming_level"))
+        );
+
+        let consented = Profile {
+            consent_given: true,
+            ..values.clone()
+        };
+        let stored = Profile::default()
+            .apply(
+                &consented,
+                &[ProfileField::ConsentGiven, ProfileField::ProgrammingLevel],
+                now,
+            )
+            .unwrap();
+        assert_eq!(stored.programming_level, Some(ProgrammingLevel::Advanced));
+        assert_eq!(stored.consent_updated_at, Some(now));
+
+        let withdrawn = stored
+            .apply(&Profile::default(), &[ProfileField::ConsentGiven], now)
+            .unwrap();
+        assert_eq!(withdrawn.programming_level, None);
+        assert!(!withdrawn.consent_given);
+    }
+
+    #[test]
+    fn row_round_trip() {
+        let p = Profile {
+            programming_languages: vec!["rust".into(), "python".into()],
+            learning_style: Some(LearningStyle::CodeFirst),
+            consent_given: true,
+            updated_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        let row = p.to_row(Uuid::nil(), 1, Utc::now());
+        assert_eq!(Profile::from_row(&row).unwrap(), p);
+    }
+}

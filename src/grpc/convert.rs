@@ -1,0 +1,235 @@
+//! Conversions between proto messages and domain values.
+
+use chrono::{DateTime, Utc};
+use prost_types::{FieldMask, Timestamp};
+
+use crate::{
+    domain::{
+        auth::{SessionView, SignedIn},
+        error::Violations,
+        profile::{
+            AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField,
+            ProgrammingLevel,
+        },
+    },
+    proto::v1 as pb,
+    storage::UserRow,
+};
+
+/// A protobuf timestamp.
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl From<UserRow> for pb::User {
+    fn from(u: UserRow) -> Self {
+        pb::User {
+            id: u.id.to_string(),
+            email: u.email,
+            name: u.name,
+            image: u.image,
+            email_verified: u.email_verified,
+            created_at: Some(timestamp(u.created_at)),
+            updated_at: Some(timestamp(u.updated_at)),
+        }
+    }
+}
+
+impl From<SessionView> for pb::Session {
+    fn from(s: SessionView) -> Self {
+        pb::Session {
+            id: s.row.id.to_string(),
+            user_id: s.row.user_id.to_string(),
+            created_at: Some(timestamp(s.row.created_at)),
+            expires_at: Some(timestamp(s.expires_at)),
+            last_active_at: Some(timestamp(s.row.last_active_at)),
+            ip_address: s.row.ip_address.unwrap_or_default(),
+            user_agent: s.row.user_agent.unwrap_or_default(),
+            current: s.current,
+        }
+    }
+}
+
+impl From<SignedIn> for pb::AuthResponse {
+    fn from(s: SignedIn) -> Self {
+        pb::AuthResponse {
+            user: Some(s.user.into()),
+            session: Some(s.session.into()),
+            session_token: s.token.into_string(),
+        }
+    }
+}
+
+impl From<&Profile> for pb::Profile {
+    fn from(p: &Profile) -> Self {
+        use pb::{
+            AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls,
+            ProgrammingLevel as Pl,
+        };
+        let level = p.programming_level.map_or(Pl::Unspecified, |l| match l {
+            ProgrammingLevel::Beginner => Pl::Beginner,
+            ProgrammingLevel::Intermediate => Pl::Intermediate,
+            ProgrammingLevel::Advanced => Pl::Advanced,
+        });
+        let ai = p.ai_knowledge_level.map_or(Ai::Unspecified, |l| match l {
+            AiKnowledgeLevel::None => Ai::None,
+            AiKnowledgeLevel::Basic => Ai::Basic,
+            AiKnowledgeLevel::Intermediate => Ai::Intermediate,
+            AiKnowledgeLevel::Advanced => Ai::Advanced,
+        });
+        let hw = p.hardware_experience.map_or(Hw::Unspecified, |l| match l {
+            HardwareExperience::None => Hw::None,
+            HardwareExperience::Basic => Hw::Basic,
+            HardwareExperience::Robotics => Hw::Robotics,
+            HardwareExperience::EmbeddedSystems => Hw::EmbeddedSystems,
+        });
+        let style = p.learning_style.map_or(Ls::Unspecified, |l| match l {
+            LearningStyle::Theory => Ls::Theory,
+            LearningStyle::CodeFirst => Ls::CodeFirst,
+            LearningStyle::Visual => Ls::Visual,
+            LearningStyle::Mixed => Ls::Mixed,
+        });
+        pb::Profile {
+            programming_level: level.into(),
+            programming_languages: p.programming_languages.clone(),
+            ai_knowledge_level: ai.into(),
+            hardware_experience: hw.into(),
+            learning_style: style.into(),
+            software_background: p.software_background.clone(),
+            hardware_background: p.hardware_background.clone(),
+            role: p.role.clone(),
+            interests: p.interests.clone(),
+            onboarding_completed: p.onboarding_completed,
+            consent_given: p.consent_given,
+            consent_updated_at: p.consent_updated_at.map(timestamp),
+            updated_at: p.updated_at.map(timestamp),
+        }
+    }
+}
+
+/// Decodes a proto profile's values, recording unknown enum numbers under `prefix`.
+/// Output-only fields are ignored.
+pub fn profile_from_pb(p: pb::Profile, prefix: &str, v: &mut Violations) -> Profile {
+    fn decode<P, D>(
+        v: &mut Violations,
+        field: String,
+        raw: i32,
+        map: impl Fn(P) -> Option<D>,
+    ) -> Option<D>
+    where
+        P: TryFrom<i32>,
+    {
+        match P::try_from(raw) {
+            Ok(value) => map(value),
+            Err(_) => {
+                v.add(field, format!("{raw} is not a known value"));
+                None
+            }
+        }
+    }
+    use pb::{
+        AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls,
+        ProgrammingLevel as Pl,
+    };
+    let programming_level = decode(
+        v,
+        format!("{prefix}programming_level"),
+        p.programming_level,
+        |l: Pl| match l {
+            Pl::Unspecified => None,
+            Pl::Beginner => Some(ProgrammingLevel::Beginner),
+            Pl::Intermediate => Some(ProgrammingLevel::Intermediate),
+            Pl::Advanced => Some(ProgrammingLevel::Advanced),
+        },
+    );
+    let ai_knowledge_level = decode(
+        v,
+        format!("{prefix}ai_knowledge_level"),
+        p.ai_knowledge_level,
+        |l: Ai| match l {
+            Ai::Unspecified => None,
+            Ai::None => Some(AiKnowledgeLevel::None),
+            Ai::Basic => Some(AiKnowledgeLevel::Basic),
+            Ai::Intermediate => Some(AiKnowledgeLevel::Intermediate),
+            Ai::Advanced => Some(AiKnowledgeLevel::Advanced),
+        },
+    );
+    let hardware_experience = decode(
+        v,
+        format!("{prefix}hardware_experience"),
+        p.hardware_experience,
+        |l: Hw| match l {
+            Hw::Unspecified => None,
+            Hw::None => Some(HardwareExperience::None),
+            Hw::Basic => Some(HardwareExperience::Basic),
+            Hw::Robotics => Some(HardwareExperience::Robotics),
+            Hw::EmbeddedSystems => Some(HardwareExperience::EmbeddedSystems),
+        },
+    );
+    let learning_style = decode(
+        v,
+        format!("{prefix}learning_style"),
+        p.learning_style,
+        |l: Ls| match l {
+            Ls::Unspecified => None,
+            Ls::Theory => Some(LearningStyle::Theory),
+            Ls::CodeFirst => Some(LearningStyle::CodeFirst),
+            Ls::Visual => Some(LearningStyle::Visual),
+            Ls::Mixed => Some(LearningStyle::Mixed),
+        },
+    );
+    Profile {
+        programming_level,
+        programming_languages: p.programming_languages,
+        ai_knowledge_level,
+        hardware_experience,
+        learning_style,
+        software_background: p.software_background,
+        hardware_background: p.hardware_background,
+        role: p.role,
+        interests: p.interests,
+        onboarding_completed: p.onboarding_completed,
+        consent_given: p.consent_given,
+        consent_updated_at: None,
+        updated_at: None,
+    }
+}
+
+/// The fields an update names: the mask's paths, `*` for all, or without a mask every field
+/// set in `values` (AIP-134).
+pub fn update_fields(
+    mask: Option<FieldMask>,
+    values: &Profile,
+    v: &mut Violations,
+) -> Vec<ProfileField> {
+    let paths = mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return values.set_fields();
+    }
+    if paths.iter().any(|p| p == "*") {
+        if paths.len() > 1 {
+            v.add("update_mask", "\"*\" cannot be combined with other paths");
+        }
+        return ProfileField::ALL.to_vec();
+    }
+    let mut fields = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let name = path.strip_prefix("profile.").unwrap_or(path);
+        match ProfileField::parse(name) {
+            Some(f) if !fields.contains(&f) => fields.push(f),
+            Some(_) => {}
+            None if name == "consent_updated_at" || name == "updated_at" => v.add(
+                format!("update_mask.paths[{i}]"),
+                format!("{name} is output only"),
+            ),
+            None => v.add(
+                format!("update_mask.paths[{i}]"),
+                format!("{path:?} is not a profile field"),
+            ),
+        }
+    }
+    fields
+}

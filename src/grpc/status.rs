@@ -1,0 +1,51 @@
+//! The only conversion from domain errors to gRPC statuses. Messages come from the variant,
+//! never from an underlying source, so no internal detail or secret reaches a client.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{Error, error::AuthFailure};
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                let mut summary = Vec::with_capacity(violations.len());
+                for v in &violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                    summary.push(format!("{} {}", v.field, v.description));
+                }
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid request: {}", summary.join("; ")),
+                    details,
+                )
+            }
+            Error::Unauthenticated(AuthFailure::InvalidCredentials) => {
+                Status::unauthenticated("invalid email or password")
+            }
+            Error::Unauthenticated(AuthFailure::InvalidSession) => {
+                Status::unauthenticated("missing, invalid or expired session token")
+            }
+            Error::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::ResourceExhausted(why) => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                Status::with_error_details(Code::ResourceExhausted, why, details)
+            }
+            Error::Unavailable(source) => {
+                tracing::warn!(error = %source, "store unavailable");
+                Status::unavailable("service temporarily unavailable; try again later")
+            }
+            Error::Internal(source) => {
+                tracing::error!(error = ?source, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Persistence: one set of operation-level traits with a PostgreSQL and a SQLite
+//! implementation, chosen at run time from the database URL. Knows sqlx, never tonic.
+
+mod postgres;
+mod queries;
+pub mod rows;
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use rows::{
+    CredentialRow, NewSession, NewUser, ProfileRow, SessionRow, SessionUserRow, UserRow,
+};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique or check constraint (named) refused the write.
+    #[error("conflict on {0}")]
+    Conflict(String),
+    /// The database cannot be reached or is overloaded; worth retrying.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else.
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+/// Connection settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// `sqlite://path` or `postgres://...`.
+    pub url: String,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before failing as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+/// Accounts and credentials.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Inserts a user and, in the same transaction, their profile. A taken email is
+    /// `Conflict("users_email_key")`.
+    async fn create_user(
+        &self,
+        user: &NewUser,
+        profile: Option<&ProfileRow>,
+    ) -> Result<UserRow, StoreError>;
+    /// The user with this normalised email and their password hash.
+    async fn find_credentials_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<CredentialRow>, StoreError>;
+    /// The password hash of a user (`None` if they have none or do not exist).
+    async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
+    /// Replaces a user's password hash.
+    async fn set_password_hash(
+        &self,
+        user_id: Uuid,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Deletes a user; sessions and profile go with it. False if there was no such user.
+    async fn delete_user(&self, user_id: Uuid) -> Result<bool, StoreError>;
+}
+
+/// Sessions, found by the keyed hash of their token.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session.
+    async fn create_session(&self, session: &NewSession) -> Result<SessionRow, StoreError>;
+    /// The session with this token hash and its user, in one query: the hot path.
+    async fn find_session(&self, token_hash: &[u8]) -> Result<Option<SessionUserRow>, StoreError>;
+    /// Moves a session's `last_active_at` forward.
+    async fn touch_session(&self, session_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// A user's sessions whose absolute expiry is after `now`, most recently used first.
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionRow>, StoreError>;
+    /// Deletes one session of a user. False if the user has no such session.
+    async fn delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
+    /// Deletes every session of a user except `keep`; returns how many went.
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> Result<u64, StoreError>;
+    /// Deletes sessions that can no longer validate; returns how many went.
+    async fn delete_expired_sessions(
+        &self,
+        absolute_before: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Learner profiles.
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// A user's profile, if one was ever stored.
+    async fn get_profile(&self, user_id: Uuid) -> Result<Option<ProfileRow>, StoreError>;
+    /// Inserts a profile (version 1). `Conflict` if the user already has one.
+    async fn insert_profile(&self, profile: &ProfileRow) -> Result<(), StoreError>;
+    /// Writes a profile only if the stored version is `expected_version`, bumping it. False if
+    /// another writer got there first.
+    async fn update_profile(
+        &self,
+        profile: &ProfileRow,
+        expected_version: i64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Everything Gatehouse stores.
+#[async_trait]
+pub trait Store: UserStore + SessionStore + ProfileStore {
+    /// Checks that the database answers (used by the health reporter).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes the pool, waiting for connections in use to be returned.
+    async fn close(&self);
+    /// Backend name, for logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the database named by `opts.url`, creating a SQLite file if needed.
+pub async fn connect(opts: &DbOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if opts.url.starts_with("postgres://") || opts.url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(opts).await?))
+    } else if opts.url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(opts).await?))
+    } else {
+        Err(StoreError::Other(sqlx::Error::Configuration(
+            "DATABASE_URL must start with sqlite:// or postgres://".into(),
+        )))
+    }
+}
+
+/// Applies pending migrations for the backend named by `opts.url`.
+pub async fn migrate(opts: &DbOptions) -> Result<(), StoreError> {
+    let store = connect(opts).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Sorts a sqlx error into the store's categories.
+pub(crate) fn classify(err: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match err {
+        E::RowNotFound => StoreError::NotFound,
+        E::PoolTimedOut
+        | E::PoolClosed
+        | E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::WorkerCrashed => StoreError::Unavailable(err),
+        E::Database(ref db) if db.is_unique_violation() || db.is_check_violation() => {
+            StoreError::Conflict(db.constraint().unwrap_or("unknown").to_owned())
+        }
+        E::Database(ref db) if is_transient(db.code().as_deref()) => StoreError::Unavailable(err),
+        other => StoreError::Other(other),
+    }
+}
+
+/// PostgreSQL SQLSTATE classes and SQLite result codes that mean "not now" rather than "never".
+fn is_transient(code: Option<&str>) -> bool {
+    let Some(code) = code else { return false };
+    // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
+    // intervention such as shutdown or "database does not allow connections" (57, 55000).
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55000"
+        // SQLite primary codes: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN (extended codes keep
+        // the primary in the low byte).
+        || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14))
+}

@@ -1,0 +1,165 @@
+//! Rows shared by both backends: the same columns, decoded from native types on each.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A user as stored, without credentials.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// Normalised email.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Picture URL.
+    pub image: Option<String>,
+    /// Whether the email is proven.
+    pub email_verified: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user with their password hash, for sign-in.
+#[derive(sqlx::FromRow)]
+pub struct CredentialRow {
+    /// The user.
+    #[sqlx(flatten)]
+    pub user: UserRow,
+    /// Argon2id PHC string, if the user has a password.
+    pub password_hash: Option<String>,
+}
+
+/// A user to insert.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Primary key (UUIDv7: index-friendly).
+    pub id: Uuid,
+    /// Normalised email.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: Option<String>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SessionRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Last use, as recorded (at most once per refresh interval).
+    pub last_active_at: DateTime<Utc>,
+    /// End user's IP at sign-in.
+    pub ip_address: Option<String>,
+    /// End user's agent at sign-in.
+    pub user_agent: Option<String>,
+}
+
+/// A session to insert.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// HMAC of the token.
+    pub token_hash: Vec<u8>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+    /// End user's IP.
+    pub ip_address: Option<String>,
+    /// End user's agent.
+    pub user_agent: Option<String>,
+}
+
+/// A session joined with its user, read in one query by `find_session`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionUserRow {
+    /// The session.
+    #[sqlx(flatten)]
+    pub session: SessionRow,
+    /// Its user (columns prefixed `u_`).
+    #[sqlx(rename = "u_email")]
+    pub email: String,
+    /// User's name.
+    #[sqlx(rename = "u_name")]
+    pub name: String,
+    /// User's picture.
+    #[sqlx(rename = "u_image")]
+    pub image: Option<String>,
+    /// User's verification state.
+    #[sqlx(rename = "u_email_verified")]
+    pub email_verified: bool,
+    /// User's creation time.
+    #[sqlx(rename = "u_created_at")]
+    pub user_created_at: DateTime<Utc>,
+    /// User's last change.
+    #[sqlx(rename = "u_updated_at")]
+    pub user_updated_at: DateTime<Utc>,
+}
+
+impl SessionUserRow {
+    /// Splits the joined row.
+    pub fn into_parts(self) -> (SessionRow, UserRow) {
+        let user = UserRow {
+            id: self.session.user_id,
+            email: self.email,
+            name: self.name,
+            image: self.image,
+            email_verified: self.email_verified,
+            created_at: self.user_created_at,
+            updated_at: self.user_updated_at,
+        };
+        (self.session, user)
+    }
+}
+
+/// A learner profile as stored. Enums are their lower-case names; lists are JSON arrays.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ProfileRow {
+    /// Owner and primary key.
+    pub user_id: Uuid,
+    /// `beginner` | `intermediate` | `advanced`.
+    pub programming_level: Option<String>,
+    /// JSON array of strings.
+    pub programming_languages: String,
+    /// `none` | `basic` | `intermediate` | `advanced`.
+    pub ai_knowledge_level: Option<String>,
+    /// `none` | `basic` | `robotics` | `embedded_systems`.
+    pub hardware_experience: Option<String>,
+    /// `theory` | `code_first` | `visual` | `mixed`.
+    pub learning_style: Option<String>,
+    /// Free text.
+    pub software_background: String,
+    /// Free text.
+    pub hardware_background: String,
+    /// Free text.
+    pub role: String,
+    /// JSON array of strings.
+    pub interests: String,
+    /// Onboarding finished.
+    pub onboarding_completed: bool,
+    /// Consent to store background fields.
+    pub consent_given: bool,
+    /// When consent last changed.
+    pub consent_updated_at: Option<DateTime<Utc>>,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}

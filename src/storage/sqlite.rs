@@ -1,0 +1,100 @@
+//! SQLite: the embedded default. One file in WAL mode, so readers never wait for the writer.
+
+use std::{os::unix::fs::MetadataExt, path::PathBuf, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    migrate::Migrator,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+
+use super::{
+    DbOptions, Store, StoreError, classify,
+    queries::{Backend, impl_queries},
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// The database file and its inode at start: if the file is deleted or replaced, the pool
+    /// would go on writing into a file nobody can see, so health must fail.
+    file: Option<(PathBuf, u64)>,
+}
+
+impl Backend for SqliteStore {
+    type Db = sqlx::Sqlite;
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn connect(opts: &DbOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(&opts.url)
+            .map_err(StoreError::Other)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL is durable against application crashes and much faster.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let path = connect.get_filename().to_path_buf();
+        let in_memory = opts.url.contains(":memory:") || path.as_os_str().is_empty();
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !in_memory && !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.into()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(classify)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other(e.into()))?;
+        let file = if in_memory {
+            None
+        } else {
+            let ino = std::fs::metadata(&path)
+                .map_err(|e| StoreError::Unavailable(e.into()))?
+                .ino();
+            Some((path, ino))
+        };
+        Ok(Self { pool, file })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if let Some((path, ino)) = &self.file {
+            let meta = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(e.into()))?;
+            if meta.ino() != *ino {
+                return Err(StoreError::Unavailable(sqlx::Error::Configuration(
+                    "the database file was replaced".into(),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+impl_queries!(SqliteStore);

@@ -1,0 +1,163 @@
+//! Health follows the database; reflection serves both protocols in development only.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+use crate::{
+    both_backends,
+    helpers::{Backend, TestApp, TestDb, spawn_app_with},
+};
+
+both_backends!(
+    health_turns_not_serving_when_the_database_goes_away,
+    reflection_lists_both_services
+);
+
+/// Waits (bounded) until the watched status of the whole server is `want`.
+async fn wait_for(app: &TestApp, want: ServingStatus) {
+    let mut stream = app
+        .health()
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(update)) = stream.next().await {
+            if update.status == want as i32 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "health never became {want:?}");
+}
+
+async fn health_turns_not_serving_when_the_database_goes_away(app: &TestApp) {
+    wait_for(app, ServingStatus::Serving).await;
+    let token = app.sign_up("outage@example.com").await.session_token;
+    match &*app.db {
+        TestDb::Sqlite { path, .. } => {
+            // A moved or deleted file would swallow writes into an unlinked inode.
+            let aside = path.with_extension("aside");
+            std::fs::rename(path, &aside).unwrap();
+            wait_for(app, ServingStatus::NotServing).await;
+            std::fs::rename(&aside, path).unwrap();
+            wait_for(app, ServingStatus::Serving).await;
+        }
+        TestDb::Postgres {
+            admin_url, name, ..
+        } => {
+            let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+            let sql = format!(
+                "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+            );
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            wait_for(app, ServingStatus::NotServing).await;
+            // Validation during the outage is UNAVAILABLE, never a false OK or a crash.
+            let during = app.get_session(&token).await.unwrap_err();
+            assert_eq!(during.code(), Code::Unavailable, "{during:?}");
+            assert!(!during.message().contains(name.as_str()));
+            let sql = format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true");
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            wait_for(app, ServingStatus::Serving).await;
+        }
+    }
+    assert!(
+        app.get_session(&token).await.is_ok(),
+        "recovered without a restart"
+    );
+}
+
+async fn reflection_lists_both_services(app: &TestApp) {
+    let v1 = list_services_v1(app).await.unwrap();
+    let v1alpha = list_services_v1alpha(app).await.unwrap();
+    for services in [&v1, &v1alpha] {
+        assert!(
+            services.contains(&"gatehouse.v1.AuthService".to_string()),
+            "{services:?}"
+        );
+        assert!(
+            services.contains(&"gatehouse.v1.ProfileService".to_string()),
+            "{services:?}"
+        );
+    }
+}
+
+async fn list_services_v1(app: &TestApp) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses.next().await.expect("one response")?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(app: &TestApp) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses.next().await.expect("one response")?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Production mode turns reflection off unless asked for (OWASP gRPC guidance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_mode_hides_reflection() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.environment = gatehouse::config::Environment::Production
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        list_services_v1(&app).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        list_services_v1alpha(&app).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    app.finish().await;
+}

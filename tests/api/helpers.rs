@@ -1,0 +1,367 @@
+//! Starts the real server on an ephemeral port against a fresh database and hands out
+//! generated clients. No sleeps: the listener is bound before the server task starts.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use chrono::{TimeZone, Utc};
+use gatehouse::{
+    Application, Config,
+    domain::ManualClock,
+    proto::v1::{
+        self as pb, auth_service_client::AuthServiceClient,
+        profile_service_client::ProfileServiceClient,
+    },
+};
+use secrecy::SecretString;
+use sqlx::{AssertSqlSafe, Connection};
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::health_client::HealthClient;
+
+/// A password that passes every rule.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database a test server uses, kept when the test fails.
+pub enum TestDb {
+    Sqlite {
+        _dir: TempDir,
+        path: PathBuf,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    /// Creates an empty database for one test; `None` when PostgreSQL is not configured
+    /// outside CI.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("gatehouse.db");
+                Some(TestDb::Sqlite { _dir: dir, path })
+            }
+            Backend::Postgres => {
+                let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
+                    if std::env::var("CI").is_ok_and(|v| v == "true") {
+                        panic!(
+                            "TEST_POSTGRES_URL must be set when CI=true: the suite must run on PostgreSQL"
+                        );
+                    }
+                    eprintln!(
+                        "notice: TEST_POSTGRES_URL is not set; skipping the PostgreSQL run of this test"
+                    );
+                    return None;
+                };
+                let name = format!("gh_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .expect("connect TEST_POSTGRES_URL");
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let url = with_database(&admin_url, &name);
+                Some(TestDb::Postgres {
+                    admin_url,
+                    name,
+                    url,
+                })
+            }
+        }
+    }
+
+    /// The URL the server connects to.
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite { path, .. } => format!("sqlite://{}?mode=rwc", path.display()),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// Drops a PostgreSQL test database (SQLite's folder goes with the TempDir).
+    pub async fn drop_database(&self) {
+        let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        else {
+            return;
+        };
+        if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+            let sql = AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+            let _ = sqlx::raw_sql(sql).execute(&mut conn).await;
+        }
+    }
+
+    /// Runs `sql` (no parameters) and returns every row's first column as text.
+    pub async fn query_texts(&self, sql: &'static str) -> Vec<String> {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+        }
+    }
+
+    /// Runs `sql` (no parameters) and returns every row's first column as bytes.
+    pub async fn query_blobs(&self, sql: &'static str) -> Vec<Vec<u8>> {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+        }
+    }
+
+    /// Counts rows of `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,gatehouse=debug")
+            .with_test_writer()
+            .try_init();
+    }
+});
+
+/// A running Gatehouse and clients for it.
+pub struct TestApp {
+    pub clock: ManualClock,
+    pub db: Arc<TestDb>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The test configuration: ephemeral port, fast health checks, fixed secret.
+pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
+    let mut config = Config::default_for_test();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = Some(db.url());
+    config.data_dir = data_dir.to_path_buf();
+    config.secret = Some(SecretString::from(
+        "test-secret-test-secret-test-secret!".to_owned(),
+    ));
+    config.health_interval = Duration::from_millis(100);
+    config.db_acquire_timeout = Duration::from_secs(1);
+    config.db_max_connections = 5;
+    config.hash_threads = Some(2);
+    config
+}
+
+/// Starts a server on a new database of `backend`; `None` if that backend is skipped.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a server on a new database, adjusting the configuration first.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let db = Arc::new(TestDb::create(backend).await?);
+    Some(spawn_on(db, tweak).await)
+}
+
+/// Starts a server on an existing test database.
+pub async fn spawn_on(db: Arc<TestDb>, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    LazyLock::force(&TRACING);
+    let data_dir = std::env::temp_dir();
+    let mut config = test_config(&db, &data_dir);
+    tweak(&mut config);
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap());
+    let app = Application::build(config, Arc::new(clock.clone()))
+        .await
+        .expect("build application");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    TestApp {
+        clock,
+        db,
+        channel,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn profile(&self) -> ProfileServiceClient<Channel> {
+        ProfileServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// Signs up `email` with [`PASSWORD`].
+    pub async fn sign_up(&self, email: &str) -> pb::AuthResponse {
+        self.auth()
+            .sign_up(pb::SignUpRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                name: "Test Reader".into(),
+                profile: None,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("sign-up of {email} failed: {s:?}"))
+            .into_inner()
+    }
+
+    /// Signs in `email` with `password`.
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::AuthResponse, tonic::Status> {
+        self.auth()
+            .sign_in(pb::SignInRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// GetSession with `token`.
+    pub async fn get_session(&self, token: &str) -> Result<pb::GetSessionResponse, tonic::Status> {
+        self.auth()
+            .get_session(bearer(pb::GetSessionRequest {}, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Stops the server and drops the database.
+    pub async fn finish(mut self) {
+        self.stop().await;
+        self.db.drop_database().await;
+    }
+
+    /// Stops the server, keeping the database.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+        }
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The field paths of an INVALID_ARGUMENT status's BadRequest details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Runs each named behaviour as a test on SQLite and on PostgreSQL. The database of a failed
+/// test is kept for inspection.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await {
+                        super::$name(&app).await;
+                        app.finish().await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await {
+                        super::$name(&app).await;
+                        app.finish().await;
+                    }
+                }
+            )*
+        }
+    };
+}

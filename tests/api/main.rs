@@ -1,0 +1,10 @@
+//! The integration suite: one binary, every behaviour run against the real server over gRPC,
+//! once on SQLite and once on PostgreSQL.
+
+mod helpers;
+
+mod auth;
+mod health;
+mod profile;
+mod sessions;
+mod storage;
