@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# CI for the Python client and the FastAPI integration: stubs up to date, types, then the
+# pytest suite against the real gatehouse binary (SQLite, and PostgreSQL when
+# TEST_POSTGRES_URL is set; CI=true makes a missing TEST_POSTGRES_URL a failure).
+# Run from anywhere; .ci/run calls it from the repository root.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="$here/.venv"
+cd "$repo"
+
+step() { printf '\n--> %s\n' "$*"; }
+
+step "virtualenv ($venv)"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[fastapi,dev]"
+
+step "generated stubs match proto/"
+"$venv/bin/python" "$here/generate.py" --check
+
+step "mypy (strict)"
+(cd "$here" && "$venv/bin/python" -m mypy)
+
+step "build gatehouse"
+cargo build -j2 --bin gatehouse
+
+step "pytest"
+export PATH="$venv/bin:$PATH"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+(cd "$here" && python -m pytest -q -p no:cacheprovider "$@") 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+summary="$(grep -E '^(=+ )?[0-9]+ (passed|failed|error)|no tests ran' "$log" | tail -n1 || true)"
+echo "pytest summary: ${summary:-<none>}"
+exit "$status"

@@ -1,0 +1,63 @@
+"""Python client for Gatehouse, the gRPC identity service.
+
+``Client`` (sync) and ``AsyncClient`` (asyncio) wrap the generated stubs; errors are
+:mod:`gatehouse.errors` exceptions; the FastAPI integration is :mod:`gatehouse.fastapi`
+(install the ``fastapi`` extra).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._common import DEFAULT_TIMEOUT, RetryPolicy, TlsConfig
+from ._proto.gatehouse.v1.auth_pb2 import AuthResponse, GetSessionResponse, Session, User
+from ._proto.gatehouse.v1.profile_pb2 import (
+    AiKnowledgeLevel,
+    HardwareExperience,
+    LearningStyle,
+    Profile,
+    ProgrammingLevel,
+)
+from .client import AsyncClient, Client
+from .errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    GatehouseError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AiKnowledgeLevel",
+    "AlreadyExists",
+    "AsyncClient",
+    "AuthResponse",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FieldViolation",
+    "GatehouseError",
+    "GetSessionResponse",
+    "HardwareExperience",
+    "InvalidArgument",
+    "LearningStyle",
+    "NotFound",
+    "PermissionDenied",
+    "Profile",
+    "ProgrammingLevel",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Session",
+    "TlsConfig",
+    "Unauthenticated",
+    "Unavailable",
+    "User",
+    "__version__",
+]

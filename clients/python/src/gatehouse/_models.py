@@ -1,0 +1,277 @@
+"""JSON models of the FastAPI integration and their conversion from and to the proto messages.
+
+Enums travel as short lower-case strings (``PROGRAMMING_LEVEL_ADVANCED`` is ``"advanced"``),
+unspecified enums and unset timestamps as ``null``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._proto.gatehouse.v1 import auth_pb2, profile_pb2
+
+ProgrammingLevelName = Literal["beginner", "intermediate", "advanced"]
+AiKnowledgeLevelName = Literal["none", "basic", "intermediate", "advanced"]
+HardwareExperienceName = Literal["none", "basic", "robotics", "embedded_systems"]
+LearningStyleName = Literal["theory", "code_first", "visual", "mixed"]
+
+#: Profile field -> (proto enum wrapper, value-name prefix, JSON literal type).
+ENUM_FIELDS: dict[str, tuple[Any, str, Any]] = {
+    "programming_level": (profile_pb2.ProgrammingLevel, "PROGRAMMING_LEVEL_", ProgrammingLevelName),
+    "ai_knowledge_level": (
+        profile_pb2.AiKnowledgeLevel,
+        "AI_KNOWLEDGE_LEVEL_",
+        AiKnowledgeLevelName,
+    ),
+    "hardware_experience": (
+        profile_pb2.HardwareExperience,
+        "HARDWARE_EXPERIENCE_",
+        HardwareExperienceName,
+    ),
+    "learning_style": (profile_pb2.LearningStyle, "LEARNING_STYLE_", LearningStyleName),
+}
+
+
+def enum_names(field: str) -> tuple[str, ...]:
+    """The JSON names the model accepts for an enum profile field."""
+    return tuple(get_args(ENUM_FIELDS[field][2]))
+
+
+def _enum_to_json(field: str, value: int) -> Any:
+    """The JSON name of an enum value (typed Any: pydantic checks it against the Literal)."""
+    wrapper, prefix, _ = ENUM_FIELDS[field]
+    if value == 0:
+        return None
+    try:
+        name: str = wrapper.Name(value)
+    except ValueError:  # a value newer than these stubs
+        return None
+    return name.removeprefix(prefix).lower()
+
+
+def _enum_from_json(field: str, name: str | None) -> int:
+    wrapper, prefix, _ = ENUM_FIELDS[field]
+    if name is None:
+        return 0
+    value: int = wrapper.Value(prefix + name.upper())
+    return value
+
+
+def timestamp(message: Message, field: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime, or None when unset."""
+    if not message.HasField(field):
+        return None
+    ts: Timestamp = getattr(message, field)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+class UserOut(BaseModel):
+    """A Gatehouse user."""
+
+    id: str
+    email: str
+    name: str
+    image: str | None = None
+    email_verified: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, user: auth_pb2.User) -> UserOut:
+        return cls(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            image=user.image if user.HasField("image") else None,
+            email_verified=user.email_verified,
+            created_at=timestamp(user, "created_at"),
+            updated_at=timestamp(user, "updated_at"),
+        )
+
+
+class SessionOut(BaseModel):
+    """A session (never its token)."""
+
+    id: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    last_active_at: datetime | None
+    ip_address: str
+    user_agent: str
+    current: bool
+
+    @classmethod
+    def from_proto(cls, session: auth_pb2.Session) -> SessionOut:
+        return cls(
+            id=session.id,
+            created_at=timestamp(session, "created_at"),
+            expires_at=timestamp(session, "expires_at"),
+            last_active_at=timestamp(session, "last_active_at"),
+            ip_address=session.ip_address,
+            user_agent=session.user_agent,
+            current=session.current,
+        )
+
+
+class SessionInfoOut(BaseModel):
+    """The signed-in user and their current session."""
+
+    user: UserOut
+    session: SessionOut
+
+
+class AuthOut(BaseModel):
+    """Result of sign-up and sign-in. ``session`` is null if Gatehouse signed nobody in (a
+    sign-up that must verify its email first). ``session_token`` is only filled when the
+    integration is configured with ``expose_token=True`` (browsers should rely on the cookie)."""
+
+    user: UserOut
+    session: SessionOut | None
+    session_token: str | None = None
+
+
+class SessionsOut(BaseModel):
+    """The caller's active sessions."""
+
+    sessions: list[SessionOut]
+
+
+class RevokedOut(BaseModel):
+    """How many sessions were revoked."""
+
+    revoked_count: int
+
+
+class ProfileOut(BaseModel):
+    """A learner profile."""
+
+    programming_level: ProgrammingLevelName | None = None
+    programming_languages: list[str] = Field(default_factory=list)
+    ai_knowledge_level: AiKnowledgeLevelName | None = None
+    hardware_experience: HardwareExperienceName | None = None
+    learning_style: LearningStyleName | None = None
+    software_background: str = ""
+    hardware_background: str = ""
+    role: str = ""
+    interests: list[str] = Field(default_factory=list)
+    onboarding_completed: bool = False
+    consent_given: bool = False
+    consent_updated_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, profile: profile_pb2.Profile) -> ProfileOut:
+        return cls(
+            programming_level=_enum_to_json("programming_level", profile.programming_level),
+            programming_languages=list(profile.programming_languages),
+            ai_knowledge_level=_enum_to_json("ai_knowledge_level", profile.ai_knowledge_level),
+            hardware_experience=_enum_to_json("hardware_experience", profile.hardware_experience),
+            learning_style=_enum_to_json("learning_style", profile.learning_style),
+            software_background=profile.software_background,
+            hardware_background=profile.hardware_background,
+            role=profile.role,
+            interests=list(profile.interests),
+            onboarding_completed=profile.onboarding_completed,
+            consent_given=profile.consent_given,
+            consent_updated_at=timestamp(profile, "consent_updated_at"),
+            updated_at=timestamp(profile, "updated_at"),
+        )
+
+
+class ProfileIn(BaseModel):
+    """Profile fields to set. As in a JSON merge patch, only the fields present in the body
+    change; ``null`` (or an empty value) clears one. Background fields need
+    ``consent_given: true``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    programming_level: ProgrammingLevelName | None = None
+    programming_languages: list[str] | None = None
+    ai_knowledge_level: AiKnowledgeLevelName | None = None
+    hardware_experience: HardwareExperienceName | None = None
+    learning_style: LearningStyleName | None = None
+    software_background: str | None = None
+    hardware_background: str | None = None
+    role: str | None = None
+    interests: list[str] | None = None
+    onboarding_completed: bool | None = None
+    consent_given: bool | None = None
+
+    def update_mask(self) -> list[str]:
+        """The proto field paths present in the request body, in declaration order."""
+        return [name for name in type(self).model_fields if name in self.model_fields_set]
+
+    def to_proto(self) -> profile_pb2.Profile:
+        """The proto Profile with the present fields set (absent and null fields empty)."""
+        profile = profile_pb2.Profile()
+        for name in self.update_mask():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name in ENUM_FIELDS:
+                setattr(profile, name, _enum_from_json(name, value))
+            elif isinstance(value, list):
+                getattr(profile, name).extend(value)
+            else:
+                setattr(profile, name, value)
+        return profile
+
+
+class SignUpIn(BaseModel):
+    """Sign-up form: Gatehouse checks the values and answers 422 with field errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str
+    password: str
+    name: str
+    profile: ProfileIn | None = None
+
+
+class SignInIn(BaseModel):
+    """Sign-in form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str
+    password: str
+
+
+class ChangePasswordIn(BaseModel):
+    """Password change form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str
+    new_password: str
+    revoke_other_sessions: bool = False
+
+
+class DeleteAccountIn(BaseModel):
+    """Account deletion form: the password, to confirm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str
+
+
+_INDEX_RE = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def field_location(path: str) -> list[str | int]:
+    """Splits a Gatehouse field path into a FastAPI-style location: ``profile.interests[2]``
+    becomes ``["profile", "interests", 2]``."""
+    location: list[str | int] = []
+    for part in path.split("."):
+        match = _INDEX_RE.match(part)
+        if match:
+            location.extend([match.group(1), int(match.group(2))])
+        elif part:
+            location.append(part)
+    return location

@@ -1,0 +1,29 @@
+"""Builders of the request messages, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf import field_mask_pb2
+
+from ._proto.gatehouse.v1 import auth_pb2, profile_pb2
+
+
+def sign_up(
+    email: str, password: str, name: str, profile: profile_pb2.Profile | None
+) -> auth_pb2.SignUpRequest:
+    """A SignUpRequest; the profile is included only when given."""
+    request = auth_pb2.SignUpRequest(email=email, password=password, name=name)
+    if profile is not None:
+        request.profile.CopyFrom(profile)
+    return request
+
+
+def update_profile(
+    profile: profile_pb2.Profile, update_mask: Iterable[str] | None
+) -> profile_pb2.UpdateProfileRequest:
+    """An UpdateProfileRequest. ``update_mask=None`` sends no mask (every non-empty field changes)."""
+    request = profile_pb2.UpdateProfileRequest(profile=profile)
+    if update_mask is not None:
+        request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+    return request

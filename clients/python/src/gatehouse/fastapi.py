@@ -1,0 +1,523 @@
+"""FastAPI integration: session dependencies, error mapping, cookie helpers and a ready router.
+
+>>> gatehouse = Gatehouse(AsyncClient("localhost:50051"))
+>>> gatehouse.install(app)                       # exception handlers for GatehouseError
+>>> app.include_router(gatehouse.router(), prefix="/auth")
+>>> @app.get("/me")
+... async def me(user: Annotated[CurrentUser, Depends(gatehouse.current_user)]) -> str:
+...     return user.user.email
+
+HTTP status mapping (:func:`http_exception`):
+
+==================== ==========================================================
+gRPC status          HTTP
+==================== ==========================================================
+UNAUTHENTICATED      401 (``WWW-Authenticate: Bearer``)
+PERMISSION_DENIED    403
+NOT_FOUND            404
+INVALID_ARGUMENT     422, ``detail`` lists field errors like FastAPI's own 422
+ALREADY_EXISTS       409
+FAILED_PRECONDITION  400 (the request cannot be applied as sent, e.g. background profile
+                     fields without consent; ``google.rpc.Code``'s own HTTP mapping)
+RESOURCE_EXHAUSTED   429 with ``Retry-After`` (seconds, from ``google.rpc.RetryInfo``)
+UNAVAILABLE          503 with ``Retry-After: 1`` (also when Gatehouse cannot be reached)
+DEADLINE_EXCEEDED    504
+anything else        502 (an upstream failure: never 500)
+==================== ==========================================================
+
+Session cache (``cache_ttl``, off by default): ``GetSession`` results are kept in this
+process for at most ``cache_ttl`` seconds. The trade-off: a session revoked elsewhere (another
+process, another device's "sign out everywhere", a password change) is still accepted here
+until its entry expires. Sign-out, password change, revoke and delete through this router
+evict locally at once. Keep the TTL short (a few seconds) or leave the cache off.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route annotations,
+# which use aliases local to Gatehouse.router().
+
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal, TypedDict
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from ._models import (
+    AuthOut,
+    ChangePasswordIn,
+    DeleteAccountIn,
+    ProfileIn,
+    ProfileOut,
+    RevokedOut,
+    SessionInfoOut,
+    SessionOut,
+    SessionsOut,
+    SignInIn,
+    SignUpIn,
+    UserOut,
+    field_location,
+)
+from ._proto.gatehouse.v1 import auth_pb2
+from .client import AsyncClient
+from .errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    GatehouseError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "AuthOut",
+    "CurrentUser",
+    "Gatehouse",
+    "ProfileIn",
+    "ProfileOut",
+    "SessionCache",
+    "gatehouse_exception_handler",
+    "http_exception",
+]
+
+DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
+
+_STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
+    (Unauthenticated, status.HTTP_401_UNAUTHORIZED),
+    (PermissionDenied, status.HTTP_403_FORBIDDEN),
+    (NotFound, status.HTTP_404_NOT_FOUND),
+    (InvalidArgument, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (AlreadyExists, status.HTTP_409_CONFLICT),
+    (FailedPrecondition, status.HTTP_400_BAD_REQUEST),
+    (ResourceExhausted, status.HTTP_429_TOO_MANY_REQUESTS),
+    (Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
+    (DeadlineExceeded, status.HTTP_504_GATEWAY_TIMEOUT),
+)
+
+
+def _violation_detail(violation: FieldViolation, strip_prefix: str) -> dict[str, Any]:
+    field = violation.field.removeprefix(strip_prefix)
+    return {
+        "loc": ["body", *field_location(field)],
+        "msg": violation.description,
+        "type": "gatehouse.invalid_argument",
+    }
+
+
+def http_exception(exc: GatehouseError, *, strip_field_prefix: str = "") -> HTTPException:
+    """The HTTPException a Gatehouse error becomes (see the module docstring for the table).
+
+    ``strip_field_prefix`` removes a proto prefix from field violation paths when the HTTP body
+    is shaped differently (the profile update body is the profile itself, so ``profile.``).
+    Messages of 5xx answers are generic; 4xx answers carry Gatehouse's message, which never
+    contains secrets or internal details.
+    """
+    code = next(
+        (http for cls, http in _STATUS_BY_ERROR if isinstance(exc, cls)),
+        status.HTTP_502_BAD_GATEWAY,
+    )
+    headers: dict[str, str] = {}
+    detail: Any = exc.message
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, InvalidArgument):
+        detail = [_violation_detail(v, strip_field_prefix) for v in exc.field_violations] or [
+            {"loc": ["body"], "msg": exc.message, "type": "gatehouse.invalid_argument"}
+        ]
+    elif isinstance(exc, ResourceExhausted):
+        retry = exc.retry_after if exc.retry_after is not None else 1.0
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    elif isinstance(exc, Unavailable):
+        headers["Retry-After"] = "1"
+        detail = "authentication service unavailable"
+    elif code >= 500:
+        detail = "authentication service error"
+    return HTTPException(status_code=code, detail=detail, headers=headers or None)
+
+
+async def gatehouse_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI exception handler for :class:`GatehouseError` raised in application code."""
+    if not isinstance(exc, GatehouseError):  # pragma: no cover - registered for GatehouseError
+        raise exc
+    http = http_exception(exc)
+    return JSONResponse({"detail": http.detail}, status_code=http.status_code, headers=http.headers)
+
+
+@contextmanager
+def _http_errors(strip_field_prefix: str = "") -> Iterator[None]:
+    try:
+        yield
+    except GatehouseError as exc:
+        raise http_exception(exc, strip_field_prefix=strip_field_prefix) from exc
+
+
+class ClientMeta(TypedDict):
+    """The end user's address and browser, forwarded to Gatehouse."""
+
+    client_ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentUser:
+    """The signed-in caller: Gatehouse's user and session, and the token that proved them."""
+
+    user: auth_pb2.User
+    session: auth_pb2.Session
+    token: str
+
+    @property
+    def id(self) -> str:
+        """The user's id."""
+        return self.user.id
+
+
+class SessionCache:
+    """A small LRU of GetSession results, keyed by SHA-256 of the token, with a TTL.
+
+    An entry lives at most ``ttl`` seconds and never past the session's own ``expires_at``.
+    Thread-safe; shared by every request of the process.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        if ttl <= 0 or max_entries < 1:
+            raise ValueError("ttl must be positive and max_entries at least 1")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, auth_pb2.GetSessionResponse]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> auth_pb2.GetSessionResponse | None:
+        """The cached result for ``token``, if fresh."""
+        key = self._key(token)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, token: str, response: auth_pb2.GetSessionResponse) -> None:
+        """Caches ``response`` for ``token``."""
+        lifetime = self.ttl
+        if response.session.HasField("expires_at"):
+            expires = response.session.expires_at.ToDatetime(tzinfo=UTC)
+            lifetime = min(lifetime, (expires - datetime.now(UTC)).total_seconds())
+        if lifetime <= 0:
+            return
+        with self._lock:
+            self._entries[self._key(token)] = (time.monotonic() + lifetime, response)
+            self._entries.move_to_end(self._key(token))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def evict(self, token: str) -> None:
+        """Forgets ``token``."""
+        with self._lock:
+            self._entries.pop(self._key(token), None)
+
+    def evict_user(self, user_id: str) -> None:
+        """Forgets every cached session of ``user_id``."""
+        with self._lock:
+            for key in [k for k, (_, r) in self._entries.items() if r.user.id == user_id]:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class Gatehouse:
+    """Gatehouse for a FastAPI app.
+
+    ``client`` is an :class:`AsyncClient` or a ``host:port`` target. The session token is read
+    from ``Authorization: Bearer <token>`` first, then from the cookie ``cookie_name``.
+    ``cookie_secure`` should stay ``True`` outside plain-http tests (browsers accept Secure
+    cookies on ``http://localhost``). ``cache_ttl`` (seconds, ``0`` = off) enables the
+    :class:`SessionCache` trade-off described in the module docstring. ``expose_token`` also
+    returns the token in sign-up/sign-in bodies, for non-browser clients.
+
+    The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
+    ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient | str,
+        *,
+        cookie_name: str = DEFAULT_COOKIE_NAME,
+        cookie_secure: bool = True,
+        cookie_domain: str | None = None,
+        cookie_path: str = "/",
+        cache_ttl: float = 0.0,
+        cache_max_entries: int = 10_000,
+        expose_token: bool = False,
+    ) -> None:
+        self.client = AsyncClient(client) if isinstance(client, str) else client
+        self.cookie_name = cookie_name
+        self.cookie_secure = cookie_secure
+        self.cookie_domain = cookie_domain
+        self.cookie_path = cookie_path
+        self.cache: SessionCache | None = (
+            SessionCache(cache_ttl, cache_max_entries) if cache_ttl > 0 else None
+        )
+        self.expose_token = expose_token
+
+    # Request helpers
+
+    def token_from_request(
+        self, request: Request
+    ) -> tuple[str, Literal["header", "cookie"]] | None:
+        """The session token and where it came from, or None."""
+        authorization = request.headers.get("authorization")
+        if authorization:
+            scheme, _, credentials = authorization.partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip(), "header"
+        cookie = request.cookies.get(self.cookie_name)
+        if cookie:
+            return cookie, "cookie"
+        return None
+
+    @staticmethod
+    def client_meta(request: Request) -> ClientMeta:
+        """The end user's IP and User-Agent, as keyword arguments for the client."""
+        return ClientMeta(
+            client_ip=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+        )
+
+    # Cookies
+
+    def set_session_cookie(self, response: Response, token: str, session: auth_pb2.Session) -> None:
+        """Sets the HttpOnly, SameSite=Lax session cookie, living until ``session.expires_at``."""
+        max_age = 0
+        if session.HasField("expires_at"):
+            expires = session.expires_at.ToDatetime(tzinfo=UTC)
+            max_age = max(0, int((expires - datetime.now(UTC)).total_seconds()))
+        response.set_cookie(
+            self.cookie_name,
+            token,
+            max_age=max_age,
+            path=self.cookie_path,
+            domain=self.cookie_domain,
+            secure=self.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+
+    def clear_session_cookie(self, response: Response) -> None:
+        """Expires the session cookie."""
+        response.delete_cookie(
+            self.cookie_name,
+            path=self.cookie_path,
+            domain=self.cookie_domain,
+            secure=self.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+
+    # Dependencies
+
+    async def _session(self, token: str) -> auth_pb2.GetSessionResponse:
+        if self.cache is not None:
+            cached = self.cache.get(token)
+            if cached is not None:
+                return cached
+        response = await self.client.get_session(token=token)
+        if self.cache is not None:
+            self.cache.put(token, response)
+        return response
+
+    async def current_user(self, request: Request) -> CurrentUser:
+        """Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable)."""
+        found = self.token_from_request(request)
+        if found is None:
+            raise http_exception(Unauthenticated("not signed in"))
+        with _http_errors():
+            response = await self._session(found[0])
+        return CurrentUser(user=response.user, session=response.session, token=found[0])
+
+    async def optional_user(self, request: Request) -> CurrentUser | None:
+        """Dependency: the signed-in caller, or None when there is no valid session.
+
+        Other failures (Gatehouse unavailable) still raise: a 503 is clearer than silently
+        treating a signed-in reader as anonymous.
+        """
+        try:
+            return await self.current_user(request)
+        except HTTPException as exc:
+            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+                return None
+            raise
+
+    # App wiring
+
+    def install(self, app: FastAPI) -> None:
+        """Registers :func:`gatehouse_exception_handler` for GatehouseError on ``app``."""
+        app.add_exception_handler(GatehouseError, gatehouse_exception_handler)
+
+    def router(self, *, tags: list[str] | None = None) -> APIRouter:
+        """An APIRouter with the auth endpoints a front end needs; mount it at e.g. ``/auth``.
+
+        ``POST /sign-up``, ``POST /sign-in``, ``POST /sign-out``, ``GET /session``,
+        ``GET /sessions``, ``DELETE /sessions/{id}``, ``POST /sessions/revoke-others``,
+        ``POST /change-password``, ``POST /delete-account``, ``GET /profile``,
+        ``PATCH /profile``.
+        """
+        router = APIRouter(tags=list(tags or ["auth"]))
+        gh = self
+        User = Annotated[CurrentUser, Depends(self.current_user)]
+
+        def auth_out(result: auth_pb2.AuthResponse) -> AuthOut:
+            signed_in = result.HasField("session") and bool(result.session_token)
+            return AuthOut(
+                user=UserOut.from_proto(result.user),
+                session=SessionOut.from_proto(result.session) if signed_in else None,
+                session_token=result.session_token if gh.expose_token and signed_in else None,
+            )
+
+        def set_cookie_for(response: Response, result: auth_pb2.AuthResponse) -> None:
+            if result.HasField("session") and result.session_token:
+                gh.set_session_cookie(response, result.session_token, result.session)
+
+        @router.post("/sign-up", status_code=status.HTTP_201_CREATED)
+        async def sign_up(body: SignUpIn, request: Request, response: Response) -> AuthOut:
+            """Creates an account (with optional profile), signs in and sets the cookie."""
+            profile = body.profile.to_proto() if body.profile is not None else None
+            with _http_errors():
+                result = await gh.client.sign_up(
+                    body.email, body.password, body.name, profile, **gh.client_meta(request)
+                )
+            set_cookie_for(response, result)
+            return auth_out(result)
+
+        @router.post("/sign-in")
+        async def sign_in(body: SignInIn, request: Request, response: Response) -> AuthOut:
+            """Signs in and sets the session cookie."""
+            with _http_errors():
+                result = await gh.client.sign_in(
+                    body.email, body.password, **gh.client_meta(request)
+                )
+            set_cookie_for(response, result)
+            return auth_out(result)
+
+        @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+        async def sign_out(request: Request) -> Response:
+            """Revokes the caller's session (if any) and clears the cookie. Always 204."""
+            response = Response(status_code=status.HTTP_204_NO_CONTENT)
+            found = gh.token_from_request(request)
+            if found is not None:
+                if gh.cache is not None:
+                    gh.cache.evict(found[0])
+                try:
+                    with _http_errors():
+                        await gh.client.sign_out(token=found[0])
+                except HTTPException as exc:
+                    if exc.status_code != status.HTTP_401_UNAUTHORIZED:
+                        raise
+            gh.clear_session_cookie(response)
+            return response
+
+        @router.get("/session")
+        async def session(user: User, request: Request, response: Response) -> SessionInfoOut:
+            """The signed-in user and session; a cookie session gets its cookie's lifetime
+            renewed to the session's (sliding) expiry."""
+            found = gh.token_from_request(request)
+            if found is not None and found[1] == "cookie":
+                gh.set_session_cookie(response, user.token, user.session)
+            return SessionInfoOut(
+                user=UserOut.from_proto(user.user), session=SessionOut.from_proto(user.session)
+            )
+
+        @router.get("/sessions")
+        async def list_sessions(user: User) -> SessionsOut:
+            """The caller's active sessions, the current one marked."""
+            with _http_errors():
+                sessions = await gh.client.list_sessions(token=user.token)
+            return SessionsOut(sessions=[SessionOut.from_proto(s) for s in sessions])
+
+        @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+        async def revoke_session(session_id: str, user: User) -> Response:
+            """Revokes one of the caller's sessions."""
+            with _http_errors():
+                await gh.client.revoke_session(session_id, token=user.token)
+            if gh.cache is not None:
+                gh.cache.evict_user(user.id)
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+        @router.post("/sessions/revoke-others")
+        async def revoke_other_sessions(user: User) -> RevokedOut:
+            """Signs the caller out everywhere else."""
+            with _http_errors():
+                count = await gh.client.revoke_other_sessions(token=user.token)
+            if gh.cache is not None:
+                gh.cache.evict_user(user.id)
+            return RevokedOut(revoked_count=count)
+
+        @router.post("/change-password")
+        async def change_password(body: ChangePasswordIn, user: User) -> RevokedOut:
+            """Changes the password, optionally revoking the other sessions."""
+            with _http_errors():
+                count = await gh.client.change_password(
+                    body.current_password,
+                    body.new_password,
+                    token=user.token,
+                    revoke_other_sessions=body.revoke_other_sessions,
+                )
+            if gh.cache is not None and body.revoke_other_sessions:
+                gh.cache.evict_user(user.id)
+            return RevokedOut(revoked_count=count)
+
+        @router.post("/delete-account", status_code=status.HTTP_204_NO_CONTENT)
+        async def delete_account(body: DeleteAccountIn, user: User) -> Response:
+            """Deletes the caller's account after checking the password; clears the cookie."""
+            with _http_errors():
+                await gh.client.delete_account(body.password, token=user.token)
+            if gh.cache is not None:
+                gh.cache.evict_user(user.id)
+            response = Response(status_code=status.HTTP_204_NO_CONTENT)
+            gh.clear_session_cookie(response)
+            return response
+
+        @router.get("/profile")
+        async def get_profile(user: User) -> ProfileOut:
+            """The caller's learner profile."""
+            with _http_errors():
+                profile = await gh.client.get_profile(token=user.token)
+            return ProfileOut.from_proto(profile)
+
+        @router.patch("/profile")
+        async def update_profile(body: ProfileIn, user: User) -> ProfileOut:
+            """Changes the profile fields present in the body (null clears a field)."""
+            return await gh.update_profile(user, body)
+
+        return router
+
+    async def update_profile(self, user: CurrentUser, body: ProfileIn) -> ProfileOut:
+        """Applies a :class:`ProfileIn` patch for ``user`` (shared by the router and apps)."""
+        mask = body.update_mask()
+        with _http_errors(strip_field_prefix="profile."):
+            if not mask:
+                profile = await self.client.get_profile(token=user.token)
+            else:
+                profile = await self.client.update_profile(body.to_proto(), mask, token=user.token)
+        return ProfileOut.from_proto(profile)

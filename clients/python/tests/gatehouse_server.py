@@ -1,0 +1,137 @@
+"""Starts the real ``gatehouse`` binary for tests, on SQLite or a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[3]
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: HealthCheckResponse{status: SERVING} on the wire.
+SERVING = b"\x08\x01"
+STARTUP_TIMEOUT = 30.0
+
+
+def gatehouse_binary() -> Path:
+    """The binary under test: $GATEHOUSE_BIN, or debug/gatehouse in cargo's target directory
+    ($CARGO_TARGET_DIR or target/), built if missing."""
+    override = os.environ.get("GATEHOUSE_BIN")
+    if override:
+        return Path(override)
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    binary = (target_dir if target_dir.is_absolute() else REPO / target_dir) / "debug" / "gatehouse"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "-j2", "--bin", "gatehouse"], cwd=REPO, check=True)
+    return binary
+
+
+def free_port() -> int:
+    """A port the OS just handed out (closed again before the server binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _psql(admin_url: str, sql: str) -> None:
+    subprocess.run(
+        ["psql", admin_url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def _with_database(admin_url: str, name: str) -> str:
+    base, _, query = admin_url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@dataclass
+class GatehouseServer:
+    """One running gatehouse process and the database it owns."""
+
+    backend: str
+    postgres_admin_url: str | None = None
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gh_py_")))
+    database: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> GatehouseServer:
+        if self.backend == "postgres":
+            if not self.postgres_admin_url:
+                raise RuntimeError("postgres backend needs TEST_POSTGRES_URL")
+            self.database = f"gh_py_{uuid.uuid4().hex}"
+            _psql(self.postgres_admin_url, f'CREATE DATABASE "{self.database}"')
+            database_url = _with_database(self.postgres_admin_url, self.database)
+        else:
+            database_url = f"sqlite://{self.tmp}/gatehouse.db?mode=rwc"
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "GATEHOUSE_LISTEN": self.target,
+            "DATABASE_URL": database_url,
+            "GATEHOUSE_DATA_DIR": str(self.tmp),
+            "GATEHOUSE_SECRET": "python-client-tests-secret-" + "x" * 16,
+            "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+        }
+        log = (self.tmp / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(gatehouse_binary())], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self._wait_serving()
+        return self
+
+    def _wait_serving(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with grpc.insecure_channel(self.target) as channel:
+            check = channel.unary_unary(HEALTH_CHECK)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"gatehouse exited at start:\n{self.log()}")
+                try:
+                    if check(b"", timeout=1.0) == SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gatehouse not SERVING within {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.tmp / "server.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self, *, drop: bool = True) -> None:
+        """SIGTERM (graceful), SIGKILL after 10 s; then drop the database and temp files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not drop:
+            return
+        if self.database and self.postgres_admin_url:
+            _psql(
+                self.postgres_admin_url, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'
+            )
+            self.database = None
+        shutil.rmtree(self.tmp, ignore_errors=True)

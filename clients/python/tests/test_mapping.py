@@ -1,0 +1,193 @@
+"""Unit tests of the status -> exception -> HTTP mapping and the JSON models (no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from gatehouse import errors
+from gatehouse._common import call_metadata
+from gatehouse._models import ENUM_FIELDS, ProfileIn, ProfileOut, enum_names, field_location
+from gatehouse._proto.gatehouse.v1 import profile_pb2
+from gatehouse.fastapi import SessionCache, http_exception
+
+
+def trailers(code: grpc.StatusCode, *details: object) -> list[tuple[str, bytes]]:
+    status = status_pb2.Status(code=code.value[0], message="m")
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)  # type: ignore[arg-type]
+        status.details.append(packed)
+    return [("grpc-status-details-bin", status.SerializeToString())]
+
+
+def test_resource_exhausted_carries_retry_info_and_maps_to_429() -> None:
+    retry = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=2, nanos=500_000_000)
+    )
+    err = errors.error_from_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "busy",
+        trailers(grpc.StatusCode.RESOURCE_EXHAUSTED, retry),
+    )
+    assert isinstance(err, errors.ResourceExhausted)
+    assert err.retry_after == 2.5
+    http = http_exception(err)
+    assert http.status_code == 429
+    assert http.headers == {"Retry-After": "3"}, "rounded up to whole seconds"
+
+    bare = http_exception(errors.ResourceExhausted("busy"))
+    assert bare.status_code == 429 and bare.headers == {"Retry-After": "1"}
+
+
+def test_bad_request_details_become_field_violations_and_422() -> None:
+    bad = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field="email", description="is not valid"),
+            error_details_pb2.BadRequest.FieldViolation(
+                field="profile.interests[1]", description="too long"
+            ),
+        ]
+    )
+    err = errors.error_from_status(
+        grpc.StatusCode.INVALID_ARGUMENT, "invalid", trailers(grpc.StatusCode.INVALID_ARGUMENT, bad)
+    )
+    assert isinstance(err, errors.InvalidArgument)
+    assert err.field_violations == (
+        errors.FieldViolation("email", "is not valid"),
+        errors.FieldViolation("profile.interests[1]", "too long"),
+    )
+    http = http_exception(err)
+    assert http.status_code == 422
+    assert [d["loc"] for d in http.detail] == [
+        ["body", "email"],
+        ["body", "profile", "interests", 1],
+    ]
+    stripped = http_exception(err, strip_field_prefix="profile.")
+    assert stripped.detail[1]["loc"] == ["body", "interests", 1]
+
+
+@pytest.mark.parametrize(
+    ("code", "cls", "http_status"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied, 403),
+        (grpc.StatusCode.NOT_FOUND, errors.NotFound, 404),
+        (grpc.StatusCode.ALREADY_EXISTS, errors.AlreadyExists, 409),
+        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition, 400),
+        (grpc.StatusCode.UNAVAILABLE, errors.Unavailable, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded, 504),
+        (grpc.StatusCode.INTERNAL, errors.GatehouseError, 502),
+        (grpc.StatusCode.UNKNOWN, errors.GatehouseError, 502),
+    ],
+)
+def test_every_code_maps_to_its_exception_and_a_non_500_status(
+    code: grpc.StatusCode, cls: type[errors.GatehouseError], http_status: int
+) -> None:
+    err = errors.error_from_status(code, "internal detail", [])
+    assert type(err) is cls
+    assert err.code is code
+    http = http_exception(err)
+    assert http.status_code == http_status
+    if http_status >= 500:
+        assert "internal detail" not in str(http.detail)
+
+
+def test_garbage_status_details_are_ignored() -> None:
+    err = errors.error_from_status(
+        grpc.StatusCode.INVALID_ARGUMENT, "bad", [("grpc-status-details-bin", b"\xff\xff")]
+    )
+    assert isinstance(err, errors.InvalidArgument) and err.field_violations == ()
+
+
+def test_metadata_is_sanitised() -> None:
+    md = dict(call_metadata("gate_abc", "2001:db8::1", "Browser\r\nX-Evil: 1 ü" + "a" * 600))
+    assert md["authorization"] == "Bearer gate_abc"
+    assert md["x-forwarded-for"] == "2001:db8::1"
+    assert "\r" not in md["x-forwarded-user-agent"] and "ü" not in md["x-forwarded-user-agent"]
+    assert len(md["x-forwarded-user-agent"]) == 512
+    assert "x-forwarded-for" not in dict(call_metadata(client_ip="testclient"))
+    for bad in ("", "gate abc", "gate_\n", "gaté"):
+        with pytest.raises(errors.Unauthenticated):
+            call_metadata(bad, token_required=True)
+
+
+def test_enum_names_match_the_proto() -> None:
+    for field, (wrapper, prefix, _) in ENUM_FIELDS.items():
+        proto_names = {
+            name.removeprefix(prefix).lower()
+            for name in wrapper.keys()
+            if not name.endswith("_UNSPECIFIED")
+        }
+        assert set(enum_names(field)) == proto_names, field
+
+
+def test_profile_patch_mask_follows_present_fields() -> None:
+    patch = ProfileIn.model_validate({"role": None, "learning_style": "visual", "interests": ["a"]})
+    assert patch.update_mask() == ["learning_style", "role", "interests"]
+    proto = patch.to_proto()
+    assert proto.learning_style == profile_pb2.LEARNING_STYLE_VISUAL
+    assert proto.role == "" and list(proto.interests) == ["a"]
+    out = ProfileOut.from_proto(proto)
+    assert out.learning_style == "visual" and out.programming_level is None
+    # Every proto input field is patchable; output-only fields are not.
+    inputs = {f.name for f in profile_pb2.Profile.DESCRIPTOR.fields} - {
+        "consent_updated_at",
+        "updated_at",
+    }
+    assert set(ProfileIn.model_fields) == inputs
+    assert set(ProfileOut.model_fields) == inputs | {"consent_updated_at", "updated_at"}
+
+
+def test_field_location() -> None:
+    assert field_location("update_mask.paths[0]") == ["update_mask", "paths", 0]
+    assert field_location("email") == ["email"]
+
+
+def test_session_cache_ttl_and_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatehouse._proto.gatehouse.v1 import auth_pb2
+
+    now = [1000.0]
+    monkeypatch.setattr("gatehouse.fastapi.time.monotonic", lambda: now[0])
+    cache = SessionCache(ttl=5, max_entries=2)
+    response = auth_pb2.GetSessionResponse()
+    response.user.id = "u1"
+    response.session.expires_at.FromDatetime(datetime.now(UTC) + timedelta(days=1))
+    cache.put("t1", response)
+    assert cache.get("t1") is response
+    now[0] += 5.1
+    assert cache.get("t1") is None, "expired after the TTL"
+    cache.put("t1", response)
+    cache.put("t2", response)
+    cache.put("t3", response)
+    assert len(cache) == 2 and cache.get("t1") is None, "least recently used dropped"
+    cache.evict_user("u1")
+    assert len(cache) == 0
+    expired = auth_pb2.GetSessionResponse()
+    expired.session.expires_at.FromSeconds(1)
+    cache.put("t4", expired)
+    assert cache.get("t4") is None, "never cached past the session's own expiry"
+
+
+def test_every_rpc_has_a_facade_method_on_both_clients() -> None:
+    import re
+
+    from gatehouse import AsyncClient, Client
+    from gatehouse._proto.gatehouse.v1 import auth_pb2
+
+    services = [
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+        profile_pb2.DESCRIPTOR.services_by_name["ProfileService"],
+    ]
+    rpcs = [m.name for s in services for m in s.methods]
+    assert "GetSession" in rpcs and "UpdateProfile" in rpcs
+    for rpc in rpcs:
+        method = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+        assert callable(getattr(Client, method, None)), f"Client.{method} missing for {rpc}"
+        assert callable(getattr(AsyncClient, method, None)), (
+            f"AsyncClient.{method} missing for {rpc}"
+        )

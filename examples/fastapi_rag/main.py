@@ -1,0 +1,177 @@
+"""A small RAG backend shaped like the book's, with Gatehouse for accounts and profiles.
+
+Public: ``POST /api/v1/query`` and ``POST /api/v1/select`` answer anyone, and personalise the
+answer from the reader's learner profile when a session cookie or bearer token is present.
+Protected: ``GET``/``POST /api/v1/profile``. The Gatehouse auth router is mounted at ``/auth``.
+
+The "retrieval" is a fixed list of passages and a word-overlap score: the point is the wiring.
+
+Run beside Gatehouse (see README.md)::
+
+    GATEHOUSE_TARGET=localhost:50051 uvicorn main:app --reload
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route annotations,
+# which use aliases local to create_app().
+
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, Field
+
+from gatehouse import AsyncClient
+from gatehouse.fastapi import CurrentUser, Gatehouse, ProfileIn, ProfileOut
+
+PASSAGES: tuple[tuple[str, str], ...] = (
+    (
+        "Chapter 2: ROS 2 nodes",
+        "A ROS 2 node is a process that publishes and subscribes to topics; nodes exchange "
+        "messages through the DDS middleware.",
+    ),
+    (
+        "Chapter 3: Kinematics",
+        "Forward kinematics computes where a humanoid robot's hand is from its joint angles; "
+        "inverse kinematics finds the joint angles that reach a target.",
+    ),
+    (
+        "Chapter 5: Vision-language-action models",
+        "A vision-language-action model maps camera images and an instruction to robot actions, "
+        "trained on demonstrations.",
+    ),
+)
+
+_LEVEL_ADVICE = {
+    "beginner": "in plain steps for a beginner programmer",
+    "intermediate": "for an intermediate programmer",
+    "advanced": "tersely, for an advanced programmer",
+}
+_STYLE_ADVICE = {
+    "theory": "starting from the theory",
+    "code_first": "code first, with a short example",
+    "visual": "with a diagram-style outline",
+    "mixed": "mixing theory and code",
+}
+
+
+class QueryIn(BaseModel):
+    """A question about the book."""
+
+    question: str = Field(min_length=1, max_length=2000)
+
+
+class SelectIn(BaseModel):
+    """Text the reader selected on a page, and an optional question about it."""
+
+    selected_text: str = Field(min_length=1, max_length=5000)
+    question: str | None = Field(default=None, max_length=2000)
+
+
+class AnswerOut(BaseModel):
+    """The answer, its sources, and whether it was tailored to the reader's profile."""
+
+    answer: str
+    sources: list[str]
+    personalized: bool
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def retrieve(text: str, k: int = 2) -> list[tuple[str, str]]:
+    """The k passages sharing the most words with ``text`` (a stand-in for vector search)."""
+    wanted = _words(text)
+    ranked = sorted(PASSAGES, key=lambda p: len(wanted & _words(p[1])), reverse=True)
+    return ranked[:k]
+
+
+def personalise(profile: ProfileOut | None) -> str | None:
+    """How to pitch the answer for this reader, or None when there is nothing to go on."""
+    if profile is None:
+        return None
+    parts = []
+    if profile.programming_level:
+        parts.append(_LEVEL_ADVICE[profile.programming_level])
+    if profile.learning_style:
+        parts.append(_STYLE_ADVICE[profile.learning_style])
+    if profile.programming_languages:
+        parts.append("with examples in " + ", ".join(profile.programming_languages))
+    return ", ".join(parts) or None
+
+
+def compose(question: str, passages: list[tuple[str, str]], pitch: str | None) -> str:
+    """A fake generated answer built from the retrieved passages."""
+    context = " ".join(text for _, text in passages)
+    intro = f"Explained {pitch}: " if pitch else ""
+    return f"{intro}{question.strip()} — {context}"
+
+
+def create_app(
+    target: str | None = None, *, cookie_secure: bool | None = None, cache_ttl: float = 0.0
+) -> FastAPI:
+    """Builds the app. ``target`` defaults to ``$GATEHOUSE_TARGET`` or ``localhost:50051``;
+    ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``)."""
+    target = target or os.environ.get("GATEHOUSE_TARGET", "localhost:50051")
+    if cookie_secure is None:
+        cookie_secure = os.environ.get("GATEHOUSE_COOKIE_SECURE", "true").lower() != "false"
+    gatehouse = Gatehouse(AsyncClient(target), cookie_secure=cookie_secure, cache_ttl=cache_ttl)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gatehouse.client.close()
+
+    app = FastAPI(title="Physical AI book backend (Gatehouse example)", lifespan=lifespan)
+    app.state.gatehouse = gatehouse
+    gatehouse.install(app)
+    app.include_router(gatehouse.router(), prefix="/auth")
+
+    Reader = Annotated[CurrentUser | None, Depends(gatehouse.optional_user)]
+    SignedIn = Annotated[CurrentUser, Depends(gatehouse.current_user)]
+
+    async def reader_profile(reader: CurrentUser | None) -> ProfileOut | None:
+        if reader is None:
+            return None
+        return ProfileOut.from_proto(await gatehouse.client.get_profile(token=reader.token))
+
+    @app.post("/api/v1/query")
+    async def query(body: QueryIn, reader: Reader) -> AnswerOut:
+        """Answers a question about the book; personalised for signed-in readers."""
+        pitch = personalise(await reader_profile(reader))
+        passages = retrieve(body.question)
+        return AnswerOut(
+            answer=compose(body.question, passages, pitch),
+            sources=[title for title, _ in passages],
+            personalized=pitch is not None,
+        )
+
+    @app.post("/api/v1/select")
+    async def select(body: SelectIn, reader: Reader) -> AnswerOut:
+        """Explains a selected passage; personalised for signed-in readers."""
+        pitch = personalise(await reader_profile(reader))
+        question = body.question or f"What does this mean: {body.selected_text}"
+        passages = retrieve(f"{body.selected_text} {question}", k=1)
+        return AnswerOut(
+            answer=compose(question, passages, pitch),
+            sources=[title for title, _ in passages],
+            personalized=pitch is not None,
+        )
+
+    @app.get("/api/v1/profile")
+    async def get_profile(user: SignedIn) -> ProfileOut:
+        """The signed-in reader's profile."""
+        return ProfileOut.from_proto(await gatehouse.client.get_profile(token=user.token))
+
+    @app.post("/api/v1/profile")
+    async def update_profile(body: ProfileIn, user: SignedIn) -> ProfileOut:
+        """Changes the fields present in the body (null clears one)."""
+        return await gatehouse.update_profile(user, body)
+
+    return app
+
+
+app = create_app()
