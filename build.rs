@@ -10,10 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `sqlx::migrate!` embeds these files; a build script disables cargo's default tracking.
     println!("cargo:rerun-if-changed=migrations");
 
-    let protos = [
-        "proto/gatehouse/v1/auth.proto",
-        "proto/gatehouse/v1/profile.proto",
-    ];
+    let protos = ["proto/gatehouse/v1/auth.proto", "proto/gatehouse/v1/profile.proto"];
     let fds = protox::Compiler::new(["proto"])?
         .include_imports(true)
         .include_source_info(true)
@@ -23,9 +20,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("gatehouse_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -8,18 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
-use crate::storage::DbOptions;
+use crate::{domain::limits::Rate, mail::SmtpTls, storage::DbOptions};
 
 /// Shortest server secret accepted in production.
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The `gatehouse` command line.
 #[derive(Debug, Parser)]
-#[command(
-    name = "gatehouse",
-    version,
-    about = "Gatehouse: a gRPC identity service"
-)]
+#[command(name = "gatehouse", version, about = "Gatehouse: a gRPC identity service")]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -131,12 +127,7 @@ pub struct Config {
 
     /// Peers allowed to forward the end user's address (x-forwarded-for) and agent
     /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges.
-    #[arg(
-        long,
-        env = "GATEHOUSE_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        default_value = "127.0.0.0/8,::1/128"
-    )]
+    #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
     pub trusted_proxies: Vec<IpNet>,
 
     /// Largest request message accepted, in bytes.
@@ -163,16 +154,130 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Refuse sign-in until the email address is verified; sign-up then returns no session and
+    /// answers a duplicate address exactly like a new one.
+    #[arg(long, env = "GATEHOUSE_REQUIRE_EMAIL_VERIFICATION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_email_verification: bool,
+
+    /// Base URL of the front end; mail links are <url>/verify-email?token=… and
+    /// <url>/reset-password?token=….
+    #[arg(long, env = "GATEHOUSE_FRONTEND_URL", default_value = "http://localhost:3000")]
+    pub frontend_url: String,
+
+    /// Lifetime of verification and email-change links.
+    #[arg(long, env = "GATEHOUSE_VERIFICATION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub verification_ttl: Duration,
+
+    /// Lifetime of password-reset links.
+    #[arg(long, env = "GATEHOUSE_RESET_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub reset_ttl: Duration,
+
+    /// Sender of every message.
+    #[arg(long, env = "GATEHOUSE_MAIL_FROM", default_value = "Gatehouse <no-reply@localhost>")]
+    pub mail_from: String,
+
+    /// SMTP relay host; unset means the development outbox (<data-dir>/outbox/*.eml).
+    #[arg(long, env = "GATEHOUSE_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// SMTP relay port.
+    #[arg(long, env = "GATEHOUSE_SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+
+    /// SMTP transport security.
+    #[arg(long, env = "GATEHOUSE_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
+    pub smtp_tls: SmtpTls,
+
+    /// SMTP login.
+    #[arg(long, env = "GATEHOUSE_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+
+    /// SMTP password. Prefer --smtp-password-file.
+    #[arg(long, env = "GATEHOUSE_SMTP_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub smtp_password: Option<SecretString>,
+
+    /// File holding the SMTP password.
+    #[arg(long, env = "GATEHOUSE_SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+
+    /// SMTP connection and command timeout.
+    #[arg(long, env = "GATEHOUSE_SMTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub smtp_timeout: Duration,
+
+    /// Delivery attempts per message before giving up.
+    #[arg(long, env = "GATEHOUSE_MAIL_ATTEMPTS", default_value_t = 5)]
+    pub mail_attempts: u32,
+
+    /// Wait before the first retry; doubles each time.
+    #[arg(long, env = "GATEHOUSE_MAIL_RETRY_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub mail_retry_backoff: Duration,
+
+    /// Folder of mail templates (<name>.txt and <name>.html) replacing the built-in ones.
+    #[arg(long, env = "GATEHOUSE_MAIL_TEMPLATES_DIR")]
+    pub mail_templates_dir: Option<PathBuf>,
+
+    /// Enforce rate limits.
+    #[arg(long, env = "GATEHOUSE_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rate_limits: bool,
+
+    /// SignIn attempts per email and client IP.
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_ACCOUNT", default_value = "5/1m")]
+    pub rate_sign_in_per_account: Rate,
+
+    /// SignIn attempts per client IP.
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_IP", default_value = "30/1m")]
+    pub rate_sign_in_per_ip: Rate,
+
+    /// SignUp calls per client IP.
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_UP_PER_IP", default_value = "10/1h")]
+    pub rate_sign_up_per_ip: Rate,
+
+    /// RequestPasswordReset calls per email.
+    #[arg(long, env = "GATEHOUSE_RATE_RESET_PER_EMAIL", default_value = "3/1h")]
+    pub rate_reset_per_email: Rate,
+
+    /// RequestPasswordReset calls per client IP.
+    #[arg(long, env = "GATEHOUSE_RATE_RESET_PER_IP", default_value = "20/1h")]
+    pub rate_reset_per_ip: Rate,
+
+    /// SendVerificationEmail and RequestEmailChange calls per account.
+    #[arg(long, env = "GATEHOUSE_RATE_VERIFICATION_PER_ACCOUNT", default_value = "3/1h")]
+    pub rate_verification_per_account: Rate,
+
+    /// VerifyEmail and ResetPassword calls per client IP.
+    #[arg(long, env = "GATEHOUSE_RATE_REDEEM_PER_IP", default_value = "20/1m")]
+    pub rate_redeem_per_ip: Rate,
+
+    /// Redis for rate-limit counters shared by every replica; unset keeps them in-process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of Gatehouse's Redis keys.
+    #[arg(long, env = "GATEHOUSE_REDIS_PREFIX", default_value = "gatehouse")]
+    pub redis_prefix: String,
+
+    /// Failed sign-ins in a row before an account is slowed down.
+    #[arg(long, env = "GATEHOUSE_LOCKOUT_THRESHOLD", default_value_t = 5)]
+    pub lockout_threshold: u32,
+
+    /// First lock after the threshold; doubles with each further failure.
+    #[arg(long, env = "GATEHOUSE_LOCKOUT_BASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lockout_base: Duration,
+
+    /// Longest lock.
+    #[arg(long, env = "GATEHOUSE_LOCKOUT_MAX", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub lockout_max: Duration,
+
+    /// How long audit events are kept.
+    #[arg(long, env = "GATEHOUSE_AUDIT_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
     /// Log format.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's EnvFilter syntax.
-    #[arg(
-        long,
-        env = "RUST_LOG",
-        default_value = "info,tonic=warn,h2=warn,sqlx=warn"
-    )]
+    #[arg(long, env = "RUST_LOG", default_value = "info,tonic=warn,h2=warn,sqlx=warn")]
     pub log_filter: String,
 
     /// OTLP/gRPC collector for traces; unset means no export.
@@ -197,6 +302,9 @@ impl fmt::Debug for Config {
             .field("session_ttl", &self.session_ttl)
             .field("session_idle_timeout", &self.session_idle_timeout)
             .field("reflection", &self.reflection_enabled())
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_password", &self.smtp_password.as_ref().map(|_| "[redacted]"))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .finish_non_exhaustive()
     }
 }
@@ -207,12 +315,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -244,12 +347,9 @@ impl Config {
 
     /// The effective database URL.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("gatehouse.db").display()
-            )
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("gatehouse.db").display()))
     }
 
     /// Database connection settings.
@@ -286,6 +386,20 @@ impl Config {
         }
     }
 
+    /// The SMTP password, from the flag or its file.
+    pub fn smtp_password(&self) -> anyhow::Result<Option<SecretString>> {
+        match (&self.smtp_password, &self.smtp_password_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(path)) => Ok(Some(SecretString::from(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the SMTP password file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+
     fn development_secret(&self) -> anyhow::Result<SecretSlice<u8>> {
         let path = self.data_dir.join("secret");
         if let Ok(existing) = std::fs::read_to_string(&path) {
@@ -308,12 +422,7 @@ impl Config {
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(data)
 }
 
@@ -323,10 +432,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db/x"),
-            "postgres://app:***@db/x"
-        );
+        assert_eq!(redact_url("postgres://app:hunter2@db/x"), "postgres://app:***@db/x");
         assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact_url("sqlite://data/g.db"), "sqlite://data/g.db");
     }

@@ -1,14 +1,13 @@
 //! Gatehouse: a gRPC identity service (accounts, sessions, learner profiles) over SQLite or
 //! PostgreSQL. `main.rs` is a thin shim over this library so that tests link the real server.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod mail;
 pub mod proto;
+pub mod ratelimit;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -8,5 +8,4 @@ pub mod v1 {
 
 /// Encoded descriptor set of every Gatehouse proto file and its imports, with comments, for
 /// server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/gatehouse_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gatehouse_descriptor.bin"));

@@ -11,11 +11,16 @@ use tonic_health::ServingStatus;
 use crate::{
     config::Config,
     domain::{
-        Auth, AuthConfig, Clock, Profiles,
+        Auth, AuthConfig, AuthDeps, Clock, Lockout, Profiles,
+        audit::AuditLog,
+        limits::{Limiter, RateLimitBackend, Rates},
+        notify::Notifier,
         password::{HashParams, PasswordHasher, PasswordPolicy},
         token::TokenHasher,
     },
     grpc::{self, GrpcSettings, health},
+    mail::{MailQueue, Outbox, Smtp, SmtpSettings, Transport},
+    ratelimit::{MemoryLimits, RedisLimits},
     storage::{self, Store},
 };
 
@@ -38,20 +43,18 @@ impl Application {
             );
         }
         let secret = config.load_secret()?;
-        let tokens = TokenHasher::new(secret.expose_secret())
-            .map_err(|e| anyhow::anyhow!("token key: {e}"))?;
+        let key = |purpose: &str| {
+            TokenHasher::new(secret.expose_secret(), purpose).map_err(|e| anyhow::anyhow!("token key: {e}"))
+        };
+        let (session_tokens, link_tokens) = (key("session")?, key("email link")?);
 
         let db = config.db_options();
-        let store = storage::connect(&db).await.with_context(|| {
-            format!(
-                "opening the database {}",
-                crate::config::redact_url(&db.url)
-            )
-        })?;
+        let store = storage::connect(&db)
+            .await
+            .with_context(|| format!("opening the database {}", crate::config::redact_url(&db.url)))?;
 
-        let threads = config
-            .hash_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads =
+            config.hash_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let params = HashParams {
             m_cost: config.argon2_memory_kib,
             t_cost: config.argon2_iterations,
@@ -62,29 +65,74 @@ impl Application {
             session_ttl: delta(config.session_ttl)?,
             idle_timeout: delta(config.session_idle_timeout)?,
             refresh_interval: delta(config.session_refresh_interval)?,
-            password: PasswordPolicy {
-                min_chars: usize::from(config.password_min_length),
+            password: PasswordPolicy { min_chars: usize::from(config.password_min_length) },
+            require_email_verification: config.require_email_verification,
+            verification_ttl: delta(config.verification_ttl)?,
+            reset_ttl: delta(config.reset_ttl)?,
+            lockout: Lockout {
+                threshold: config.lockout_threshold,
+                base: delta(config.lockout_base)?,
+                max: delta(config.lockout_max)?,
             },
         };
-        let auth = Arc::new(Auth::new(
-            Arc::clone(&store),
+        let transport: Arc<dyn Transport> = match &config.smtp_host {
+            Some(host) => {
+                let settings = SmtpSettings {
+                    host: host.clone(),
+                    port: config.smtp_port,
+                    tls: config.smtp_tls,
+                    username: config.smtp_username.clone(),
+                    password: config.smtp_password()?,
+                    timeout: config.smtp_timeout,
+                };
+                Arc::new(Smtp::new(&settings, &config.mail_from)?)
+            }
+            None => {
+                let dir = config.data_dir.join("outbox");
+                if config.is_production() {
+                    tracing::warn!(dir = %dir.display(), "no SMTP relay configured: mail goes to the outbox folder");
+                }
+                // Links carry single-use tokens: log them only in development.
+                Arc::new(Outbox::new(dir, &config.mail_from, !config.is_production())?)
+            }
+        };
+        let queue = Arc::new(MailQueue::start(transport, config.mail_attempts, config.mail_retry_backoff));
+        let notifier = Arc::new(Notifier::new(queue, &config.frontend_url, config.mail_templates_dir.as_deref())?);
+        let rates = Rates {
+            sign_in_per_account_ip: config.rate_sign_in_per_account,
+            sign_in_per_ip: config.rate_sign_in_per_ip,
+            sign_up_per_ip: config.rate_sign_up_per_ip,
+            password_reset_per_email: config.rate_reset_per_email,
+            password_reset_per_ip: config.rate_reset_per_ip,
+            verification_per_account: config.rate_verification_per_account,
+            redeem_per_ip: config.rate_redeem_per_ip,
+        };
+        let backend: Arc<dyn RateLimitBackend> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisLimits::connect(url, &config.redis_prefix, Arc::clone(&clock))
+                    .await
+                    .with_context(|| format!("connecting to Redis {}", crate::config::redact_url(url)))?,
+            ),
+            None => Arc::new(MemoryLimits::new(&rates, Arc::clone(&clock))),
+        };
+        let limiter_key = config.rate_limits.then(|| secret.expose_secret());
+        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key)?);
+        let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
+        let deps = AuthDeps {
+            store: Arc::clone(&store),
             hasher,
-            tokens,
-            Arc::clone(&clock),
-            auth_config,
-        ));
+            session_tokens,
+            link_tokens,
+            clock: Arc::clone(&clock),
+            audit,
+            limiter,
+            notifier,
+        };
+        let auth = Arc::new(Auth::new(deps, auth_config));
         let profiles = Arc::new(Profiles::new(Arc::clone(&store), clock));
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self {
-            config,
-            listener,
-            store,
-            auth,
-            profiles,
-        })
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { config, listener, store, auth, profiles })
     }
 
     /// The bound address (useful when listening on port 0).
@@ -94,21 +142,13 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, gives
     /// in-flight calls the grace period, and closes the database pool.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_all(&reporter, ServingStatus::NotServing).await;
-        let watcher = tokio::spawn(health::watch_store(
-            Arc::clone(&self.store),
-            reporter.clone(),
-            self.config.health_interval,
-        ));
-        let pruner = tokio::spawn(prune_sessions(
-            Arc::clone(&self.auth),
-            self.config.session_prune_interval,
-        ));
+        let watcher =
+            tokio::spawn(health::watch_store(Arc::clone(&self.store), reporter.clone(), self.config.health_interval));
+        let retention = delta(self.config.audit_retention)?;
+        let pruner = tokio::spawn(prune(Arc::clone(&self.auth), self.config.session_prune_interval, retention));
 
         let addr = self.local_addr();
         tracing::info!(%addr, backend = self.store.backend(), reflection = self.config.reflection_enabled(), "gatehouse listening");
@@ -129,14 +169,7 @@ impl Application {
             request_timeout: self.config.request_timeout,
             trusted_proxies: self.config.trusted_proxies.clone(),
         };
-        let server = grpc::serve(
-            self.listener,
-            settings,
-            self.auth,
-            self.profiles,
-            health_service,
-            on_shutdown,
-        );
+        let server = grpc::serve(self.listener, settings, self.auth, self.profiles, health_service, on_shutdown);
         let grace = self.config.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from),
@@ -153,15 +186,20 @@ impl Application {
     }
 }
 
-async fn prune_sessions(auth: Arc<Auth>, every: Duration) {
+/// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
+async fn prune(auth: Arc<Auth>, every: Duration, audit_retention: TimeDelta) {
     let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
     loop {
         ticker.tick().await;
-        match auth.prune_expired_sessions().await {
+        let report = |what: &str, result: Result<u64, crate::domain::Error>| match result {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "pruned expired sessions"),
-            Err(error) => tracing::warn!(%error, "pruning expired sessions failed"),
-        }
+            Ok(n) => tracing::info!(deleted = n, "pruned {what}"),
+            Err(error) => tracing::warn!(%error, "pruning {what} failed"),
+        };
+        report("expired sessions", auth.prune_expired_sessions().await);
+        report("stale email tokens", auth.prune_stale_tokens().await);
+        report("old audit events", auth.audit().prune(audit_retention).await);
+        auth.limiter().shrink();
     }
 }
 

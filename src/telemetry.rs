@@ -18,11 +18,7 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(Err(error)) = self
-            .provider
-            .take()
-            .map(|p| p.shutdown_with_timeout(Duration::from_secs(5)))
-        {
+        if let Some(Err(error)) = self.provider.take().map(|p| p.shutdown_with_timeout(Duration::from_secs(5))) {
             eprintln!("gatehouse: flushing traces failed: {error}");
         }
     }
@@ -33,19 +29,13 @@ pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&config.log_filter)?;
     let fmt = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed(),
     };
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .build()?;
+            let exporter =
+                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone()).build()?;
             // OTEL_SERVICE_NAME, when set, wins over this default.
             let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "gatehouse".into());
             Some(
@@ -57,17 +47,9 @@ pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
         }
         None => None,
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("gatehouse"))
-            .boxed()
-    });
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("gatehouse")).boxed());
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
 }
 
@@ -93,9 +75,7 @@ pub fn rpc_span<B>(request: &http::Request<B>) -> Span {
         rpc.grpc.status_code = Empty,
         latency_ms = Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(request.headers()))
-    });
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     // Without an OTel layer there is nothing to attach to; that is not an error.
     let _ = span.set_parent(parent);
     span
@@ -103,11 +83,7 @@ pub fn rpc_span<B>(request: &http::Request<B>) -> Span {
 
 /// Records the outcome of an RPC on its span and logs it: failures at INFO, successes at DEBUG
 /// (GetSession is called on every request of every backend).
-pub fn record_rpc_end(
-    headers_or_trailers: Option<&http::HeaderMap>,
-    latency: Duration,
-    span: &Span,
-) {
+pub fn record_rpc_end(headers_or_trailers: Option<&http::HeaderMap>, latency: Duration, span: &Span) {
     let Some(code) = headers_or_trailers
         .and_then(|h| h.get("grpc-status"))
         .and_then(|v| v.to_str().ok())

@@ -1,1 +1,320 @@
-fn main() {}
+//! Load generator: starts a `gatehouse` server as a child process, drives it through the
+//! generated client with many concurrent streams, and prints throughput, latency percentiles
+//! and the server's peak memory. See BENCHMARKS.md for the commands and recorded figures.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+};
+use clap::Parser;
+use gatehouse::proto::v1::{self as pb, auth_service_client::AuthServiceClient};
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+#[derive(Debug, Parser)]
+#[command(about = "Drive a Gatehouse server and print throughput, latency and memory figures")]
+struct Args {
+    /// The server binary to start (build it with --release first).
+    #[arg(long, default_value = "target/release/gatehouse")]
+    server_bin: PathBuf,
+    /// Database for the server: a fresh sqlite:// file by default, or a postgres:// URL of an
+    /// empty database.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Concurrent request streams for the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the streams are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Length of each measured run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Streams of GetSession measured with and without the sign-in storm.
+    #[arg(long, default_value_t = 8)]
+    probe_concurrency: usize,
+}
+
+/// Results of one run.
+struct Run {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[idx]) / 1000.0
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<34} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors)",
+            self.rate(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.requests,
+            self.errors
+        );
+    }
+}
+
+/// Runs `streams` copies of `call` in a loop for `duration`, recording each call's latency.
+async fn drive<F, Fut>(streams: usize, duration: Duration, call: F) -> Run
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let (call, stop, errors) = (Arc::clone(&call), Arc::clone(&stop), Arc::clone(&errors));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 14);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if call(i).await {
+                    latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    Run { requests: latencies_us.len() as u64, errors: errors.load(Ordering::Relaxed), elapsed, latencies_us }
+}
+
+/// Argon2id verifications per second on all cores, outside the server: the ceiling for SignIn.
+fn raw_verifications_per_second(duration: Duration) -> anyhow::Result<f64> {
+    let argon2 =
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19_456, 2, 1, None).map_err(anyhow::Error::msg)?);
+    let phc = argon2.hash_password(b"benchmark password").map_err(anyhow::Error::msg)?.to_string();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (phc, count) = (phc.clone(), Arc::clone(&count));
+            std::thread::spawn(move || {
+                let argon2 = Argon2::default();
+                let hash = PasswordHash::new(&phc).ok();
+                while start.elapsed() < duration {
+                    if let Some(hash) = &hash {
+                        let _ = argon2.verify_password(b"benchmark password", hash);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+fn peak_rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile_dir()?;
+    let database_url =
+        args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}/bench.db?mode=rwc", dir.display()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = tokio::process::Command::new(&args.server_bin)
+        .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &database_url)
+        .env("GATEHOUSE_DATA_DIR", &dir)
+        .env("GATEHOUSE_SECRET", "benchmark-secret-benchmark-secret-0123")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.server_bin.display()))?;
+    let pid = child.id().context("server pid")?;
+    let backend = database_url.split(':').next().unwrap_or("?").to_owned();
+
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(connect_when_serving(&endpoint).await?);
+    }
+    let channels = Arc::new(channels);
+    let (_, idle_rss) = peak_rss_kib(pid).unwrap_or_default();
+    println!(
+        "gatehouse-bench: backend {backend}, {} streams over {} connections, {:?} per run, {} cores",
+        args.concurrency,
+        channels.len(),
+        args.duration,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // One user per sign-in stream, so no row is a hotspot; one token for GetSession.
+    let password = "benchmark passphrase that is long";
+    let mut auth = AuthServiceClient::new(channels[0].clone());
+    let mut emails = Vec::new();
+    let mut token = String::new();
+    for i in 0..args.concurrency {
+        let email = format!("bench{i}@example.com");
+        let up = auth
+            .sign_up(pb::SignUpRequest {
+                email: email.clone(),
+                password: password.into(),
+                name: format!("Bench {i}"),
+                profile: None,
+            })
+            .await?
+            .into_inner();
+        if i == 0 {
+            token = up.session_token;
+        }
+        emails.push(email);
+    }
+    let token: Arc<str> = token.into();
+    let emails: Arc<Vec<String>> = Arc::new(emails);
+
+    let health = {
+        let channels = Arc::clone(&channels);
+        drive(args.concurrency, args.duration, move |i| {
+            let mut client = HealthClient::new(channels[i % channels.len()].clone());
+            async move { client.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
+        })
+        .await
+    };
+    health.print("Health/Check (empty RPC floor)");
+
+    let get_session = |streams: usize| {
+        let channels = Arc::clone(&channels);
+        let token = Arc::clone(&token);
+        drive(streams, args.duration, move |i| {
+            let mut client = AuthServiceClient::new(channels[i % channels.len()].clone());
+            let request = bearer(pb::GetSessionRequest {}, &token);
+            async move { client.get_session(request).await.is_ok() }
+        })
+    };
+    let quiet = get_session(args.concurrency).await;
+    quiet.print("GetSession");
+
+    let sign_in = |streams: usize| {
+        let channels = Arc::clone(&channels);
+        let emails = Arc::clone(&emails);
+        drive(streams, args.duration, move |i| {
+            let mut client = AuthServiceClient::new(channels[i % channels.len()].clone());
+            let request = pb::SignInRequest { email: emails[i % emails.len()].clone(), password: password.into() };
+            async move { client.sign_in(request).await.is_ok() }
+        })
+    };
+    let raw = tokio::task::spawn_blocking({
+        let d = args.duration;
+        move || raw_verifications_per_second(d)
+    })
+    .await??;
+    let sign_ins = sign_in(args.concurrency).await;
+    sign_ins.print("SignIn");
+    println!("{:<34} {:>9.1} verifications/s (all cores, no server)", "raw Argon2id", raw);
+
+    let probe_quiet = get_session(args.probe_concurrency).await;
+    probe_quiet.print(&format!("GetSession x{} quiet", args.probe_concurrency));
+    let (probe_storm, storm) = tokio::join!(get_session(args.probe_concurrency), sign_in(args.concurrency));
+    probe_storm.print(&format!("GetSession x{} during storm", args.probe_concurrency));
+    storm.print(&format!("  SignIn x{} (the storm)", args.concurrency));
+
+    let (peak, now) = peak_rss_kib(pid).unwrap_or_default();
+    println!(
+        "server RSS: idle {:.1} MiB, now {:.1} MiB, peak {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        now as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    println!();
+    println!("GetSession / empty RPC throughput : {:.2} (target >= 0.50)", quiet.rate() / health.rate());
+    println!("SignIn / raw Argon2id capacity    : {:.2} (target >= 0.85)", sign_ins.rate() / raw);
+    println!(
+        "GetSession p99 storm / quiet      : {:.2} (target <= 3.0)",
+        probe_storm.percentile(0.99) / probe_quiet.percentile(0.99)
+    );
+
+    // SIGTERM, then the graceful shutdown path.
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn connect_when_serving(endpoint: &str) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.to_owned())?.connect().await {
+            let mut health = HealthClient::new(channel.clone());
+            let status = health.check(HealthCheckRequest { service: String::new() }).await;
+            if status.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                return Ok(channel);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become SERVING within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -6,14 +6,17 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use super::{
+    audit::{AuditLog, Event, Outcome},
     clock::Clock,
     email::Email,
     error::{AuthFailure, Error, Violations},
+    limits::{Limit, Limiter},
+    notify::{Notifier, Template, Vars},
     password::{Password, PasswordHasher, PasswordPolicy},
     profile::Profile,
     token::{SessionToken, TokenHasher},
 };
-use crate::storage::{NewSession, NewUser, SessionRow, Store, StoreError, UserRow};
+use crate::storage::{CredentialRow, NewSession, NewUser, SessionRow, Store, StoreError, UserRow};
 
 /// Longest display name.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -29,6 +32,55 @@ pub struct AuthConfig {
     pub refresh_interval: TimeDelta,
     /// Rules for new passwords.
     pub password: PasswordPolicy,
+    /// Sign-in needs a verified address, and sign-up returns no session.
+    pub require_email_verification: bool,
+    /// Lifetime of verification and email-change links.
+    pub verification_ttl: TimeDelta,
+    /// Lifetime of password-reset links.
+    pub reset_ttl: TimeDelta,
+    /// How repeated failed sign-ins slow an account down.
+    pub lockout: Lockout,
+}
+
+/// Failed sign-ins in a row beyond `threshold` lock the account for `base`, doubling with each
+/// further failure up to `max`. A lock always expires, and a success or a reset clears it.
+#[derive(Debug, Clone, Copy)]
+pub struct Lockout {
+    /// Failures allowed before the first lock.
+    pub threshold: u32,
+    /// First lock.
+    pub base: TimeDelta,
+    /// Longest lock.
+    pub max: TimeDelta,
+}
+
+impl Lockout {
+    /// How long to lock after `failures` consecutive failures, if at all.
+    pub fn duration(&self, failures: i32) -> Option<TimeDelta> {
+        let over = u32::try_from(failures).ok()?.checked_sub(self.threshold)?;
+        let factor = 1i32.checked_shl(over.min(30)).unwrap_or(i32::MAX);
+        Some(self.base.checked_mul(factor).map_or(self.max, |d| d.min(self.max)))
+    }
+}
+
+/// What Auth works with besides its configuration.
+pub struct AuthDeps {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Argon2 pool.
+    pub hasher: PasswordHasher,
+    /// Keyed hash of session tokens.
+    pub session_tokens: TokenHasher,
+    /// Keyed hash of email-link tokens.
+    pub link_tokens: TokenHasher,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Security events.
+    pub audit: Arc<AuditLog>,
+    /// Rate limits.
+    pub limiter: Arc<Limiter>,
+    /// Outgoing mail.
+    pub notifier: Arc<Notifier>,
 }
 
 /// The end user behind a call, as forwarded by the calling backend.
@@ -71,6 +123,16 @@ pub struct SignedIn {
     pub token: SessionToken,
 }
 
+/// The result of signing up: the user and, unless verification is required first, a session.
+#[derive(Debug)]
+pub struct SignedUp {
+    /// The user (for a duplicate sign-up under required verification, a look-alike that was
+    /// never stored).
+    pub user: UserRow,
+    /// The new session and its token.
+    pub session: Option<(SessionView, SessionToken)>,
+}
+
 /// Sign-up input, unparsed: parsing reports every bad field at once.
 #[derive(Debug, Default)]
 pub struct SignUpInput {
@@ -86,29 +148,41 @@ pub struct SignUpInput {
 
 /// Account and session operations.
 pub struct Auth {
-    store: Arc<dyn Store>,
-    hasher: PasswordHasher,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hasher: PasswordHasher,
     tokens: TokenHasher,
-    clock: Arc<dyn Clock>,
-    config: AuthConfig,
+    pub(crate) link_tokens: TokenHasher,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) config: AuthConfig,
 }
 
 impl Auth {
-    /// Auth over `store`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        hasher: PasswordHasher,
-        tokens: TokenHasher,
-        clock: Arc<dyn Clock>,
-        config: AuthConfig,
-    ) -> Self {
+    /// Auth over its dependencies.
+    pub fn new(deps: AuthDeps, config: AuthConfig) -> Self {
         Self {
-            store,
-            hasher,
-            tokens,
-            clock,
+            store: deps.store,
+            hasher: deps.hasher,
+            tokens: deps.session_tokens,
+            link_tokens: deps.link_tokens,
+            clock: deps.clock,
+            audit: deps.audit,
+            limiter: deps.limiter,
+            notifier: deps.notifier,
             config,
         }
+    }
+
+    /// The audit log (for ListAuditEvents and background pruning).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The rate limiter (for background pruning).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The password hashing pool (for its queue depth).
@@ -116,9 +190,10 @@ impl Auth {
         &self.hasher
     }
 
-    /// Creates an account (and its profile, atomically) and signs it in.
+    /// Creates an account (and its profile, atomically), sends the verification link and, unless
+    /// verification is required first, signs it in.
     #[tracing::instrument(skip_all)]
-    pub async fn sign_up(&self, input: SignUpInput, client: ClientInfo) -> Result<SignedIn, Error> {
+    pub async fn sign_up(&self, input: SignUpInput, client: ClientInfo) -> Result<SignedUp, Error> {
         let mut v = Violations::default();
         let email = v.check("email", Email::parse(&input.email));
         let name = v.check("name", parse_name(&input.name));
@@ -131,95 +206,154 @@ impl Auth {
                     &[email.as_str(), email.local_part(), name],
                 ),
             ),
-            _ => v.check(
-                "password",
-                Password::new_password(&input.password, &self.config.password, &[]),
-            ),
+            _ => v.check("password", Password::new_password(&input.password, &self.config.password, &[])),
         };
         if let Some(profile) = &input.profile {
             profile.validate("profile.", &mut v);
         }
         v.finish()?;
         let (Some(email), Some(name), Some(password)) = (email, name, password) else {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "parsed sign-up lost a field"
-            )));
+            return Err(Error::Internal(anyhow::anyhow!("parsed sign-up lost a field")));
         };
+        self.limit(Limit::SignUpPerIp, &[client_ip(&client)], None, &client).await?;
 
         let now = self.clock.now();
         let user_id = Uuid::now_v7();
         let profile = match &input.profile {
-            Some(p) => Some(
-                Profile::default()
-                    .apply(p, &p.set_fields(), now)?
-                    .to_row(user_id, 1, now),
-            ),
+            Some(p) => Some(Profile::default().apply(p, &p.set_fields(), now)?.to_row(user_id, 1, now)),
             None => None,
         };
+        // Hash before the insert, so that a duplicate costs the same time as a new account.
         let password_hash = self.hasher.hash(password).await?;
         let new_user = NewUser {
             id: user_id,
             email: email.as_str().to_owned(),
-            name,
+            name: name.clone(),
             password_hash: Some(password_hash),
             now,
         };
         let user = match self.store.create_user(&new_user, profile.as_ref()).await {
             Ok(user) => user,
             // The only unique key a new random id can hit is the email's.
-            Err(StoreError::Conflict(_)) => {
-                return Err(Error::AlreadyExists("an account with this email"));
-            }
+            Err(StoreError::Conflict(_)) => return self.duplicate_sign_up(&email, name, now, &client).await,
             Err(e) => return Err(e.into()),
         };
-        let (session, token) = self.create_session(user.id, client).await?;
+        self.audit.record(Some(user.id), Event::SignUp, Outcome::Success, None, &client).await;
+        self.send_verification(&user, &client).await?;
+        if self.config.require_email_verification {
+            return Ok(SignedUp { user, session: None });
+        }
+        let session = self.create_session(user.id, client).await?;
         tracing::info!(user_id = %user.id, "user signed up");
-        Ok(SignedIn {
-            user,
-            session,
-            token,
-        })
+        Ok(SignedUp { user, session: Some(session) })
     }
 
-    /// Signs in with email and password. Unknown email and wrong password are one error, and
-    /// both cost one Argon2 verification.
-    #[tracing::instrument(skip_all)]
-    pub async fn sign_in(
+    /// A sign-up for an address that has an account. With verification required the answer
+    /// looks exactly like a fresh sign-up and the owner is told; otherwise it is ALREADY_EXISTS
+    /// (the documented trade-off).
+    async fn duplicate_sign_up(
         &self,
-        email: &str,
-        password: &str,
-        client: ClientInfo,
-    ) -> Result<SignedIn, Error> {
+        email: &Email,
+        name: String,
+        now: DateTime<Utc>,
+        client: &ClientInfo,
+    ) -> Result<SignedUp, Error> {
+        let owner = self.store.find_credentials_by_email(email.as_str()).await?;
+        let owner_id = owner.as_ref().map(|o| o.user.id);
+        self.audit.record(owner_id, Event::SignUp, Outcome::Denied, Some("duplicate_email"), client).await;
+        if !self.config.require_email_verification {
+            return Err(Error::AlreadyExists("an account with this email"));
+        }
+        if let Some(owner) = owner {
+            let vars = Vars { name: &owner.user.name, email: &owner.user.email, ..Default::default() };
+            self.notifier.send(Template::SignUpAttempt, &owner.user.email, vars);
+        }
+        let look_alike = UserRow {
+            id: Uuid::now_v7(),
+            email: email.as_str().to_owned(),
+            name,
+            image: None,
+            email_verified: false,
+            created_at: now,
+            updated_at: now,
+        };
+        Ok(SignedUp { user: look_alike, session: None })
+    }
+
+    /// Signs in with email and password. Unknown email, wrong password and locked account are
+    /// one error, and each costs one Argon2 verification.
+    #[tracing::instrument(skip_all)]
+    pub async fn sign_in(&self, email: &str, password: &str, client: ClientInfo) -> Result<SignedIn, Error> {
         let mut v = Violations::default();
         let email = v.check("email", Email::parse(email));
         let password = v.check("password", Password::presented(password));
         v.finish()?;
         let (Some(email), Some(password)) = (email, password) else {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "parsed sign-in lost a field"
-            )));
+            return Err(Error::Internal(anyhow::anyhow!("parsed sign-in lost a field")));
         };
+        let ip = client_ip(&client);
+        self.limit(Limit::SignInPerIp, &[ip], None, &client).await?;
+        self.limit(Limit::SignInPerAccountIp, &[email.as_str(), ip], None, &client).await?;
 
         let found = self.store.find_credentials_by_email(email.as_str()).await?;
-        let (user, stored_hash) = match found {
-            Some(c) => (Some(c.user), c.password_hash),
-            None => (None, None),
-        };
+        let now = self.clock.now();
+        let stored_hash = found.as_ref().and_then(|c| c.password_hash.clone());
         let verdict = self.hasher.verify(password.clone(), stored_hash).await?;
-        let Some(user) = user.filter(|_| verdict.valid) else {
-            tracing::info!("sign-in failed");
-            return Err(Error::Unauthenticated(AuthFailure::InvalidCredentials));
+        let client = &client;
+        let fail = |user: Option<Uuid>, outcome: Outcome, reason: &'static str| async move {
+            self.audit.record(user, Event::SignIn, outcome, Some(reason), client).await;
+            Error::Unauthenticated(AuthFailure::InvalidCredentials)
         };
+        let Some(CredentialRow { user, locked_until, .. }) = found else {
+            return Err(fail(None, Outcome::Failure, "unknown_email").await);
+        };
+        if locked_until.is_some_and(|until| until > now) {
+            return Err(fail(Some(user.id), Outcome::Denied, "locked").await);
+        }
+        if !verdict.valid {
+            self.count_failure(user.id, now).await?;
+            return Err(fail(Some(user.id), Outcome::Failure, "wrong_password").await);
+        }
+        self.store.clear_failed_sign_ins(user.id).await?;
         if verdict.needs_rehash {
             self.upgrade_hash(user.id, password).await;
         }
-        let (session, token) = self.create_session(user.id, client).await?;
-        tracing::info!(user_id = %user.id, "user signed in");
-        Ok(SignedIn {
-            user,
-            session,
-            token,
-        })
+        if self.config.require_email_verification && !user.email_verified {
+            self.audit.record(Some(user.id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client).await;
+            return Err(Error::FailedPrecondition(
+                "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
+            ));
+        }
+        let (session, token) = self.create_session(user.id, client.clone()).await?;
+        self.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
+        Ok(SignedIn { user, session, token })
+    }
+
+    /// Counts a failed sign-in and locks the account once failures pass the threshold.
+    async fn count_failure(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<(), Error> {
+        let failures = self.store.record_failed_sign_in(user_id).await?;
+        if let Some(lock) = self.config.lockout.duration(failures) {
+            self.store.lock_user(user_id, now + lock).await?;
+            tracing::info!(user_id = %user_id, failures, lock_seconds = lock.num_seconds(), "account temporarily locked");
+        }
+        Ok(())
+    }
+
+    /// Counts an event against a rate limit; over it, audits and refuses.
+    pub(crate) async fn limit(
+        &self,
+        limit: Limit,
+        parts: &[&str],
+        user_id: Option<Uuid>,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        match self.limiter.check(limit, parts).await {
+            Err(e @ Error::RateLimited { .. }) => {
+                self.audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), client).await;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Validates a presented token: the hot path. Reads one joined row, and writes only when
@@ -242,19 +376,14 @@ impl Auth {
             self.store.touch_session(session.id, now).await?;
             session.last_active_at = now;
         }
-        Ok(Authenticated {
-            user,
-            session: self.view(session, true),
-        })
+        Ok(Authenticated { user, session: self.view(session, true) })
     }
 
     /// Revokes the calling session.
     #[tracing::instrument(skip_all)]
-    pub async fn sign_out(&self, caller: &Authenticated) -> Result<(), Error> {
-        self.store
-            .delete_session(caller.user.id, caller.session.row.id)
-            .await?;
-        tracing::info!(user_id = %caller.user.id, "user signed out");
+    pub async fn sign_out(&self, caller: &Authenticated, client: &ClientInfo) -> Result<(), Error> {
+        self.store.delete_session(caller.user.id, caller.session.row.id).await?;
+        self.audit.record(Some(caller.user.id), Event::SignOut, Outcome::Success, None, client).await;
         Ok(())
     }
 
@@ -279,6 +408,7 @@ impl Auth {
         &self,
         caller: &Authenticated,
         session_id: &str,
+        client: &ClientInfo,
     ) -> Result<(), Error> {
         let Ok(id) = Uuid::parse_str(session_id.trim()) else {
             return Err(Error::invalid("session_id", "must be a UUID"));
@@ -286,18 +416,17 @@ impl Auth {
         if !self.store.delete_session(caller.user.id, id).await? {
             return Err(Error::NotFound("session"));
         }
-        tracing::info!(user_id = %caller.user.id, session_id = %id, "session revoked");
+        self.audit.record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, None, client).await;
         Ok(())
     }
 
     /// Revokes every session of the caller but the calling one.
     #[tracing::instrument(skip_all)]
-    pub async fn revoke_other_sessions(&self, caller: &Authenticated) -> Result<u64, Error> {
-        let n = self
-            .store
-            .delete_other_sessions(caller.user.id, caller.session.row.id)
-            .await?;
-        tracing::info!(user_id = %caller.user.id, revoked = n, "other sessions revoked");
+    pub async fn revoke_other_sessions(&self, caller: &Authenticated, client: &ClientInfo) -> Result<u64, Error> {
+        let n = self.store.delete_other_sessions(caller.user.id, caller.session.row.id).await?;
+        self.audit
+            .record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, Some("other_sessions"), client)
+            .await;
         Ok(n)
     }
 
@@ -309,38 +438,32 @@ impl Auth {
         current: &str,
         new: &str,
         revoke_others: bool,
+        client: &ClientInfo,
     ) -> Result<u64, Error> {
         let mut v = Violations::default();
         let current = v.check("current_password", Password::presented(current));
-        let context = [
-            caller.user.email.as_str(),
-            local_part(&caller.user.email),
-            caller.user.name.as_str(),
-        ];
-        let new = v.check(
-            "new_password",
-            Password::new_password(new, &self.config.password, &context),
-        );
+        let context = [caller.user.email.as_str(), local_part(&caller.user.email), caller.user.name.as_str()];
+        let new = v.check("new_password", Password::new_password(new, &self.config.password, &context));
         v.finish()?;
         let (Some(current), Some(new)) = (current, new) else {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "parsed password change lost a field"
-            )));
+            return Err(Error::Internal(anyhow::anyhow!("parsed password change lost a field")));
         };
-        self.check_password(caller.user.id, current, "current_password")
-            .await?;
+        if let Err(e) = self.check_password(caller.user.id, current, "current_password").await {
+            self.audit
+                .record(Some(caller.user.id), Event::PasswordChanged, Outcome::Failure, Some("wrong_password"), client)
+                .await;
+            return Err(e);
+        }
         let hash = self.hasher.hash(new).await?;
-        self.store
-            .set_password_hash(caller.user.id, &hash, self.clock.now())
-            .await?;
+        self.store.set_password_hash(caller.user.id, &hash, self.clock.now()).await?;
         let revoked = if revoke_others {
-            self.store
-                .delete_other_sessions(caller.user.id, caller.session.row.id)
-                .await?
+            self.store.delete_other_sessions(caller.user.id, caller.session.row.id).await?
         } else {
             0
         };
-        tracing::info!(user_id = %caller.user.id, revoked, "password changed");
+        self.audit.record(Some(caller.user.id), Event::PasswordChanged, Outcome::Success, None, client).await;
+        let vars = Vars { name: &caller.user.name, email: &caller.user.email, ..Default::default() };
+        self.notifier.send(Template::PasswordChanged, &caller.user.email, vars);
         Ok(revoked)
     }
 
@@ -350,35 +473,25 @@ impl Auth {
         &self,
         caller: &Authenticated,
         password: &str,
+        client: &ClientInfo,
     ) -> Result<(), Error> {
         let password = Password::presented(password).map_err(|d| Error::invalid("password", d))?;
-        self.check_password(caller.user.id, password, "password")
-            .await?;
+        self.check_password(caller.user.id, password, "password").await?;
         self.store.delete_user(caller.user.id).await?;
-        tracing::info!(user_id = %caller.user.id, "account deleted");
+        self.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
         Ok(())
     }
 
     /// Deletes sessions that can no longer validate; returns how many.
     pub async fn prune_expired_sessions(&self) -> Result<u64, Error> {
         let now = self.clock.now();
-        Ok(self
-            .store
-            .delete_expired_sessions(now, now - self.config.idle_timeout)
-            .await?)
+        Ok(self.store.delete_expired_sessions(now, now - self.config.idle_timeout).await?)
     }
 
-    async fn check_password(
-        &self,
-        user_id: Uuid,
-        password: Password,
-        field: &str,
-    ) -> Result<(), Error> {
+    pub(crate) async fn check_password(&self, user_id: Uuid, password: Password, field: &str) -> Result<(), Error> {
         let stored = self.store.password_hash(user_id).await?;
         if stored.is_none() {
-            return Err(Error::FailedPrecondition(
-                "this account has no password".into(),
-            ));
+            return Err(Error::FailedPrecondition("this account has no password".into()));
         }
         let verdict = self.hasher.verify(password.clone(), stored).await?;
         if !verdict.valid {
@@ -393,11 +506,7 @@ impl Auth {
     /// Re-hashes with the current parameters; a failure only delays the upgrade.
     async fn upgrade_hash(&self, user_id: Uuid, password: Password) {
         let result = match self.hasher.hash(password).await {
-            Ok(hash) => self
-                .store
-                .set_password_hash(user_id, &hash, self.clock.now())
-                .await
-                .map_err(Error::from),
+            Ok(hash) => self.store.set_password_hash(user_id, &hash, self.clock.now()).await.map_err(Error::from),
             Err(e) => Err(e),
         };
         match result {
@@ -410,13 +519,13 @@ impl Auth {
         }
     }
 
-    async fn create_session(
+    /// Starts a session for `user_id` and returns it with its token.
+    pub(crate) async fn create_session(
         &self,
         user_id: Uuid,
         client: ClientInfo,
     ) -> Result<(SessionView, SessionToken), Error> {
-        let token = SessionToken::generate()
-            .map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
+        let token = SessionToken::generate().map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
         let now = self.clock.now();
         let new = NewSession {
             id: Uuid::new_v4(),
@@ -436,14 +545,8 @@ impl Auth {
     }
 
     fn view(&self, row: SessionRow, current: bool) -> SessionView {
-        let expires_at = row
-            .expires_at
-            .min(row.last_active_at + self.config.idle_timeout);
-        SessionView {
-            row,
-            expires_at,
-            current,
-        }
+        let expires_at = row.expires_at.min(row.last_active_at + self.config.idle_timeout);
+        SessionView { row, expires_at, current }
     }
 }
 
@@ -461,6 +564,11 @@ fn parse_name(raw: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-fn local_part(email: &str) -> &str {
+/// The key part for per-IP limits.
+pub(crate) fn client_ip(client: &ClientInfo) -> &str {
+    client.ip.as_deref().unwrap_or("unknown")
+}
+
+pub(crate) fn local_part(email: &str) -> &str {
     email.split('@').next().unwrap_or_default()
 }

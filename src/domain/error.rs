@@ -23,6 +23,12 @@ pub enum Error {
     /// Too much work queued; retry later.
     #[error("{0}")]
     ResourceExhausted(&'static str),
+    /// The caller is over a rate limit.
+    #[error("rate limited")]
+    RateLimited {
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// A dependency (the database) is not answering.
     #[error("unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -52,10 +58,7 @@ pub struct FieldViolation {
 impl FieldViolation {
     /// A violation of `field`.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
+        Self { field: field.into(), description: description.into() }
     }
 }
 
@@ -72,9 +75,7 @@ impl From<StoreError> for Error {
             StoreError::Unavailable(source) => Error::Unavailable(source.into()),
             StoreError::NotFound => Error::NotFound("record"),
             // Expected conflicts are handled where they can happen; any other is a bug.
-            StoreError::Conflict(constraint) => {
-                Error::Internal(anyhow::anyhow!("unexpected conflict on {constraint}"))
-            }
+            StoreError::Conflict(constraint) => Error::Internal(anyhow::anyhow!("unexpected conflict on {constraint}")),
             StoreError::Other(source) => Error::Internal(source.into()),
         }
     }
@@ -103,10 +104,6 @@ impl Violations {
 
     /// Fails with every recorded violation, if there are any.
     pub fn finish(self) -> Result<(), Error> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 }

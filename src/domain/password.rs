@@ -56,11 +56,7 @@ impl Password {
 
     /// Parses a new password: length in code points, then the blocklist. `context` holds the
     /// user's own details (email, name), which a password must not contain.
-    pub fn new_password(
-        raw: &str,
-        policy: &PasswordPolicy,
-        context: &[&str],
-    ) -> Result<Self, String> {
+    pub fn new_password(raw: &str, policy: &PasswordPolicy, context: &[&str]) -> Result<Self, String> {
         if raw.is_empty() {
             return Err("is required".into());
         }
@@ -81,11 +77,7 @@ impl Password {
         // rule: a long random lowercase password passes.
         let entropy = zxcvbn::zxcvbn(&normalized, context);
         if u8::from(entropy.score()) < 2 {
-            let why = entropy
-                .feedback()
-                .and_then(|f| f.warning())
-                .map(|w| format!(" ({w})"))
-                .unwrap_or_default();
+            let why = entropy.feedback().and_then(|f| f.warning()).map(|w| format!(" ({w})")).unwrap_or_default();
             return Err(format!("is too common or too easy to guess{why}"));
         }
         Ok(Self(normalized))
@@ -122,11 +114,7 @@ pub struct HashParams {
 impl Default for HashParams {
     /// The OWASP minimum for Argon2id.
     fn default() -> Self {
-        Self {
-            m_cost: 19_456,
-            t_cost: 2,
-            p_cost: 1,
-        }
+        Self { m_cost: 19_456, t_cost: 2, p_cost: 1 }
     }
 }
 
@@ -167,41 +155,28 @@ impl PasswordHasher {
         );
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
-        let dummy_hash = argon2
-            .hash_password(&random)
-            .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
-            .to_string();
+        let dummy_hash = argon2.hash_password(&random).map_err(|e| anyhow::anyhow!("argon2: {e}"))?.to_string();
 
         let (tx, rx) = mpsc::sync_channel::<Job>(queue_limit);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
-            thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || {
-                    lower_thread_priority();
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            // Every sender is gone: the server has shut down.
-                            Err(_) => return,
-                        }
+            thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                lower_thread_priority();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        // Every sender is gone: the server has shut down.
+                        Err(_) => return,
                     }
-                })?;
+                }
+            })?;
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                argon2,
-                params,
-                jobs: tx,
-                queued: AtomicUsize::new(0),
-                dummy_hash,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { argon2, params, jobs: tx, queued: AtomicUsize::new(0), dummy_hash }) })
     }
 
     /// Jobs waiting for or running on a hashing thread.
@@ -223,30 +198,17 @@ impl PasswordHasher {
 
     /// Verifies `password` against `stored`; with no stored hash, verifies against a dummy so
     /// that the caller's timing does not reveal whether an account exists.
-    pub async fn verify(
-        &self,
-        password: Password,
-        stored: Option<String>,
-    ) -> Result<Verification, Error> {
+    pub async fn verify(&self, password: Password, stored: Option<String>) -> Result<Verification, Error> {
         self.run(move |inner| {
             let (phc, real) = match &stored {
                 Some(phc) => (phc.as_str(), true),
                 None => (inner.dummy_hash.as_str(), false),
             };
             let Ok(hash) = PasswordHash::new(phc) else {
-                return Err(Error::Internal(anyhow::anyhow!(
-                    "stored password hash is not a PHC string"
-                )));
+                return Err(Error::Internal(anyhow::anyhow!("stored password hash is not a PHC string")));
             };
-            let valid = inner
-                .argon2
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-                && real;
-            Ok(Verification {
-                valid,
-                needs_rehash: valid && !inner.is_current(&hash),
-            })
+            let valid = inner.argon2.verify_password(password.as_bytes(), &hash).is_ok() && real;
+            Ok(Verification { valid, needs_rehash: valid && !inner.is_current(&hash) })
         })
         .await
     }
@@ -266,12 +228,9 @@ impl PasswordHasher {
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
         if self.inner.jobs.try_send(job).is_err() {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Error::ResourceExhausted(
-                "too many password checks in progress; retry shortly",
-            ));
+            return Err(Error::ResourceExhausted("too many password checks in progress; retry shortly"));
         }
-        rx.await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("hashing thread ended")))?
+        rx.await.map_err(|_| Error::Internal(anyhow::anyhow!("hashing thread ended")))?
     }
 }
 
@@ -314,9 +273,7 @@ mod tests {
         assert!(Password::new_password(emoji, &policy(), &[]).is_ok());
         assert!(Password::new_password("🦀🐍🦊🐙🦉🐢🦄", &policy(), &[]).is_err());
         assert!(Password::new_password(&"x".repeat(129), &policy(), &[]).is_err());
-        let random: String = (0..4)
-            .map(|_| uuid::Uuid::new_v4().simple().to_string())
-            .collect();
+        let random: String = (0..4).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
         assert!(Password::new_password(&random, &policy(), &[]).is_ok());
         // Repetition is what a guesser tries first.
         assert!(Password::new_password(&"qzv".repeat(42), &policy(), &[]).is_err());
@@ -333,8 +290,7 @@ mod tests {
     #[test]
     fn normalizes_nfkc() {
         let composed = Password::new_password("Åström-kqzvmt", &policy(), &[]).map(|p| p.0);
-        let decomposed =
-            Password::new_password("A\u{30a}stro\u{308}m-kqzvmt", &policy(), &[]).map(|p| p.0);
+        let decomposed = Password::new_password("A\u{30a}stro\u{308}m-kqzvmt", &policy(), &[]).map(|p| p.0);
         assert_eq!(composed, decomposed);
     }
 }

@@ -174,68 +174,32 @@ impl Profile {
     pub fn validate(&self, prefix: &str, v: &mut Violations) {
         let text = |v: &mut Violations, name: &str, value: &str, max: usize| {
             if value.chars().count() > max {
-                v.add(
-                    format!("{prefix}{name}"),
-                    format!("must be at most {max} characters"),
-                );
-            } else if value
-                .chars()
-                .any(|c| c.is_control() && c != '\n' && c != '\t')
-            {
-                v.add(
-                    format!("{prefix}{name}"),
-                    "must not contain control characters",
-                );
+                v.add(format!("{prefix}{name}"), format!("must be at most {max} characters"));
+            } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                v.add(format!("{prefix}{name}"), "must not contain control characters");
             }
         };
-        text(
-            v,
-            "software_background",
-            &self.software_background,
-            MAX_BACKGROUND_CHARS,
-        );
-        text(
-            v,
-            "hardware_background",
-            &self.hardware_background,
-            MAX_BACKGROUND_CHARS,
-        );
+        text(v, "software_background", &self.software_background, MAX_BACKGROUND_CHARS);
+        text(v, "hardware_background", &self.hardware_background, MAX_BACKGROUND_CHARS);
         text(v, "role", &self.role, MAX_ROLE_CHARS);
         let list = |v: &mut Violations, name: &str, items: &[String], max: usize| {
             if items.len() > MAX_LIST_ITEMS {
-                v.add(
-                    format!("{prefix}{name}"),
-                    format!("must have at most {MAX_LIST_ITEMS} entries"),
-                );
+                v.add(format!("{prefix}{name}"), format!("must have at most {MAX_LIST_ITEMS} entries"));
             }
             for (i, item) in items.iter().enumerate() {
                 let trimmed = item.trim();
-                if trimmed.is_empty()
-                    || trimmed.chars().count() > max
-                    || trimmed.chars().any(char::is_control)
-                {
-                    v.add(
-                        format!("{prefix}{name}[{i}]"),
-                        format!("must be 1 to {max} characters of text"),
-                    );
+                if trimmed.is_empty() || trimmed.chars().count() > max || trimmed.chars().any(char::is_control) {
+                    v.add(format!("{prefix}{name}[{i}]"), format!("must be 1 to {max} characters of text"));
                 }
             }
         };
-        list(
-            v,
-            "programming_languages",
-            &self.programming_languages,
-            MAX_LANGUAGE_CHARS,
-        );
+        list(v, "programming_languages", &self.programming_languages, MAX_LANGUAGE_CHARS);
         list(v, "interests", &self.interests, MAX_INTEREST_CHARS);
     }
 
     /// The fields that hold a non-empty value (the implied mask of an update without one).
     pub fn set_fields(&self) -> Vec<ProfileField> {
-        ProfileField::ALL
-            .into_iter()
-            .filter(|f| !self.is_empty(*f))
-            .collect()
+        ProfileField::ALL.into_iter().filter(|f| !self.is_empty(*f)).collect()
     }
 
     fn is_empty(&self, field: ProfileField) -> bool {
@@ -259,18 +223,12 @@ impl Profile {
         use ProfileField as F;
         match field {
             F::ProgrammingLevel => self.programming_level = from.programming_level,
-            F::ProgrammingLanguages => {
-                self.programming_languages = clean_list(&from.programming_languages)
-            }
+            F::ProgrammingLanguages => self.programming_languages = clean_list(&from.programming_languages),
             F::AiKnowledgeLevel => self.ai_knowledge_level = from.ai_knowledge_level,
             F::HardwareExperience => self.hardware_experience = from.hardware_experience,
             F::LearningStyle => self.learning_style = from.learning_style,
-            F::SoftwareBackground => {
-                self.software_background = from.software_background.trim().to_owned()
-            }
-            F::HardwareBackground => {
-                self.hardware_background = from.hardware_background.trim().to_owned()
-            }
+            F::SoftwareBackground => self.software_background = from.software_background.trim().to_owned(),
+            F::HardwareBackground => self.hardware_background = from.hardware_background.trim().to_owned(),
             F::Role => self.role = from.role.trim().to_owned(),
             F::Interests => self.interests = clean_list(&from.interests),
             F::OnboardingCompleted => self.onboarding_completed = from.onboarding_completed,
@@ -289,22 +247,14 @@ impl Profile {
 
     /// Applies `fields` of `values` to this profile under the consent rule: setting a background
     /// field without consent fails; withdrawing consent erases the background.
-    pub fn apply(
-        &self,
-        values: &Profile,
-        fields: &[ProfileField],
-        now: DateTime<Utc>,
-    ) -> Result<Profile, Error> {
+    pub fn apply(&self, values: &Profile, fields: &[ProfileField], now: DateTime<Utc>) -> Result<Profile, Error> {
         let mut next = self.clone();
         for field in fields {
             next.copy_field(values, *field);
         }
         if !next.consent_given {
-            let offending: Vec<&str> = fields
-                .iter()
-                .filter(|f| f.is_background() && !values.is_empty(**f))
-                .map(|f| f.name())
-                .collect();
+            let offending: Vec<&str> =
+                fields.iter().filter(|f| f.is_background() && !values.is_empty(**f)).map(|f| f.name()).collect();
             if !offending.is_empty() {
                 return Err(Error::FailedPrecondition(format!(
                     "consent_given must be true to store background fields ({})",
@@ -345,45 +295,26 @@ impl Profile {
 
     /// The profile a row stores.
     pub fn from_row(row: &ProfileRow) -> Result<Self, Error> {
-        let corrupt =
-            |what: &str| Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"));
-        let json = |text: &str, what: &str| {
-            serde_json::from_str::<Vec<String>>(text).map_err(|_| corrupt(what))
-        };
-        fn enumerated<T>(
-            text: &Option<String>,
-            parse: fn(&str) -> Option<T>,
-            what: &str,
-        ) -> Result<Option<T>, Error> {
+        let corrupt = |what: &str| Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"));
+        let json = |text: &str, what: &str| serde_json::from_str::<Vec<String>>(text).map_err(|_| corrupt(what));
+        fn enumerated<T>(text: &Option<String>, parse: fn(&str) -> Option<T>, what: &str) -> Result<Option<T>, Error> {
             match text {
                 None => Ok(None),
-                Some(t) => parse(t).map(Some).ok_or_else(|| {
-                    Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"))
-                }),
+                Some(t) => parse(t)
+                    .map(Some)
+                    .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored profile has an invalid {what}"))),
             }
         }
         Ok(Self {
-            programming_level: enumerated(
-                &row.programming_level,
-                ProgrammingLevel::parse,
-                "programming_level",
-            )?,
+            programming_level: enumerated(&row.programming_level, ProgrammingLevel::parse, "programming_level")?,
             programming_languages: json(&row.programming_languages, "programming_languages")?,
-            ai_knowledge_level: enumerated(
-                &row.ai_knowledge_level,
-                AiKnowledgeLevel::parse,
-                "ai_knowledge_level",
-            )?,
+            ai_knowledge_level: enumerated(&row.ai_knowledge_level, AiKnowledgeLevel::parse, "ai_knowledge_level")?,
             hardware_experience: enumerated(
                 &row.hardware_experience,
                 HardwareExperience::parse,
                 "hardware_experience",
             )?,
-            learning_style: enumerated(
-                &row.learning_style,
-                LearningStyle::parse,
-                "learning_style",
-            )?,
+            learning_style: enumerated(&row.learning_style, LearningStyle::parse, "learning_style")?,
             software_background: row.software_background.clone(),
             hardware_background: row.hardware_background.clone(),
             role: row.role.clone(),
@@ -433,12 +364,7 @@ impl Profiles {
 
     /// Applies a partial update; concurrent updates of other fields are never lost.
     #[tracing::instrument(skip_all)]
-    pub async fn update(
-        &self,
-        user_id: Uuid,
-        values: &Profile,
-        fields: &[ProfileField],
-    ) -> Result<Profile, Error> {
+    pub async fn update(&self, user_id: Uuid, values: &Profile, fields: &[ProfileField]) -> Result<Profile, Error> {
         for _ in 0..UPDATE_ATTEMPTS {
             let now = self.clock.now();
             match self.store.get_profile(user_id).await? {
@@ -446,10 +372,7 @@ impl Profiles {
                     let next = Profile::from_row(&row)?.apply(values, fields, now)?;
                     if self
                         .store
-                        .update_profile(
-                            &next.to_row(user_id, row.version, row.created_at),
-                            row.version,
-                        )
+                        .update_profile(&next.to_row(user_id, row.version, row.created_at), row.version)
                         .await?
                     {
                         return Ok(next);
@@ -457,11 +380,7 @@ impl Profiles {
                 }
                 None => {
                     let next = Profile::default().apply(values, fields, now)?;
-                    match self
-                        .store
-                        .insert_profile(&next.to_row(user_id, 1, now))
-                        .await
-                    {
+                    match self.store.insert_profile(&next.to_row(user_id, 1, now)).await {
                         Ok(()) => return Ok(next),
                         // Another request created it first: go round again and update it.
                         Err(StoreError::Conflict(c)) if c.contains("pkey") || c == "unknown" => {}
@@ -470,9 +389,7 @@ impl Profiles {
                 }
             }
         }
-        Err(Error::Unavailable(anyhow::anyhow!(
-            "profile update kept conflicting"
-        )))
+        Err(Error::Unavailable(anyhow::anyhow!("profile update kept conflicting")))
     }
 }
 
@@ -483,32 +400,18 @@ mod tests {
     #[test]
     fn background_needs_consent_and_withdrawal_erases() {
         let now = Utc::now();
-        let values = Profile {
-            programming_level: Some(ProgrammingLevel::Advanced),
-            ..Default::default()
-        };
+        let values = Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() };
         let err = Profile::default().apply(&values, &[ProfileField::ProgrammingLevel], now);
-        assert!(
-            matches!(err, Err(Error::FailedPrecondition(m)) if m.contains("programming_level"))
-        );
+        assert!(matches!(err, Err(Error::FailedPrecondition(m)) if m.contains("programming_level")));
 
-        let consented = Profile {
-            consent_given: true,
-            ..values.clone()
-        };
+        let consented = Profile { consent_given: true, ..values.clone() };
         let stored = Profile::default()
-            .apply(
-                &consented,
-                &[ProfileField::ConsentGiven, ProfileField::ProgrammingLevel],
-                now,
-            )
+            .apply(&consented, &[ProfileField::ConsentGiven, ProfileField::ProgrammingLevel], now)
             .unwrap();
         assert_eq!(stored.programming_level, Some(ProgrammingLevel::Advanced));
         assert_eq!(stored.consent_updated_at, Some(now));
 
-        let withdrawn = stored
-            .apply(&Profile::default(), &[ProfileField::ConsentGiven], now)
-            .unwrap();
+        let withdrawn = stored.apply(&Profile::default(), &[ProfileField::ConsentGiven], now).unwrap();
         assert_eq!(withdrawn.programming_level, None);
         assert!(!withdrawn.consent_given);
     }

@@ -23,55 +23,32 @@ pub struct AuthApi {
 impl AuthApi {
     /// Serves `auth`, believing forwarded client metadata from `trusted_proxies` only.
     pub fn new(auth: Arc<Auth>, trusted_proxies: Arc<[IpNet]>) -> Self {
-        Self {
-            auth,
-            trusted_proxies,
-        }
+        Self { auth, trusted_proxies }
     }
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
-    async fn sign_up(
-        &self,
-        req: Request<pb::SignUpRequest>,
-    ) -> Result<Response<pb::AuthResponse>, Status> {
+    async fn sign_up(&self, req: Request<pb::SignUpRequest>) -> Result<Response<pb::AuthResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
         let r = req.into_inner();
         let mut v = Violations::default();
         let profile = r.profile.map(|p| profile_from_pb(p, "profile.", &mut v));
         v.finish()?;
-        let input = SignUpInput {
-            email: r.email,
-            password: r.password,
-            name: r.name,
-            profile,
-        };
-        Ok(Response::new(
-            self.auth.sign_up(input, client).await?.into(),
-        ))
+        let input = SignUpInput { email: r.email, password: r.password, name: r.name, profile };
+        Ok(Response::new(self.auth.sign_up(input, client).await?.into()))
     }
 
-    async fn sign_in(
-        &self,
-        req: Request<pb::SignInRequest>,
-    ) -> Result<Response<pb::AuthResponse>, Status> {
+    async fn sign_in(&self, req: Request<pb::SignInRequest>) -> Result<Response<pb::AuthResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
         let r = req.into_inner();
-        Ok(Response::new(
-            self.auth
-                .sign_in(&r.email, &r.password, client)
-                .await?
-                .into(),
-        ))
+        Ok(Response::new(self.auth.sign_in(&r.email, &r.password, client).await?.into()))
     }
 
-    async fn sign_out(
-        &self,
-        req: Request<pb::SignOutRequest>,
-    ) -> Result<Response<pb::SignOutResponse>, Status> {
+    async fn sign_out(&self, req: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
-        self.auth.sign_out(&caller).await?;
+        self.auth.sign_out(&caller, &client).await?;
         Ok(Response::new(pb::SignOutResponse {}))
     }
 
@@ -92,19 +69,16 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
         let sessions = self.auth.list_sessions(&caller).await?;
-        Ok(Response::new(pb::ListSessionsResponse {
-            sessions: sessions.into_iter().map(Into::into).collect(),
-        }))
+        Ok(Response::new(pb::ListSessionsResponse { sessions: sessions.into_iter().map(Into::into).collect() }))
     }
 
     async fn revoke_session(
         &self,
         req: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
-        self.auth
-            .revoke_session(&caller, &req.into_inner().session_id)
-            .await?;
+        self.auth.revoke_session(&caller, &req.into_inner().session_id, &client).await?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
@@ -112,42 +86,96 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::RevokeOtherSessionsRequest>,
     ) -> Result<Response<pb::RevokeOtherSessionsResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
-        let n = self.auth.revoke_other_sessions(&caller).await?;
-        Ok(Response::new(pb::RevokeOtherSessionsResponse {
-            revoked_count: saturate(n),
-        }))
+        let n = self.auth.revoke_other_sessions(&caller, &client).await?;
+        Ok(Response::new(pb::RevokeOtherSessionsResponse { revoked_count: saturate(n) }))
     }
 
     async fn change_password(
         &self,
         req: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
         let r = req.into_inner();
         let n = self
             .auth
-            .change_password(
-                &caller,
-                &r.current_password,
-                &r.new_password,
-                r.revoke_other_sessions,
-            )
+            .change_password(&caller, &r.current_password, &r.new_password, r.revoke_other_sessions, &client)
             .await?;
-        Ok(Response::new(pb::ChangePasswordResponse {
-            revoked_count: saturate(n),
-        }))
+        Ok(Response::new(pb::ChangePasswordResponse { revoked_count: saturate(n) }))
     }
 
     async fn delete_account(
         &self,
         req: Request<pb::DeleteAccountRequest>,
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
-        self.auth
-            .delete_account(&caller, &req.into_inner().password)
-            .await?;
+        self.auth.delete_account(&caller, &req.into_inner().password, &client).await?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+
+    async fn send_verification_email(
+        &self,
+        req: Request<pb::SendVerificationEmailRequest>,
+    ) -> Result<Response<pb::SendVerificationEmailResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        self.auth.send_verification_email(&caller, &client).await?;
+        Ok(Response::new(pb::SendVerificationEmailResponse {}))
+    }
+
+    async fn verify_email(
+        &self,
+        req: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        self.auth.verify_email(&req.into_inner().token, &client).await?;
+        Ok(Response::new(pb::VerifyEmailResponse {}))
+    }
+
+    async fn request_password_reset(
+        &self,
+        req: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        self.auth.request_password_reset(&req.into_inner().email, client).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        req: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let r = req.into_inner();
+        self.auth.reset_password(&r.token, &r.new_password, &client).await?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
+    async fn request_email_change(
+        &self,
+        req: Request<pb::RequestEmailChangeRequest>,
+    ) -> Result<Response<pb::RequestEmailChangeResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let r = req.into_inner();
+        self.auth.request_email_change(&caller, &r.new_email, &r.current_password, &client).await?;
+        Ok(Response::new(pb::RequestEmailChangeResponse {}))
+    }
+
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let r = req.into_inner();
+        let (events, next_page_token) = self.auth.audit().list(caller.user.id, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 }
 

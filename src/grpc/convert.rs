@@ -5,23 +5,17 @@ use prost_types::{FieldMask, Timestamp};
 
 use crate::{
     domain::{
-        auth::{SessionView, SignedIn},
+        auth::{SessionView, SignedIn, SignedUp},
         error::Violations,
-        profile::{
-            AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField,
-            ProgrammingLevel,
-        },
+        profile::{AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField, ProgrammingLevel},
     },
     proto::v1 as pb,
-    storage::UserRow,
+    storage::{AuditRow, UserRow},
 };
 
 /// A protobuf timestamp.
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 impl From<UserRow> for pb::User {
@@ -53,6 +47,30 @@ impl From<SessionView> for pb::Session {
     }
 }
 
+impl From<SignedUp> for pb::AuthResponse {
+    fn from(s: SignedUp) -> Self {
+        let (session, token) = s.session.unzip();
+        pb::AuthResponse {
+            user: Some(s.user.into()),
+            session: session.map(Into::into),
+            session_token: token.map(|t| t.into_string()).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<AuditRow> for pb::AuditEvent {
+    fn from(e: AuditRow) -> Self {
+        pb::AuditEvent {
+            id: e.id.to_string(),
+            event: e.event,
+            outcome: e.outcome,
+            ip_address: e.ip_address.unwrap_or_default(),
+            user_agent: e.user_agent.unwrap_or_default(),
+            created_at: Some(timestamp(e.created_at)),
+        }
+    }
+}
+
 impl From<SignedIn> for pb::AuthResponse {
     fn from(s: SignedIn) -> Self {
         pb::AuthResponse {
@@ -65,10 +83,7 @@ impl From<SignedIn> for pb::AuthResponse {
 
 impl From<&Profile> for pb::Profile {
     fn from(p: &Profile) -> Self {
-        use pb::{
-            AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls,
-            ProgrammingLevel as Pl,
-        };
+        use pb::{AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls, ProgrammingLevel as Pl};
         let level = p.programming_level.map_or(Pl::Unspecified, |l| match l {
             ProgrammingLevel::Beginner => Pl::Beginner,
             ProgrammingLevel::Intermediate => Pl::Intermediate,
@@ -113,12 +128,7 @@ impl From<&Profile> for pb::Profile {
 /// Decodes a proto profile's values, recording unknown enum numbers under `prefix`.
 /// Output-only fields are ignored.
 pub fn profile_from_pb(p: pb::Profile, prefix: &str, v: &mut Violations) -> Profile {
-    fn decode<P, D>(
-        v: &mut Violations,
-        field: String,
-        raw: i32,
-        map: impl Fn(P) -> Option<D>,
-    ) -> Option<D>
+    fn decode<P, D>(v: &mut Violations, field: String, raw: i32, map: impl Fn(P) -> Option<D>) -> Option<D>
     where
         P: TryFrom<i32>,
     {
@@ -130,57 +140,35 @@ pub fn profile_from_pb(p: pb::Profile, prefix: &str, v: &mut Violations) -> Prof
             }
         }
     }
-    use pb::{
-        AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls,
-        ProgrammingLevel as Pl,
-    };
-    let programming_level = decode(
-        v,
-        format!("{prefix}programming_level"),
-        p.programming_level,
-        |l: Pl| match l {
-            Pl::Unspecified => None,
-            Pl::Beginner => Some(ProgrammingLevel::Beginner),
-            Pl::Intermediate => Some(ProgrammingLevel::Intermediate),
-            Pl::Advanced => Some(ProgrammingLevel::Advanced),
-        },
-    );
-    let ai_knowledge_level = decode(
-        v,
-        format!("{prefix}ai_knowledge_level"),
-        p.ai_knowledge_level,
-        |l: Ai| match l {
-            Ai::Unspecified => None,
-            Ai::None => Some(AiKnowledgeLevel::None),
-            Ai::Basic => Some(AiKnowledgeLevel::Basic),
-            Ai::Intermediate => Some(AiKnowledgeLevel::Intermediate),
-            Ai::Advanced => Some(AiKnowledgeLevel::Advanced),
-        },
-    );
-    let hardware_experience = decode(
-        v,
-        format!("{prefix}hardware_experience"),
-        p.hardware_experience,
-        |l: Hw| match l {
+    use pb::{AiKnowledgeLevel as Ai, HardwareExperience as Hw, LearningStyle as Ls, ProgrammingLevel as Pl};
+    let programming_level = decode(v, format!("{prefix}programming_level"), p.programming_level, |l: Pl| match l {
+        Pl::Unspecified => None,
+        Pl::Beginner => Some(ProgrammingLevel::Beginner),
+        Pl::Intermediate => Some(ProgrammingLevel::Intermediate),
+        Pl::Advanced => Some(ProgrammingLevel::Advanced),
+    });
+    let ai_knowledge_level = decode(v, format!("{prefix}ai_knowledge_level"), p.ai_knowledge_level, |l: Ai| match l {
+        Ai::Unspecified => None,
+        Ai::None => Some(AiKnowledgeLevel::None),
+        Ai::Basic => Some(AiKnowledgeLevel::Basic),
+        Ai::Intermediate => Some(AiKnowledgeLevel::Intermediate),
+        Ai::Advanced => Some(AiKnowledgeLevel::Advanced),
+    });
+    let hardware_experience =
+        decode(v, format!("{prefix}hardware_experience"), p.hardware_experience, |l: Hw| match l {
             Hw::Unspecified => None,
             Hw::None => Some(HardwareExperience::None),
             Hw::Basic => Some(HardwareExperience::Basic),
             Hw::Robotics => Some(HardwareExperience::Robotics),
             Hw::EmbeddedSystems => Some(HardwareExperience::EmbeddedSystems),
-        },
-    );
-    let learning_style = decode(
-        v,
-        format!("{prefix}learning_style"),
-        p.learning_style,
-        |l: Ls| match l {
-            Ls::Unspecified => None,
-            Ls::Theory => Some(LearningStyle::Theory),
-            Ls::CodeFirst => Some(LearningStyle::CodeFirst),
-            Ls::Visual => Some(LearningStyle::Visual),
-            Ls::Mixed => Some(LearningStyle::Mixed),
-        },
-    );
+        });
+    let learning_style = decode(v, format!("{prefix}learning_style"), p.learning_style, |l: Ls| match l {
+        Ls::Unspecified => None,
+        Ls::Theory => Some(LearningStyle::Theory),
+        Ls::CodeFirst => Some(LearningStyle::CodeFirst),
+        Ls::Visual => Some(LearningStyle::Visual),
+        Ls::Mixed => Some(LearningStyle::Mixed),
+    });
     Profile {
         programming_level,
         programming_languages: p.programming_languages,
@@ -200,11 +188,7 @@ pub fn profile_from_pb(p: pb::Profile, prefix: &str, v: &mut Violations) -> Prof
 
 /// The fields an update names: the mask's paths, `*` for all, or without a mask every field
 /// set in `values` (AIP-134).
-pub fn update_fields(
-    mask: Option<FieldMask>,
-    values: &Profile,
-    v: &mut Violations,
-) -> Vec<ProfileField> {
+pub fn update_fields(mask: Option<FieldMask>, values: &Profile, v: &mut Violations) -> Vec<ProfileField> {
     let paths = mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
         return values.set_fields();
@@ -221,14 +205,10 @@ pub fn update_fields(
         match ProfileField::parse(name) {
             Some(f) if !fields.contains(&f) => fields.push(f),
             Some(_) => {}
-            None if name == "consent_updated_at" || name == "updated_at" => v.add(
-                format!("update_mask.paths[{i}]"),
-                format!("{name} is output only"),
-            ),
-            None => v.add(
-                format!("update_mask.paths[{i}]"),
-                format!("{path:?} is not a profile field"),
-            ),
+            None if name == "consent_updated_at" || name == "updated_at" => {
+                v.add(format!("update_mask.paths[{i}]"), format!("{name} is output only"))
+            }
+            None => v.add(format!("update_mask.paths[{i}]"), format!("{path:?} is not a profile field")),
         }
     }
     fields

@@ -7,11 +7,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::storage::Store;
 
 /// Services whose status follows the database ("" is the server as a whole).
-pub const SERVICES: [&str; 3] = [
-    "",
-    "gatehouse.v1.AuthService",
-    "gatehouse.v1.ProfileService",
-];
+pub const SERVICES: [&str; 3] = ["", "gatehouse.v1.AuthService", "gatehouse.v1.ProfileService"];
 
 /// Sets every service's status.
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
@@ -28,23 +24,13 @@ pub async fn watch_store(store: Arc<dyn Store>, reporter: HealthReporter, interv
     loop {
         ticker.tick().await;
         // A hung database must not leave the status stale.
-        let ok = matches!(
-            tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await,
-            Ok(Ok(()))
-        );
-        let status = if ok {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let ok = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await, Ok(Ok(())));
+        let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if ok {
                 tracing::info!(backend = store.backend(), "database answers: SERVING");
             } else {
-                tracing::warn!(
-                    backend = store.backend(),
-                    "database does not answer: NOT_SERVING"
-                );
+                tracing::warn!(backend = store.backend(), "database does not answer: NOT_SERVING");
             }
             set_all(&reporter, status).await;
             last = Some(status);

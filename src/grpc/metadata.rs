@@ -29,33 +29,21 @@ pub fn client_info<T>(request: &Request<T>, trusted: &[IpNet]) -> ClientInfo {
     let metadata = request.metadata();
     let peer_trusted = peer.as_ref().is_some_and(is_trusted);
 
-    let ip = if peer_trusted {
-        forwarded_client(metadata, &is_trusted).or(peer)
-    } else {
-        peer
-    };
+    let ip = if peer_trusted { forwarded_client(metadata, &is_trusted).or(peer) } else { peer };
     let agent = if peer_trusted {
-        metadata
-            .get(FORWARDED_USER_AGENT)
-            .or_else(|| metadata.get("user-agent"))
+        metadata.get(FORWARDED_USER_AGENT).or_else(|| metadata.get("user-agent"))
     } else {
         metadata.get("user-agent")
     };
     ClientInfo {
         ip: ip.map(|ip| ip.to_canonical().to_string()),
-        user_agent: agent
-            .and_then(|v| v.to_str().ok())
-            .map(sanitize)
-            .filter(|s| !s.is_empty()),
+        user_agent: agent.and_then(|v| v.to_str().ok()).map(sanitize).filter(|s| !s.is_empty()),
     }
 }
 
 /// Walks x-forwarded-for from the right, skipping trusted proxies: the first other address is
 /// the client. Malformed entries end the walk, since nothing left of them can be trusted.
-fn forwarded_client(
-    metadata: &MetadataMap,
-    is_trusted: &dyn Fn(&IpAddr) -> bool,
-) -> Option<IpAddr> {
+fn forwarded_client(metadata: &MetadataMap, is_trusted: &dyn Fn(&IpAddr) -> bool) -> Option<IpAddr> {
     let header = metadata.get(FORWARDED_FOR)?.to_str().ok()?;
     let mut last = None;
     for hop in header.rsplit(',') {
@@ -70,12 +58,7 @@ fn forwarded_client(
 
 /// Keeps printable characters only (no CR/LF log injection) and bounds the length.
 fn sanitize(raw: &str) -> String {
-    raw.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_USER_AGENT_CHARS)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    raw.chars().filter(|c| !c.is_control()).take(MAX_USER_AGENT_CHARS).collect::<String>().trim().to_owned()
 }
 
 #[cfg(test)]
@@ -99,14 +82,8 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
         let mut m = MetadataMap::new();
-        m.insert(
-            FORWARDED_FOR,
-            "203.0.113.9, 198.51.100.7, 10.0.0.2".parse().unwrap(),
-        );
-        assert_eq!(
-            forwarded_client(&m, &is_trusted),
-            "198.51.100.7".parse().ok()
-        );
+        m.insert(FORWARDED_FOR, "203.0.113.9, 198.51.100.7, 10.0.0.2".parse().unwrap());
+        assert_eq!(forwarded_client(&m, &is_trusted), "198.51.100.7".parse().ok());
         m.insert(FORWARDED_FOR, "garbage".parse().unwrap());
         assert_eq!(forwarded_client(&m, &is_trusted), None);
     }

@@ -22,9 +22,7 @@ use crate::{
     domain::{Auth, Profiles},
     proto::{
         FILE_DESCRIPTOR_SET,
-        v1::{
-            auth_service_server::AuthServiceServer, profile_service_server::ProfileServiceServer,
-        },
+        v1::{auth_service_server::AuthServiceServer, profile_service_server::ProfileServiceServer},
     },
     telemetry,
 };
@@ -48,9 +46,7 @@ pub async fn serve(
     settings: GrpcSettings,
     auth: Arc<Auth>,
     profiles: Arc<Profiles>,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let trusted: Arc<[IpNet]> = settings.trusted_proxies.into();
@@ -76,16 +72,12 @@ pub async fn serve(
     let trace = TraceLayer::new_for_grpc()
         .make_span_with(|req: &http::Request<_>| telemetry::rpc_span(req))
         .on_request(())
-        .on_response(
-            |res: &http::Response<_>, latency: Duration, span: &tracing::Span| {
-                telemetry::record_rpc_end(Some(res.headers()), latency, span)
-            },
-        )
-        .on_eos(
-            |trailers: Option<&http::HeaderMap>, latency: Duration, span: &tracing::Span| {
-                telemetry::record_rpc_end(trailers, latency, span)
-            },
-        )
+        .on_response(|res: &http::Response<_>, latency: Duration, span: &tracing::Span| {
+            telemetry::record_rpc_end(Some(res.headers()), latency, span)
+        })
+        .on_eos(|trailers: Option<&http::HeaderMap>, latency: Duration, span: &tracing::Span| {
+            telemetry::record_rpc_end(trailers, latency, span)
+        })
         .on_failure(());
 
     Server::builder()
@@ -96,9 +88,6 @@ pub async fn serve(
         .add_service(profile_api)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }

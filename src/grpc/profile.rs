@@ -34,9 +34,7 @@ impl ProfileService for ProfileApi {
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
         let profile = self.profiles.get(caller.user.id).await?;
-        Ok(Response::new(pb::GetProfileResponse {
-            profile: Some((&profile).into()),
-        }))
+        Ok(Response::new(pb::GetProfileResponse { profile: Some((&profile).into()) }))
     }
 
     async fn update_profile(
@@ -50,12 +48,7 @@ impl ProfileService for ProfileApi {
         let fields = update_fields(r.update_mask, &values, &mut v);
         values.validate("profile.", &mut v);
         v.finish()?;
-        let profile = self
-            .profiles
-            .update(caller.user.id, &values, &fields)
-            .await?;
-        Ok(Response::new(pb::UpdateProfileResponse {
-            profile: Some((&profile).into()),
-        }))
+        let profile = self.profiles.update(caller.user.id, &values, &fields).await?;
+        Ok(Response::new(pb::UpdateProfileResponse { profile: Some((&profile).into()) }))
     }
 }

@@ -38,6 +38,13 @@ impl From<Error> for Status {
                 details.set_retry_info(Some(Duration::from_secs(1)));
                 Status::with_error_details(Code::ResourceExhausted, why, details)
             }
+            Error::RateLimited { retry_after } => {
+                let mut details = ErrorDetails::new();
+                // Whole seconds, rounded up: clients sleep at least this long.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                details.set_retry_info(Some(Duration::from_secs(secs.max(1))));
+                Status::with_error_details(Code::ResourceExhausted, "too many requests; retry later", details)
+            }
             Error::Unavailable(source) => {
                 tracing::warn!(error = %source, "store unavailable");
                 Status::unavailable("service temporarily unavailable; try again later")

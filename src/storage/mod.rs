@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    CredentialRow, NewSession, NewUser, ProfileRow, SessionRow, SessionUserRow, UserRow,
+    AuditRow, CredentialRow, NewSession, NewUser, NewVerificationToken, ProfileRow, RedeemedToken, SessionRow,
+    SessionUserRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -49,27 +50,69 @@ pub struct DbOptions {
 pub trait UserStore: Send + Sync {
     /// Inserts a user and, in the same transaction, their profile. A taken email is
     /// `Conflict("users_email_key")`.
-    async fn create_user(
-        &self,
-        user: &NewUser,
-        profile: Option<&ProfileRow>,
-    ) -> Result<UserRow, StoreError>;
+    async fn create_user(&self, user: &NewUser, profile: Option<&ProfileRow>) -> Result<UserRow, StoreError>;
     /// The user with this normalised email and their password hash.
-    async fn find_credentials_by_email(
-        &self,
-        email: &str,
-    ) -> Result<Option<CredentialRow>, StoreError>;
+    async fn find_credentials_by_email(&self, email: &str) -> Result<Option<CredentialRow>, StoreError>;
     /// The password hash of a user (`None` if they have none or do not exist).
     async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
     /// Replaces a user's password hash.
-    async fn set_password_hash(
-        &self,
-        user_id: Uuid,
-        hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn set_password_hash(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Deletes a user; sessions and profile go with it. False if there was no such user.
     async fn delete_user(&self, user_id: Uuid) -> Result<bool, StoreError>;
+    /// A user by id.
+    async fn find_user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
+    /// Counts a failed sign-in and returns the new count of consecutive failures.
+    async fn record_failed_sign_in(&self, user_id: Uuid) -> Result<i32, StoreError>;
+    /// Refuses sign-in for the user until `until`.
+    async fn lock_user(&self, user_id: Uuid, until: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Forgets failed sign-ins and any lock.
+    async fn clear_failed_sign_ins(&self, user_id: Uuid) -> Result<(), StoreError>;
+    /// Marks the user's email verified.
+    async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Switches the user to a new, verified email. `Conflict` if another account has it.
+    async fn change_email(&self, user_id: Uuid, new_email: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Sets a new password hash, clears any lock and deletes every session, in one transaction.
+    async fn reset_password(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Single-use email tokens (verification, email change, password reset).
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a token, superseding the user's unused tokens of the same purpose.
+    async fn issue_token(&self, token: &NewVerificationToken) -> Result<(), StoreError>;
+    /// A live, unused token of one of the two purposes, without using it.
+    async fn find_live_token(
+        &self,
+        token_hash: &[u8],
+        purposes: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<Option<RedeemedToken>, StoreError>;
+    /// Marks a live, unused token of one of the two purposes used and returns what it was
+    /// for; `None` if there is no such token. Atomic: of concurrent redemptions one wins.
+    async fn redeem_token(
+        &self,
+        token_hash: &[u8],
+        purposes: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<Option<RedeemedToken>, StoreError>;
+    /// Deletes tokens that expired or were used before `before`.
+    async fn delete_stale_tokens(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// The append-only audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends an event.
+    async fn append_audit(&self, event: &AuditRow) -> Result<(), StoreError>;
+    /// A user's events older than the cursor `(created_at, id)`, newest first.
+    async fn list_audit(
+        &self,
+        user_id: Uuid,
+        before: (DateTime<Utc>, Uuid),
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    /// Deletes events older than `before` (retention).
+    async fn prune_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Sessions, found by the keyed hash of their token.
@@ -82,15 +125,13 @@ pub trait SessionStore: Send + Sync {
     /// Moves a session's `last_active_at` forward.
     async fn touch_session(&self, session_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// A user's sessions whose absolute expiry is after `now`, most recently used first.
-    async fn list_sessions(
-        &self,
-        user_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<SessionRow>, StoreError>;
+    async fn list_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<SessionRow>, StoreError>;
     /// Deletes one session of a user. False if the user has no such session.
     async fn delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
     /// Deletes every session of a user except `keep`; returns how many went.
     async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> Result<u64, StoreError>;
+    /// Deletes every session of a user; returns how many went.
+    async fn delete_all_sessions(&self, user_id: Uuid) -> Result<u64, StoreError>;
     /// Deletes sessions that can no longer validate; returns how many went.
     async fn delete_expired_sessions(
         &self,
@@ -108,16 +149,12 @@ pub trait ProfileStore: Send + Sync {
     async fn insert_profile(&self, profile: &ProfileRow) -> Result<(), StoreError>;
     /// Writes a profile only if the stored version is `expected_version`, bumping it. False if
     /// another writer got there first.
-    async fn update_profile(
-        &self,
-        profile: &ProfileRow,
-        expected_version: i64,
-    ) -> Result<bool, StoreError>;
+    async fn update_profile(&self, profile: &ProfileRow, expected_version: i64) -> Result<bool, StoreError>;
 }
 
 /// Everything Gatehouse stores.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + ProfileStore {
+pub trait Store: UserStore + SessionStore + ProfileStore + TokenStore + AuditStore {
     /// Checks that the database answers (used by the health reporter).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pool, waiting for connections in use to be returned.
@@ -151,12 +188,9 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match err {
         E::RowNotFound => StoreError::NotFound,
-        E::PoolTimedOut
-        | E::PoolClosed
-        | E::Io(_)
-        | E::Tls(_)
-        | E::Protocol(_)
-        | E::WorkerCrashed => StoreError::Unavailable(err),
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) | E::WorkerCrashed => {
+            StoreError::Unavailable(err)
+        }
         E::Database(ref db) if db.is_unique_violation() || db.is_check_violation() => {
             StoreError::Conflict(db.constraint().unwrap_or("unknown").to_owned())
         }

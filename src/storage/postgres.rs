@@ -38,10 +38,7 @@ impl PgStore {
             .connect_with(connect)
             .await
             .map_err(classify)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Other(e.into()))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Other(e.into()))?;
         Ok(Self { pool })
     }
 }
@@ -49,10 +46,7 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(classify)?;
         Ok(())
     }
 

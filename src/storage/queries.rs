@@ -37,7 +37,7 @@ macro_rules! impl_queries {
                 &self,
                 email: &str,
             ) -> Result<Option<$crate::storage::CredentialRow>, $crate::storage::StoreError> {
-                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), ", password_hash FROM users WHERE email = $1"))
+                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), ", password_hash, failed_sign_ins, locked_until FROM users WHERE email = $1"))
                     .bind(email)
                     .fetch_optional(&self.pool)
                     .await
@@ -79,6 +79,111 @@ macro_rules! impl_queries {
                     .await
                     .map_err($crate::storage::classify)?;
                 Ok(done.rows_affected() > 0)
+            }
+            #[tracing::instrument(skip_all)]
+            async fn find_user(&self, user_id: uuid::Uuid) -> Result<Option<$crate::storage::UserRow>, $crate::storage::StoreError> {
+                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), " FROM users WHERE id = $1"))
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn record_failed_sign_in(&self, user_id: uuid::Uuid) -> Result<i32, $crate::storage::StoreError> {
+                let (count,): (i32,) = sqlx::query_as(
+                    "UPDATE users SET failed_sign_ins = failed_sign_ins + 1 WHERE id = $1 RETURNING failed_sign_ins",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::storage::classify)?;
+                Ok(count)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn lock_user(
+                &self,
+                user_id: uuid::Uuid,
+                until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::storage::StoreError> {
+                sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(until)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn clear_failed_sign_ins(&self, user_id: uuid::Uuid) -> Result<(), $crate::storage::StoreError> {
+                sqlx::query("UPDATE users SET failed_sign_ins = 0, locked_until = NULL WHERE id = $1")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn mark_email_verified(
+                &self,
+                user_id: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::storage::StoreError> {
+                sqlx::query("UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn change_email(
+                &self,
+                user_id: uuid::Uuid,
+                new_email: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::storage::StoreError> {
+                sqlx::query("UPDATE users SET email = $2, email_verified = true, updated_at = $3 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(new_email)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn reset_password(
+                &self,
+                user_id: uuid::Uuid,
+                hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                sqlx::query(
+                    "UPDATE users SET password_hash = $2, failed_sign_ins = 0, locked_until = NULL, \
+                     updated_at = $3 WHERE id = $1",
+                )
+                .bind(user_id)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(ended.rows_affected())
             }
         }
 
@@ -187,6 +292,16 @@ macro_rules! impl_queries {
             }
 
             #[tracing::instrument(skip_all)]
+            async fn delete_all_sessions(&self, user_id: uuid::Uuid) -> Result<u64, $crate::storage::StoreError> {
+                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected())
+            }
+
+            #[tracing::instrument(skip_all)]
             async fn delete_expired_sessions(
                 &self,
                 absolute_before: chrono::DateTime<chrono::Utc>,
@@ -253,6 +368,144 @@ macro_rules! impl_queries {
                 .await
                 .map_err($crate::storage::classify)?;
                 Ok(done.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::TokenStore for $store {
+            #[tracing::instrument(skip_all)]
+            async fn issue_token(&self, t: &$crate::storage::NewVerificationToken) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                sqlx::query("DELETE FROM verification_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
+                    .bind(t.user_id)
+                    .bind(t.purpose)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO verification_tokens (id, user_id, purpose, token_hash, new_email, created_at, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(t.id)
+                .bind(t.user_id)
+                .bind(t.purpose)
+                .bind(&t.token_hash)
+                .bind(&t.new_email)
+                .bind(t.now)
+                .bind(t.expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn find_live_token(
+                &self,
+                token_hash: &[u8],
+                purposes: (&str, &str),
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::storage::RedeemedToken>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "SELECT user_id, purpose, new_email FROM verification_tokens WHERE token_hash = $1 \
+                     AND (purpose = $2 OR purpose = $3) AND used_at IS NULL AND expires_at > $4",
+                )
+                .bind(token_hash)
+                .bind(purposes.0)
+                .bind(purposes.1)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn redeem_token(
+                &self,
+                token_hash: &[u8],
+                purposes: (&str, &str),
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::storage::RedeemedToken>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "UPDATE verification_tokens SET used_at = $4 WHERE token_hash = $1 \
+                     AND (purpose = $2 OR purpose = $3) AND used_at IS NULL AND expires_at > $4 \
+                     RETURNING user_id, purpose, new_email",
+                )
+                .bind(token_hash)
+                .bind(purposes.0)
+                .bind(purposes.1)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn delete_stale_tokens(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::storage::StoreError> {
+                let done = sqlx::query("DELETE FROM verification_tokens WHERE expires_at <= $1 OR used_at <= $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::AuditStore for $store {
+            #[tracing::instrument(skip_all)]
+            async fn append_audit(&self, e: &$crate::storage::AuditRow) -> Result<(), $crate::storage::StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_events (id, user_id, event, outcome, reason, ip_address, user_agent, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(e.id)
+                .bind(e.user_id)
+                .bind(&e.event)
+                .bind(&e.outcome)
+                .bind(&e.reason)
+                .bind(&e.ip_address)
+                .bind(&e.user_agent)
+                .bind(e.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::classify)?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn list_audit(
+                &self,
+                user_id: uuid::Uuid,
+                before: (chrono::DateTime<chrono::Utc>, uuid::Uuid),
+                limit: i64,
+            ) -> Result<Vec<$crate::storage::AuditRow>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "SELECT id, user_id, event, outcome, reason, ip_address, user_agent, created_at \
+                     FROM audit_events WHERE user_id = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                )
+                .bind(user_id)
+                .bind(before.0)
+                .bind(before.1)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn prune_audit(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::storage::StoreError> {
+                let done = sqlx::query("DELETE FROM audit_events WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected())
             }
         }
 

@@ -30,6 +30,10 @@ pub struct CredentialRow {
     pub user: UserRow,
     /// Argon2id PHC string, if the user has a password.
     pub password_hash: Option<String>,
+    /// Consecutive failed sign-ins.
+    pub failed_sign_ins: i32,
+    /// Sign-in refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// A user to insert.
@@ -162,4 +166,55 @@ pub struct ProfileRow {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A single-use email token to store.
+#[derive(Debug, Clone)]
+pub struct NewVerificationToken {
+    /// Primary key.
+    pub id: Uuid,
+    /// The user it acts for.
+    pub user_id: Uuid,
+    /// `verify_email`, `change_email` or `reset_password`.
+    pub purpose: &'static str,
+    /// HMAC of the token.
+    pub token_hash: Vec<u8>,
+    /// The address a `change_email` token switches to.
+    pub new_email: Option<String>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What redeeming a token yields.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RedeemedToken {
+    /// The user it acts for.
+    pub user_id: Uuid,
+    /// Its purpose.
+    pub purpose: String,
+    /// The address a `change_email` token switches to.
+    pub new_email: Option<String>,
+}
+
+/// A security event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Primary key (UUIDv7, so ids sort by time).
+    pub id: Uuid,
+    /// The user concerned, when known.
+    pub user_id: Option<Uuid>,
+    /// What happened.
+    pub event: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Internal detail, never shown to users.
+    pub reason: Option<String>,
+    /// End user's IP.
+    pub ip_address: Option<String>,
+    /// End user's agent.
+    pub user_agent: Option<String>,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
 }

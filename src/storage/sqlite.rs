@@ -5,9 +5,7 @@ use std::{os::unix::fs::MetadataExt, path::PathBuf, str::FromStr, time::Duration
 use async_trait::async_trait;
 use sqlx::{
     migrate::Migrator,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
@@ -42,10 +40,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let path = connect.get_filename().to_path_buf();
         let in_memory = opts.url.contains(":memory:") || path.as_os_str().is_empty();
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !in_memory && !d.as_os_str().is_empty())
-        {
+        if let Some(dir) = path.parent().filter(|d| !in_memory && !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.into()))?;
         }
         let pool = SqlitePoolOptions::new()
@@ -54,16 +49,11 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(classify)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Other(e.into()))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Other(e.into()))?;
         let file = if in_memory {
             None
         } else {
-            let ino = std::fs::metadata(&path)
-                .map_err(|e| StoreError::Unavailable(e.into()))?
-                .ino();
+            let ino = std::fs::metadata(&path).map_err(|e| StoreError::Unavailable(e.into()))?.ino();
             Some((path, ino))
         };
         Ok(Self { pool, file })
@@ -73,10 +63,7 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(classify)?;
         if let Some((path, ino)) = &self.file {
             let meta = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(e.into()))?;
             if meta.ino() != *ino {

@@ -43,18 +43,11 @@ async fn round_trip(app: &TestApp) {
     assert_eq!(signed_in.user.unwrap().id, user.id);
     assert!(app.get_session(&signed_in.session_token).await.is_ok());
 
-    app.auth()
-        .sign_out(bearer(pb::SignOutRequest {}, &signed_in.session_token))
-        .await
-        .unwrap();
+    app.auth().sign_out(bearer(pb::SignOutRequest {}, &signed_in.session_token)).await.unwrap();
     let err = app.get_session(&signed_in.session_token).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // Signing out again is harmless but, the session being gone, unauthenticated.
-    let again = app
-        .auth()
-        .sign_out(bearer(pb::SignOutRequest {}, &signed_in.session_token))
-        .await
-        .unwrap_err();
+    let again = app.auth().sign_out(bearer(pb::SignOutRequest {}, &signed_in.session_token)).await.unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
     // The first session is untouched.
     assert!(app.get_session(&up.session_token).await.is_ok());
@@ -62,14 +55,8 @@ async fn round_trip(app: &TestApp) {
 
 async fn unknown_email_and_wrong_password_are_indistinguishable(app: &TestApp) {
     app.sign_up("known@example.com").await;
-    let wrong = app
-        .sign_in("known@example.com", "not the right password")
-        .await
-        .unwrap_err();
-    let unknown = app
-        .sign_in("nobody@example.com", "not the right password")
-        .await
-        .unwrap_err();
+    let wrong = app.sign_in("known@example.com", "not the right password").await.unwrap_err();
+    let unknown = app.sign_in("nobody@example.com", "not the right password").await.unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
     assert_eq!(wrong.code(), unknown.code());
     assert_eq!(wrong.message(), unknown.message());
@@ -79,10 +66,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable(app: &TestApp) {
 
 async fn emails_are_case_insensitive(app: &TestApp) {
     app.sign_up("  Mixed.Case@Example.COM ").await;
-    let res = app
-        .sign_in("mixed.case@example.com", PASSWORD)
-        .await
-        .unwrap();
+    let res = app.sign_in("mixed.case@example.com", PASSWORD).await.unwrap();
     assert_eq!(res.user.unwrap().email, "mixed.case@example.com");
     let dup = app
         .auth()
@@ -100,11 +84,7 @@ async fn emails_are_case_insensitive(app: &TestApp) {
 async fn concurrent_duplicate_sign_up_creates_one_user(app: &TestApp) {
     let attempts = (0..12).map(|i| {
         let mut client = app.auth();
-        let email = if i % 2 == 0 {
-            "race@example.com"
-        } else {
-            "RACE@Example.com"
-        };
+        let email = if i % 2 == 0 { "race@example.com" } else { "RACE@Example.com" };
         async move {
             client
                 .sign_up(pb::SignUpRequest {
@@ -129,12 +109,7 @@ async fn concurrent_duplicate_sign_up_creates_one_user(app: &TestApp) {
 async fn sign_up_rejects_bad_input_per_field(app: &TestApp) {
     let cases: Vec<(pb::SignUpRequest, Vec<&str>)> = vec![
         (
-            pb::SignUpRequest {
-                email: "".into(),
-                password: PASSWORD.into(),
-                name: "A".into(),
-                profile: None,
-            },
+            pb::SignUpRequest { email: "".into(), password: PASSWORD.into(), name: "A".into(), profile: None },
             vec!["email"],
         ),
         (
@@ -156,12 +131,7 @@ async fn sign_up_rejects_bad_input_per_field(app: &TestApp) {
             vec!["email"],
         ),
         (
-            pb::SignUpRequest {
-                email: "a@example.com".into(),
-                password: "".into(),
-                name: "A".into(),
-                profile: None,
-            },
+            pb::SignUpRequest { email: "a@example.com".into(), password: "".into(), name: "A".into(), profile: None },
             vec!["password"],
         ),
         (
@@ -192,12 +162,7 @@ async fn sign_up_rejects_bad_input_per_field(app: &TestApp) {
             vec!["name"],
         ),
         (
-            pb::SignUpRequest {
-                email: "bad".into(),
-                password: "short".into(),
-                name: "".into(),
-                profile: None,
-            },
+            pb::SignUpRequest { email: "bad".into(), password: "short".into(), name: "".into(), profile: None },
             vec!["email", "name", "password"],
         ),
         (
@@ -205,10 +170,7 @@ async fn sign_up_rejects_bad_input_per_field(app: &TestApp) {
                 email: "a@example.com".into(),
                 password: PASSWORD.into(),
                 name: "A".into(),
-                profile: Some(pb::Profile {
-                    learning_style: 42,
-                    ..Default::default()
-                }),
+                profile: Some(pb::Profile { learning_style: 42, ..Default::default() }),
             },
             vec!["profile.learning_style"],
         ),
@@ -217,11 +179,7 @@ async fn sign_up_rejects_bad_input_per_field(app: &TestApp) {
                 email: "a@example.com".into(),
                 password: PASSWORD.into(),
                 name: "A".into(),
-                profile: Some(pb::Profile {
-                    role: "r".repeat(101),
-                    interests: vec!["".into()],
-                    ..Default::default()
-                }),
+                profile: Some(pb::Profile { role: "r".repeat(101), interests: vec!["".into()], ..Default::default() }),
             },
             vec!["profile.interests[0]", "profile.role"],
         ),
@@ -241,10 +199,7 @@ async fn sign_in_rejects_bad_input(app: &TestApp) {
     let mut fields = violated_fields(&status);
     fields.sort();
     assert_eq!(fields, ["email", "password"]);
-    let status = app
-        .sign_in("a@example.com", &"p".repeat(129))
-        .await
-        .unwrap_err();
+    let status = app.sign_in("a@example.com", &"p".repeat(129)).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["password"]);
 }
 
@@ -253,58 +208,24 @@ async fn password_rules(app: &TestApp) {
         let mut client = app.auth();
         async move {
             client
-                .sign_up(pb::SignUpRequest {
-                    email: email.into(),
-                    password,
-                    name: "Rule Tester".into(),
-                    profile: None,
-                })
+                .sign_up(pb::SignUpRequest { email: email.into(), password, name: "Rule Tester".into(), profile: None })
                 .await
         }
     };
     // Minimum minus one is refused; the minimum is accepted; 8 emoji are 8 characters.
-    assert_eq!(
-        violated_fields(
-            &sign_up("a@example.com", "qzvkmtr".into())
-                .await
-                .unwrap_err()
-        ),
-        ["password"]
-    );
+    assert_eq!(violated_fields(&sign_up("a@example.com", "qzvkmtr".into()).await.unwrap_err()), ["password"]);
     assert!(sign_up("b@example.com", "qzvkmtrw".into()).await.is_ok());
-    assert!(
-        sign_up("c@example.com", "🦀🐍🦊🐙🦉🐢🦄🐝".into())
-            .await
-            .is_ok()
-    );
+    assert!(sign_up("c@example.com", "🦀🐍🦊🐙🦉🐢🦄🐝".into()).await.is_ok());
     // 64 and 128 characters are accepted; 129 is not.
     assert!(sign_up("d@example.com", random_text(64)).await.is_ok());
     assert!(sign_up("e@example.com", random_text(128)).await.is_ok());
-    assert_eq!(
-        violated_fields(
-            &sign_up("f@example.com", random_text(129))
-                .await
-                .unwrap_err()
-        ),
-        ["password"]
-    );
+    assert_eq!(violated_fields(&sign_up("f@example.com", random_text(129)).await.unwrap_err()), ["password"]);
     // Common passwords and ones containing the email or the service name are refused, with a reason.
-    let common = sign_up("g@example.com", "password1234".into())
-        .await
-        .unwrap_err();
+    let common = sign_up("g@example.com", "password1234".into()).await.unwrap_err();
     assert!(common.message().contains("too common"), "{common:?}");
-    let personal = sign_up("winifred@example.com", "winifred-2x9q-kvz".into())
-        .await
-        .unwrap_err();
-    assert!(
-        personal.message().contains("must not contain"),
-        "{personal:?}"
-    );
-    assert!(
-        sign_up("h@example.com", "gatehouse-zq8-vk3-mm".into())
-            .await
-            .is_err()
-    );
+    let personal = sign_up("winifred@example.com", "winifred-2x9q-kvz".into()).await.unwrap_err();
+    assert!(personal.message().contains("must not contain"), "{personal:?}");
+    assert!(sign_up("h@example.com", "gatehouse-zq8-vk3-mm".into()).await.is_err());
     // No composition rules: a random lowercase-only password is fine.
     assert!(sign_up("i@example.com", "tvyqbnhzkc".into()).await.is_ok());
 }
@@ -336,23 +257,14 @@ async fn passwords_are_normalized_and_never_truncated(app: &TestApp) {
         .await
         .unwrap();
     let first_72: String = long.chars().take(72).collect();
-    assert_eq!(
-        app.sign_in("long@example.com", &first_72)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(app.sign_in("long@example.com", &first_72).await.unwrap_err().code(), Code::Unauthenticated);
     assert!(app.sign_in("long@example.com", &long).await.is_ok());
 }
 
 async fn passwords_are_stored_as_argon2id(app: &TestApp) {
     app.sign_up("one@example.com").await;
     app.sign_up("two@example.com").await;
-    let hashes = app
-        .db
-        .query_texts("SELECT password_hash FROM users ORDER BY email")
-        .await;
+    let hashes = app.db.query_texts("SELECT password_hash FROM users ORDER BY email").await;
     assert_eq!(hashes.len(), 2);
     for h in &hashes {
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
@@ -382,10 +294,7 @@ async fn change_password(app: &TestApp) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&wrong), ["current_password"]);
-    assert_eq!(
-        app.db.query_texts("SELECT password_hash FROM users").await,
-        before
-    );
+    assert_eq!(app.db.query_texts("SELECT password_hash FROM users").await, before);
 
     let weak = app
         .auth()
@@ -415,35 +324,12 @@ async fn change_password(app: &TestApp) {
         .unwrap()
         .into_inner();
     assert_eq!(done.revoked_count, 1);
-    assert!(
-        app.get_session(&token).await.is_ok(),
-        "the calling session survives"
-    );
-    assert_eq!(
-        app.get_session(&other.session_token)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        app.sign_in("changer@example.com", PASSWORD)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated
-    );
-    assert!(
-        app.sign_in("changer@example.com", new_password)
-            .await
-            .is_ok()
-    );
+    assert!(app.get_session(&token).await.is_ok(), "the calling session survives");
+    assert_eq!(app.get_session(&other.session_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(app.sign_in("changer@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(app.sign_in("changer@example.com", new_password).await.is_ok());
 
-    let unauthenticated = app
-        .auth()
-        .change_password(pb::ChangePasswordRequest::default())
-        .await
-        .unwrap_err();
+    let unauthenticated = app.auth().change_password(pb::ChangePasswordRequest::default()).await.unwrap_err();
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
 }
 
@@ -453,10 +339,7 @@ async fn delete_account(app: &TestApp) {
     app.profile()
         .update_profile(bearer(
             pb::UpdateProfileRequest {
-                profile: Some(pb::Profile {
-                    role: "student".into(),
-                    ..Default::default()
-                }),
+                profile: Some(pb::Profile { role: "student".into(), ..Default::default() }),
                 update_mask: None,
             },
             &token,
@@ -465,37 +348,15 @@ async fn delete_account(app: &TestApp) {
         .unwrap();
     let wrong = app
         .auth()
-        .delete_account(bearer(
-            pb::DeleteAccountRequest {
-                password: "nope nope nope".into(),
-            },
-            &token,
-        ))
+        .delete_account(bearer(pb::DeleteAccountRequest { password: "nope nope nope".into() }, &token))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&wrong), ["password"]);
     assert_eq!(app.db.count("users").await, 1);
 
-    app.auth()
-        .delete_account(bearer(
-            pb::DeleteAccountRequest {
-                password: PASSWORD.into(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(
-        app.get_session(&token).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        app.sign_in("leaver@example.com", PASSWORD)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unauthenticated
-    );
+    app.auth().delete_account(bearer(pb::DeleteAccountRequest { password: PASSWORD.into() }, &token)).await.unwrap();
+    assert_eq!(app.get_session(&token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(app.sign_in("leaver@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
     for table in ["users", "sessions", "profiles"] {
         assert_eq!(app.db.count(table).await, 0, "{table} not emptied");
     }
@@ -505,14 +366,9 @@ async fn delete_account(app: &TestApp) {
 
 async fn sign_in_issues_a_new_token_each_time(app: &TestApp) {
     let up = app.sign_up("tokens@example.com").await;
-    let mut request = tonic::Request::new(pb::SignInRequest {
-        email: "tokens@example.com".into(),
-        password: PASSWORD.into(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", up.session_token).parse().unwrap(),
-    );
+    let mut request =
+        tonic::Request::new(pb::SignInRequest { email: "tokens@example.com".into(), password: PASSWORD.into() });
+    request.metadata_mut().insert("authorization", format!("Bearer {}", up.session_token).parse().unwrap());
     let again = app.auth().sign_in(request).await.unwrap().into_inner();
     assert_ne!(again.session_token, up.session_token);
     assert_eq!(app.db.count("sessions").await, 2);
@@ -522,17 +378,9 @@ async fn sign_in_issues_a_new_token_each_time(app: &TestApp) {
     let stored = app.db.query_blobs("SELECT token_hash FROM sessions").await;
     let stored_b64 = base64_url(&stored[0]);
     for token in [invented.as_str(), stored_b64.as_str(), "garbage", ""] {
-        assert_eq!(
-            app.get_session(token).await.unwrap_err().code(),
-            Code::Unauthenticated,
-            "{token}"
-        );
+        assert_eq!(app.get_session(token).await.unwrap_err().code(), Code::Unauthenticated, "{token}");
     }
-    let missing = app
-        .auth()
-        .get_session(pb::GetSessionRequest {})
-        .await
-        .unwrap_err();
+    let missing = app.auth().get_session(pb::GetSessionRequest {}).await.unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
     assert_eq!(app.db.count("sessions").await, 2);
     // No raw token anywhere in the sessions table.
@@ -544,18 +392,12 @@ async fn sign_in_issues_a_new_token_each_time(app: &TestApp) {
 
 /// `len` random hex characters: long, unguessable and free of repetition.
 fn random_text(len: usize) -> String {
-    (0..len.div_ceil(32))
-        .map(|_| uuid::Uuid::new_v4().simple().to_string())
-        .collect::<String>()[..len]
-        .to_owned()
+    (0..len.div_ceil(32)).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect::<String>()[..len].to_owned()
 }
 
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
-    format!(
-        "gate_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("gate_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 async fn forwarded_client_metadata_is_recorded(app: &TestApp) {
@@ -565,21 +407,9 @@ async fn forwarded_client_metadata_is_recorded(app: &TestApp) {
         name: "F".into(),
         profile: None,
     });
-    request
-        .metadata_mut()
-        .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
-    request.metadata_mut().insert(
-        "x-forwarded-user-agent",
-        "Mozilla/5.0 (Reader)".parse().unwrap(),
-    );
-    let session = app
-        .auth()
-        .sign_up(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    request.metadata_mut().insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+    request.metadata_mut().insert("x-forwarded-user-agent", "Mozilla/5.0 (Reader)".parse().unwrap());
+    let session = app.auth().sign_up(request).await.unwrap().into_inner().session.unwrap();
     // The test client connects from loopback, a trusted proxy by default.
     assert_eq!(session.ip_address, "203.0.113.7");
     assert_eq!(session.user_agent, "Mozilla/5.0 (Reader)");
@@ -593,10 +423,7 @@ async fn oversized_requests_are_refused(app: &TestApp) {
         profile: None,
     };
     let status = app.auth().sign_up(huge).await.unwrap_err();
-    assert!(
-        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{status:?}"
-    );
+    assert!(matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange), "{status:?}");
     // Still healthy afterwards.
     app.sign_up("after@example.com").await;
 }
@@ -623,21 +450,13 @@ async fn upgrade_on(backend: Backend) {
     };
     old.sign_up("upgrade@example.com").await;
     let before = old.db.query_texts("SELECT password_hash FROM users").await;
-    assert!(
-        before[0].starts_with("$argon2id$v=19$m=8192,t=3,p=1$"),
-        "{}",
-        before[0]
-    );
+    assert!(before[0].starts_with("$argon2id$v=19$m=8192,t=3,p=1$"), "{}", before[0]);
     old.stop().await;
 
     let new = spawn_on(old.db.clone(), |_| {}).await;
     assert!(new.sign_in("upgrade@example.com", PASSWORD).await.is_ok());
     let after = new.db.query_texts("SELECT password_hash FROM users").await;
-    assert!(
-        after[0].starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "{}",
-        after[0]
-    );
+    assert!(after[0].starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", after[0]);
     assert!(new.sign_in("upgrade@example.com", PASSWORD).await.is_ok());
     new.finish().await;
 }

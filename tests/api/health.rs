@@ -12,21 +12,11 @@ use crate::{
     helpers::{Backend, TestApp, TestDb, spawn_app_with},
 };
 
-both_backends!(
-    health_turns_not_serving_when_the_database_goes_away,
-    reflection_lists_both_services
-);
+both_backends!(health_turns_not_serving_when_the_database_goes_away, reflection_lists_both_services);
 
 /// Waits (bounded) until the watched status of the whole server is `want`.
 async fn wait_for(app: &TestApp, want: ServingStatus) {
-    let mut stream = app
-        .health()
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = app.health().watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(update)) = stream.next().await {
             if update.status == want as i32 {
@@ -51,49 +41,32 @@ async fn health_turns_not_serving_when_the_database_goes_away(app: &TestApp) {
             std::fs::rename(&aside, path).unwrap();
             wait_for(app, ServingStatus::Serving).await;
         }
-        TestDb::Postgres {
-            admin_url, name, ..
-        } => {
+        TestDb::Postgres { admin_url, name, .. } => {
             let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
             let sql = format!(
                 "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
                  SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
             );
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
             wait_for(app, ServingStatus::NotServing).await;
             // Validation during the outage is UNAVAILABLE, never a false OK or a crash.
             let during = app.get_session(&token).await.unwrap_err();
             assert_eq!(during.code(), Code::Unavailable, "{during:?}");
             assert!(!during.message().contains(name.as_str()));
             let sql = format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true");
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
             wait_for(app, ServingStatus::Serving).await;
         }
     }
-    assert!(
-        app.get_session(&token).await.is_ok(),
-        "recovered without a restart"
-    );
+    assert!(app.get_session(&token).await.is_ok(), "recovered without a restart");
 }
 
 async fn reflection_lists_both_services(app: &TestApp) {
     let v1 = list_services_v1(app).await.unwrap();
     let v1alpha = list_services_v1alpha(app).await.unwrap();
     for services in [&v1, &v1alpha] {
-        assert!(
-            services.contains(&"gatehouse.v1.AuthService".to_string()),
-            "{services:?}"
-        );
-        assert!(
-            services.contains(&"gatehouse.v1.ProfileService".to_string()),
-            "{services:?}"
-        );
+        assert!(services.contains(&"gatehouse.v1.AuthService".to_string()), "{services:?}");
+        assert!(services.contains(&"gatehouse.v1.ProfileService".to_string()), "{services:?}");
     }
 }
 
@@ -107,15 +80,10 @@ async fn list_services_v1(app: &TestApp) -> Result<Vec<String>, tonic::Status> {
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
     let mut client = ServerReflectionClient::new(app.channel.clone());
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await?
-        .into_inner();
+    let mut responses = client.server_reflection_info(tokio_stream::once(request)).await?.into_inner();
     let response = responses.next().await.expect("one response")?;
     match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            Ok(list.service.into_iter().map(|s| s.name).collect())
-        }
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
@@ -130,15 +98,10 @@ async fn list_services_v1alpha(app: &TestApp) -> Result<Vec<String>, tonic::Stat
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
     let mut client = ServerReflectionClient::new(app.channel.clone());
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await?
-        .into_inner();
+    let mut responses = client.server_reflection_info(tokio_stream::once(request)).await?.into_inner();
     let response = responses.next().await.expect("one response")?;
     match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            Ok(list.service.into_iter().map(|s| s.name).collect())
-        }
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
@@ -146,18 +109,9 @@ async fn list_services_v1alpha(app: &TestApp) -> Result<Vec<String>, tonic::Stat
 /// Production mode turns reflection off unless asked for (OWASP gRPC guidance).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_mode_hides_reflection() {
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.environment = gatehouse::config::Environment::Production
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        list_services_v1(&app).await.unwrap_err().code(),
-        Code::Unimplemented
-    );
-    assert_eq!(
-        list_services_v1alpha(&app).await.unwrap_err().code(),
-        Code::Unimplemented
-    );
+    let app =
+        spawn_app_with(Backend::Sqlite, |c| c.environment = gatehouse::config::Environment::Production).await.unwrap();
+    assert_eq!(list_services_v1(&app).await.unwrap_err().code(), Code::Unimplemented);
+    assert_eq!(list_services_v1alpha(&app).await.unwrap_err().code(), Code::Unimplemented);
     app.finish().await;
 }

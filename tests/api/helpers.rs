@@ -11,10 +11,7 @@ use chrono::{TimeZone, Utc};
 use gatehouse::{
     Application, Config,
     domain::ManualClock,
-    proto::v1::{
-        self as pb, auth_service_client::AuthServiceClient,
-        profile_service_client::ProfileServiceClient,
-    },
+    proto::v1::{self as pb, auth_service_client::AuthServiceClient, profile_service_client::ProfileServiceClient},
 };
 use secrecy::SecretString;
 use sqlx::{AssertSqlSafe, Connection};
@@ -35,15 +32,8 @@ pub enum Backend {
 
 /// The database a test server uses, kept when the test fails.
 pub enum TestDb {
-    Sqlite {
-        _dir: TempDir,
-        path: PathBuf,
-    },
-    Postgres {
-        admin_url: String,
-        name: String,
-        url: String,
-    },
+    Sqlite { _dir: TempDir, path: PathBuf },
+    Postgres { admin_url: String, name: String, url: String },
 }
 
 impl TestDb {
@@ -59,29 +49,19 @@ impl TestDb {
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
                     if std::env::var("CI").is_ok_and(|v| v == "true") {
-                        panic!(
-                            "TEST_POSTGRES_URL must be set when CI=true: the suite must run on PostgreSQL"
-                        );
+                        panic!("TEST_POSTGRES_URL must be set when CI=true: the suite must run on PostgreSQL");
                     }
-                    eprintln!(
-                        "notice: TEST_POSTGRES_URL is not set; skipping the PostgreSQL run of this test"
-                    );
+                    eprintln!("notice: TEST_POSTGRES_URL is not set; skipping the PostgreSQL run of this test");
                     return None;
                 };
                 let name = format!("gh_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin_url)
-                    .await
-                    .expect("connect TEST_POSTGRES_URL");
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect TEST_POSTGRES_URL");
                 sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
                     .execute(&mut conn)
                     .await
                     .expect("create test database");
                 let url = with_database(&admin_url, &name);
-                Some(TestDb::Postgres {
-                    admin_url,
-                    name,
-                    url,
-                })
+                Some(TestDb::Postgres { admin_url, name, url })
             }
         }
     }
@@ -96,10 +76,7 @@ impl TestDb {
 
     /// Drops a PostgreSQL test database (SQLite's folder goes with the TempDir).
     pub async fn drop_database(&self) {
-        let TestDb::Postgres {
-            admin_url, name, ..
-        } = self
-        else {
+        let TestDb::Postgres { admin_url, name, .. } = self else {
             return;
         };
         if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
@@ -112,10 +89,7 @@ impl TestDb {
     pub async fn query_texts(&self, sql: &'static str) -> Vec<String> {
         match self {
             TestDb::Sqlite { path, .. } => {
-                let mut conn =
-                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .unwrap();
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
                 sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
             }
             TestDb::Postgres { url, .. } => {
@@ -129,10 +103,7 @@ impl TestDb {
     pub async fn query_blobs(&self, sql: &'static str) -> Vec<Vec<u8>> {
         match self {
             TestDb::Sqlite { path, .. } => {
-                let mut conn =
-                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .unwrap();
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
                 sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
             }
             TestDb::Postgres { url, .. } => {
@@ -147,10 +118,7 @@ impl TestDb {
         let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
         match self {
             TestDb::Sqlite { path, .. } => {
-                let mut conn =
-                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .unwrap();
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
                 sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
             }
             TestDb::Postgres { url, .. } => {
@@ -162,9 +130,7 @@ impl TestDb {
 }
 
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[authority_end..].find('/') {
         Some(slash) => &base[..authority_end + slash],
@@ -178,16 +144,15 @@ fn with_database(url: &str, name: &str) -> String {
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,gatehouse=debug")
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("info,gatehouse=debug").with_test_writer().try_init();
     }
 });
 
 /// A running Gatehouse and clients for it.
 pub struct TestApp {
     pub clock: ManualClock,
+    /// Holds the outbox and development files; removed with the app.
+    _data_dir: TempDir,
     pub db: Arc<TestDb>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -200,13 +165,22 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.database_url = Some(db.url());
     config.data_dir = data_dir.to_path_buf();
-    config.secret = Some(SecretString::from(
-        "test-secret-test-secret-test-secret!".to_owned(),
-    ));
+    config.secret = Some(SecretString::from("test-secret-test-secret-test-secret!".to_owned()));
     config.health_interval = Duration::from_millis(100);
     config.db_acquire_timeout = Duration::from_secs(1);
     config.db_max_connections = 5;
     config.hash_threads = Some(2);
+    // Generous limits: the rate-limit tests set their own.
+    let generous: gatehouse::domain::limits::Rate = "10000/1m".parse().unwrap();
+    config.rate_sign_in_per_account = generous;
+    config.rate_sign_in_per_ip = generous;
+    config.rate_sign_up_per_ip = generous;
+    config.rate_reset_per_email = generous;
+    config.rate_reset_per_ip = generous;
+    config.rate_verification_per_account = generous;
+    config.rate_redeem_per_ip = generous;
+    // Mail goes to a per-test outbox unless a test points it at its SMTP server.
+    config.mail_retry_backoff = Duration::from_millis(50);
     config
 }
 
@@ -224,30 +198,33 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
 /// Starts a server on an existing test database.
 pub async fn spawn_on(db: Arc<TestDb>, tweak: impl FnOnce(&mut Config)) -> TestApp {
     LazyLock::force(&TRACING);
-    let data_dir = std::env::temp_dir();
-    let mut config = test_config(&db, &data_dir);
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let mut config = test_config(&db, data_dir.path());
     tweak(&mut config);
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap());
-    let app = Application::build(config, Arc::new(clock.clone()))
-        .await
-        .expect("build application");
+    let app = Application::build(config, Arc::new(clock.clone())).await.expect("build application");
     let addr = app.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    TestApp {
-        clock,
-        db,
-        channel,
-        shutdown: Some(tx),
-        server: Some(server),
-    }
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
+    TestApp { clock, _data_dir: data_dir, db, channel, shutdown: Some(tx), server: Some(server) }
+}
+
+/// Points a configuration's mail at the test SMTP server.
+pub fn use_smtp(config: &mut Config, smtp: &crate::smtp::SmtpServer) {
+    config.smtp_host = Some("127.0.0.1".into());
+    config.smtp_port = smtp.port;
+    config.smtp_tls = gatehouse::mail::SmtpTls::None;
+    config.smtp_timeout = Duration::from_secs(5);
+}
+
+/// A request carrying `x-forwarded-for: <ip>` (the test client is a trusted loopback proxy).
+pub fn from_ip<T>(message: T, ip: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("x-forwarded-for", ip.parse().unwrap());
+    request
 }
 
 impl TestApp {
@@ -278,26 +255,16 @@ impl TestApp {
     }
 
     /// Signs in `email` with `password`.
-    pub async fn sign_in(
-        &self,
-        email: &str,
-        password: &str,
-    ) -> Result<pb::AuthResponse, tonic::Status> {
+    pub async fn sign_in(&self, email: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
         self.auth()
-            .sign_in(pb::SignInRequest {
-                email: email.into(),
-                password: password.into(),
-            })
+            .sign_in(pb::SignInRequest { email: email.into(), password: password.into() })
             .await
             .map(tonic::Response::into_inner)
     }
 
     /// GetSession with `token`.
     pub async fn get_session(&self, token: &str) -> Result<pb::GetSessionResponse, tonic::Status> {
-        self.auth()
-            .get_session(bearer(pb::GetSessionRequest {}, token))
-            .await
-            .map(tonic::Response::into_inner)
+        self.auth().get_session(bearer(pb::GetSessionRequest {}, token)).await.map(tonic::Response::into_inner)
     }
 
     /// Stops the server and drops the database.
@@ -320,9 +287,7 @@ impl TestApp {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
@@ -364,4 +329,74 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// Like [`both_backends!`], for behaviours that need mail: each test gets a loopback SMTP
+/// server wired into the server's configuration, plus its own configuration tweak.
+/// Use as `mail_backends!(name => tweak, ...)` with `async fn name(&TestApp, &mut SmtpServer)`
+/// and `fn tweak(&mut Config)`.
+#[macro_export]
+macro_rules! mail_backends {
+    ($($name:ident => $tweak:ident),* $(,)?) => {
+        mod sqlite_mail {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::helpers::run_with_mail($crate::helpers::Backend::Sqlite, super::$tweak, |app, smtp| {
+                        Box::pin(super::$name(app, smtp))
+                    })
+                    .await;
+                }
+            )*
+        }
+        mod postgres_mail {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::helpers::run_with_mail($crate::helpers::Backend::Postgres, super::$tweak, |app, smtp| {
+                        Box::pin(super::$name(app, smtp))
+                    })
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+/// Starts an SMTP server and an app mailing to it, runs `body`, and cleans up after success.
+pub async fn run_with_mail(
+    backend: Backend,
+    tweak: fn(&mut Config),
+    body: impl for<'a> FnOnce(
+        &'a TestApp,
+        &'a mut crate::smtp::SmtpServer,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>,
+) {
+    let mut smtp = crate::smtp::SmtpServer::start().await;
+    let Some(app) = spawn_app_with(backend, |c| {
+        use_smtp(c, &smtp);
+        tweak(c);
+    })
+    .await
+    else {
+        return;
+    };
+    body(&app, &mut smtp).await;
+    app.finish().await;
+}
+
+impl TestDb {
+    /// Runs a statement, returning the database's error if it refuses.
+    pub async fn try_execute(&self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+                sqlx::query(sql).execute(&mut conn).await.map(|_| ())
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query(sql).execute(&mut conn).await.map(|_| ())
+            }
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! once on SQLite and once on PostgreSQL.
 
 mod helpers;
+mod smtp;
 
+mod abuse;
 mod auth;
 mod health;
 mod profile;
+mod recovery;
 mod sessions;
 mod storage;

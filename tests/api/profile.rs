@@ -20,9 +20,7 @@ both_backends!(
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    })
+    Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
 }
 
 async fn update(
@@ -33,35 +31,19 @@ async fn update(
 ) -> Result<pb::Profile, tonic::Status> {
     let update_mask = if paths.is_empty() { None } else { mask(paths) };
     app.profile()
-        .update_profile(bearer(
-            pb::UpdateProfileRequest {
-                profile: Some(profile),
-                update_mask,
-            },
-            token,
-        ))
+        .update_profile(bearer(pb::UpdateProfileRequest { profile: Some(profile), update_mask }, token))
         .await
         .map(|r| r.into_inner().profile.unwrap())
 }
 
 async fn get(app: &TestApp, token: &str) -> pb::Profile {
-    app.profile()
-        .get_profile(bearer(pb::GetProfileRequest {}, token))
-        .await
-        .unwrap()
-        .into_inner()
-        .profile
-        .unwrap()
+    app.profile().get_profile(bearer(pb::GetProfileRequest {}, token)).await.unwrap().into_inner().profile.unwrap()
 }
 
 async fn new_users_have_an_empty_profile(app: &TestApp) {
     let token = app.sign_up("empty@example.com").await.session_token;
     assert_eq!(get(app, &token).await, pb::Profile::default());
-    let err = app
-        .profile()
-        .get_profile(pb::GetProfileRequest {})
-        .await
-        .unwrap_err();
+    let err = app.profile().get_profile(pb::GetProfileRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 
@@ -76,20 +58,14 @@ async fn partial_update_changes_only_masked_fields(app: &TestApp) {
     update(app, &token, first, &[]).await.unwrap();
 
     // Only `role` is named: learning_style and interests in the message are ignored.
-    let second = pb::Profile {
-        role: "engineer".into(),
-        interests: vec!["ignored".into()],
-        ..Default::default()
-    };
+    let second = pb::Profile { role: "engineer".into(), interests: vec!["ignored".into()], ..Default::default() };
     let after = update(app, &token, second, &["role"]).await.unwrap();
     assert_eq!(after.role, "engineer");
     assert_eq!(after.learning_style, i32::from(pb::LearningStyle::Visual));
     assert_eq!(after.interests, ["robots", "llms"]);
 
     // A named field that is empty in the message is cleared.
-    let cleared = update(app, &token, pb::Profile::default(), &["interests"])
-        .await
-        .unwrap();
+    let cleared = update(app, &token, pb::Profile::default(), &["interests"]).await.unwrap();
     assert!(cleared.interests.is_empty());
     assert_eq!(cleared.role, "engineer");
     assert_eq!(get(app, &token).await, cleared);
@@ -102,14 +78,8 @@ async fn background_fields_need_consent(app: &TestApp) {
         programming_languages: vec!["rust".into()],
         ..Default::default()
     };
-    let refused = update(
-        app,
-        &token,
-        background.clone(),
-        &["programming_level", "programming_languages"],
-    )
-    .await
-    .unwrap_err();
+    let refused =
+        update(app, &token, background.clone(), &["programming_level", "programming_languages"]).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(refused.message().contains("consent_given"), "{refused:?}");
     assert_eq!(get(app, &token).await.programming_level, 0);
@@ -119,36 +89,17 @@ async fn background_fields_need_consent(app: &TestApp) {
         update(
             app,
             &token,
-            pb::Profile {
-                onboarding_completed: true,
-                ..Default::default()
-            },
+            pb::Profile { onboarding_completed: true, ..Default::default() },
             &["onboarding_completed"]
         )
         .await
         .is_ok()
     );
 
-    let consented = pb::Profile {
-        consent_given: true,
-        ..background
-    };
-    let stored = update(
-        app,
-        &token,
-        consented,
-        &[
-            "consent_given",
-            "programming_level",
-            "programming_languages",
-        ],
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        stored.programming_level,
-        i32::from(pb::ProgrammingLevel::Advanced)
-    );
+    let consented = pb::Profile { consent_given: true, ..background };
+    let stored =
+        update(app, &token, consented, &["consent_given", "programming_level", "programming_languages"]).await.unwrap();
+    assert_eq!(stored.programming_level, i32::from(pb::ProgrammingLevel::Advanced));
     assert!(stored.consent_given);
     assert!(stored.consent_updated_at.is_some());
     assert!(stored.onboarding_completed);
@@ -169,9 +120,7 @@ async fn withdrawing_consent_erases_background(app: &TestApp) {
     };
     update(app, &token, full, &[]).await.unwrap();
     app.clock.advance(chrono::TimeDelta::minutes(1));
-    let withdrawn = update(app, &token, pb::Profile::default(), &["consent_given"])
-        .await
-        .unwrap();
+    let withdrawn = update(app, &token, pb::Profile::default(), &["consent_given"]).await.unwrap();
     assert!(!withdrawn.consent_given);
     assert_eq!(withdrawn.programming_level, 0);
     assert_eq!(withdrawn.ai_knowledge_level, 0);
@@ -180,12 +129,7 @@ async fn withdrawing_consent_erases_background(app: &TestApp) {
     assert!(withdrawn.programming_languages.is_empty());
     assert_eq!(withdrawn.role, "maker", "preferences stay");
     // Gone from the database too, not just from the answer.
-    assert_eq!(
-        app.db
-            .query_texts("SELECT software_background FROM profiles")
-            .await,
-        [""]
-    );
+    assert_eq!(app.db.query_texts("SELECT software_background FROM profiles").await, [""]);
 }
 
 async fn sign_up_with_profile_stores_it(app: &TestApp) {
@@ -208,22 +152,13 @@ async fn sign_up_with_profile_stores_it(app: &TestApp) {
         .unwrap()
         .into_inner();
     let stored = get(app, &up.session_token).await;
-    assert_eq!(
-        stored.programming_level,
-        i32::from(pb::ProgrammingLevel::Intermediate)
-    );
-    assert_eq!(
-        stored.learning_style,
-        i32::from(pb::LearningStyle::CodeFirst)
-    );
+    assert_eq!(stored.programming_level, i32::from(pb::ProgrammingLevel::Intermediate));
+    assert_eq!(stored.learning_style, i32::from(pb::LearningStyle::CodeFirst));
     assert_eq!(stored.interests, ["humanoids"]);
 }
 
 async fn sign_up_with_profile_is_all_or_nothing(app: &TestApp) {
-    let without_consent = pb::Profile {
-        hardware_background: "drones".into(),
-        ..Default::default()
-    };
+    let without_consent = pb::Profile { hardware_background: "drones".into(), ..Default::default() };
     let err = app
         .auth()
         .sign_up(pb::SignUpRequest {
@@ -244,45 +179,25 @@ async fn sign_up_with_profile_is_all_or_nothing(app: &TestApp) {
 async fn bad_profile_updates_name_the_field(app: &TestApp) {
     let token = app.sign_up("badprofile@example.com").await.session_token;
     let cases: Vec<(pb::Profile, Vec<&str>, Vec<&str>)> = vec![
+        (pb::Profile::default(), vec!["no_such_field"], vec!["update_mask.paths[0]"]),
+        (pb::Profile::default(), vec!["role", "consent_updated_at"], vec!["update_mask.paths[1]"]),
         (
-            pb::Profile::default(),
-            vec!["no_such_field"],
-            vec!["update_mask.paths[0]"],
-        ),
-        (
-            pb::Profile::default(),
-            vec!["role", "consent_updated_at"],
-            vec!["update_mask.paths[1]"],
-        ),
-        (
-            pb::Profile {
-                programming_level: 9,
-                ..Default::default()
-            },
+            pb::Profile { programming_level: 9, ..Default::default() },
             vec!["programming_level"],
             vec!["profile.programming_level"],
         ),
         (
-            pb::Profile {
-                software_background: "x".repeat(2001),
-                ..Default::default()
-            },
+            pb::Profile { software_background: "x".repeat(2001), ..Default::default() },
             vec!["software_background"],
             vec!["profile.software_background"],
         ),
         (
-            pb::Profile {
-                interests: (0..21).map(|i| i.to_string()).collect(),
-                ..Default::default()
-            },
+            pb::Profile { interests: (0..21).map(|i| i.to_string()).collect(), ..Default::default() },
             vec!["interests"],
             vec!["profile.interests"],
         ),
         (
-            pb::Profile {
-                programming_languages: vec!["x".repeat(51)],
-                ..Default::default()
-            },
+            pb::Profile { programming_languages: vec!["x".repeat(51)], ..Default::default() },
             vec!["programming_languages"],
             vec!["profile.programming_languages[0]"],
         ),

@@ -15,47 +15,24 @@ async fn user_and_profile_are_one_transaction(backend: Backend) {
     let Some(db) = TestDb::create(backend).await else {
         return;
     };
-    let store = storage::connect(&DbOptions {
-        url: db.url(),
-        max_connections: 2,
-        acquire_timeout: Duration::from_secs(2),
-    })
-    .await
-    .unwrap();
+    let store =
+        storage::connect(&DbOptions { url: db.url(), max_connections: 2, acquire_timeout: Duration::from_secs(2) })
+            .await
+            .unwrap();
     let now = Utc::now();
-    let user = NewUser {
-        id: Uuid::now_v7(),
-        email: "tx@example.com".into(),
-        name: "T".into(),
-        password_hash: None,
-        now,
-    };
+    let user =
+        NewUser { id: Uuid::now_v7(), email: "tx@example.com".into(), name: "T".into(), password_hash: None, now };
     // Background without consent: the database's check constraint refuses the profile row
     // after the user row was written, so the transaction must roll both back.
-    let bad = Profile {
-        programming_level: Some(ProgrammingLevel::Advanced),
-        ..Default::default()
-    }
-    .to_row(user.id, 1, now);
-    assert!(matches!(
-        store.create_user(&user, Some(&bad)).await,
-        Err(storage::StoreError::Conflict(_))
-    ));
-    assert!(
-        store
-            .find_credentials_by_email("tx@example.com")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let bad =
+        Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() }.to_row(user.id, 1, now);
+    assert!(matches!(store.create_user(&user, Some(&bad)).await, Err(storage::StoreError::Conflict(_))));
+    assert!(store.find_credentials_by_email("tx@example.com").await.unwrap().is_none());
     assert_eq!(db.count("users").await, 0);
 
     let good = Profile {
         consent_given: true,
-        ..Profile {
-            programming_level: Some(ProgrammingLevel::Advanced),
-            ..Default::default()
-        }
+        ..Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() }
     }
     .to_row(user.id, 1, now);
     store.create_user(&user, Some(&good)).await.unwrap();

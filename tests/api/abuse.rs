@@ -1,0 +1,247 @@
+//! Abuse protection and accountability: account lockout, rate limits (in-process and shared
+//! through Redis), and the audit log.
+
+use chrono::TimeDelta;
+use gatehouse::{Config, proto::v1 as pb};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::{
+    both_backends,
+    helpers::{Backend, PASSWORD, TestApp, bearer, from_ip, spawn_app_with, spawn_on, violated_fields},
+    mail_backends,
+    smtp::SmtpServer,
+};
+
+both_backends!(lockout_grows_and_expires, audit_log_lists_the_callers_events);
+mail_backends!(password_reset_works_while_locked => defaults);
+
+fn defaults(_: &mut Config) {}
+
+async fn lockout_grows_and_expires(app: &TestApp) {
+    app.sign_up("locked@example.com").await;
+    let wrong = app.sign_in("locked@example.com", "wrong password one").await.unwrap_err();
+    for _ in 1..5 {
+        app.sign_in("locked@example.com", "wrong password one").await.unwrap_err();
+    }
+    // Five failures lock the account for 30 s: the right password gets the same answer as a
+    // wrong one, so a guesser learns nothing.
+    let locked = app.sign_in("locked@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!((locked.code(), locked.message()), (wrong.code(), wrong.message()));
+    app.clock.advance(TimeDelta::seconds(31));
+    assert!(app.sign_in("locked@example.com", PASSWORD).await.is_ok(), "the lock expired");
+    assert_eq!(app.db.query_texts("SELECT CAST(failed_sign_ins AS TEXT) FROM users").await, ["0"], "success resets");
+
+    // Failures past the threshold lock for longer each time: 30 s, then 60 s.
+    for _ in 0..5 {
+        app.sign_in("locked@example.com", "wrong password two").await.unwrap_err();
+    }
+    app.clock.advance(TimeDelta::seconds(31));
+    app.sign_in("locked@example.com", "wrong password three").await.unwrap_err();
+    app.clock.advance(TimeDelta::seconds(31));
+    assert_eq!(app.sign_in("locked@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    app.clock.advance(TimeDelta::seconds(30));
+    assert!(app.sign_in("locked@example.com", PASSWORD).await.is_ok(), "never locked for good");
+}
+
+async fn password_reset_works_while_locked(app: &TestApp, smtp: &mut SmtpServer) {
+    app.sign_up("reset-locked@example.com").await;
+    for _ in 0..6 {
+        app.sign_in("reset-locked@example.com", "wrong password").await.unwrap_err();
+    }
+    app.auth()
+        .request_password_reset(pb::RequestPasswordResetRequest { email: "reset-locked@example.com".into() })
+        .await
+        .unwrap();
+    let token = smtp.next_to("reset-locked@example.com", "Reset").await.token();
+    app.auth()
+        .reset_password(pb::ResetPasswordRequest { token, new_password: "unlocked at last, thanks".into() })
+        .await
+        .unwrap();
+    assert!(app.sign_in("reset-locked@example.com", "unlocked at last, thanks").await.is_ok());
+}
+
+async fn audit_log_lists_the_callers_events(app: &TestApp) {
+    let first = app.sign_up("audited@example.com").await.session_token;
+    app.sign_in("audited@example.com", "a wrong password").await.unwrap_err();
+    let mut request =
+        from_ip(pb::SignInRequest { email: "audited@example.com".into(), password: PASSWORD.into() }, "198.51.100.23");
+    request.metadata_mut().insert("x-forwarded-user-agent", "AuditBrowser/1.0".parse().unwrap());
+    let second = app.auth().sign_in(request).await.unwrap().into_inner().session_token;
+    app.auth()
+        .change_password(bearer(
+            pb::ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: "another good passphrase".into(),
+                revoke_other_sessions: false,
+            },
+            &second,
+        ))
+        .await
+        .unwrap();
+    app.auth().sign_out(bearer(pb::SignOutRequest {}, &second)).await.unwrap();
+    app.sign_up("bystander@example.com").await;
+
+    let list = |page_size: u32, page_token: String| {
+        let mut client = app.auth();
+        let request = bearer(pb::ListAuditEventsRequest { page_size, page_token }, &first);
+        async move { client.list_audit_events(request).await.map(|r| r.into_inner()) }
+    };
+    let all = list(0, String::new()).await.unwrap();
+    let names: Vec<(&str, &str)> = all.events.iter().map(|e| (e.event.as_str(), e.outcome.as_str())).collect();
+    assert_eq!(
+        names,
+        [
+            ("sign_out", "success"),
+            ("password_changed", "success"),
+            ("sign_in", "success"),
+            ("sign_in", "failure"),
+            ("verification_sent", "success"),
+            ("sign_up", "success"),
+        ],
+        "newest first, only the caller's"
+    );
+    let sign_in = &all.events[2];
+    assert_eq!(sign_in.ip_address, "198.51.100.23");
+    assert_eq!(sign_in.user_agent, "AuditBrowser/1.0");
+
+    // Paging walks the same events.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(4, token).await.unwrap();
+        assert!(page.events.len() <= 4);
+        paged.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, all.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert_eq!(violated_fields(&list(0, "not-a-token".into()).await.unwrap_err()), ["page_token"]);
+    assert_eq!(violated_fields(&list(101, String::new()).await.unwrap_err()), ["page_size"]);
+
+    // No secret in any stored event, and the reason stays internal.
+    let stored = app
+        .db
+        .query_texts(
+            "SELECT event || ' ' || outcome || ' ' || COALESCE(reason, '') || ' ' || COALESCE(ip_address, '') || ' ' \
+             || COALESCE(user_agent, '') FROM audit_events",
+        )
+        .await;
+    assert!(stored.len() >= 7);
+    for row in &stored {
+        for secret in [PASSWORD, "a wrong password", "another good passphrase", first.as_str(), second.as_str()] {
+            assert!(!row.contains(secret), "{row}");
+        }
+    }
+    assert!(stored.iter().any(|r| r.contains("wrong_password")));
+    // Append-only: the database refuses to change an event.
+    assert!(app.db.try_execute("UPDATE audit_events SET outcome = 'success'").await.is_err());
+}
+
+/// Default limits (5 sign-ins a minute per email and IP), as production has them.
+fn production_limits(c: &mut Config) {
+    let defaults = Config::default_for_test();
+    c.rate_sign_in_per_account = defaults.rate_sign_in_per_account;
+    c.rate_sign_in_per_ip = defaults.rate_sign_in_per_ip;
+    c.rate_sign_up_per_ip = defaults.rate_sign_up_per_ip;
+}
+
+async fn sign_in_from(app: &TestApp, email: &str, ip: &str) -> Result<(), tonic::Status> {
+    let request = from_ip(pb::SignInRequest { email: email.into(), password: PASSWORD.into() }, ip);
+    app.auth().sign_in(request).await.map(|_| ())
+}
+
+async fn limits_trip_and_recover_on(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, production_limits).await else { return };
+    app.sign_up("limited@example.com").await;
+    app.sign_up("other@example.com").await;
+    for _ in 0..5 {
+        sign_in_from(&app, "limited@example.com", "203.0.113.1").await.unwrap();
+    }
+    let over = sign_in_from(&app, "limited@example.com", "203.0.113.1").await.unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted);
+    let retry = over.get_details_retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(retry.as_secs() >= 1 && retry.as_secs() <= 60, "{retry:?}");
+    // Keyed by email and IP: other pairs are unaffected.
+    sign_in_from(&app, "other@example.com", "203.0.113.1").await.unwrap();
+    sign_in_from(&app, "limited@example.com", "203.0.113.2").await.unwrap();
+    // Recovers as time passes.
+    app.clock.advance(TimeDelta::seconds(61));
+    sign_in_from(&app, "limited@example.com", "203.0.113.1").await.unwrap();
+    let events = app.db.query_texts("SELECT event FROM audit_events WHERE event = 'rate_limited'").await;
+    assert_eq!(events.len(), 1, "a rate-limit hit is audited");
+
+    // Per IP: 30 sign-ins a minute, whatever the email.
+    for i in 0..30 {
+        let _ = sign_in_from(&app, &format!("spray{i}@example.com"), "203.0.113.9").await;
+    }
+    let sprayed = sign_in_from(&app, "other@example.com", "203.0.113.9").await.unwrap_err();
+    assert_eq!(sprayed.code(), Code::ResourceExhausted);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_trip_and_recover_sqlite() {
+    limits_trip_and_recover_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_trip_and_recover_postgres() {
+    limits_trip_and_recover_on(Backend::Postgres).await;
+}
+
+/// Redis for the shared-limit tests; skipped locally when not reachable, required under CI.
+async fn redis_url() -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable = match redis::Client::open(url.as_str()) {
+        Ok(client) => client.get_multiplexed_async_connection().await.is_ok(),
+        Err(_) => false,
+    };
+    if reachable {
+        return Some(url);
+    }
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "Redis at {url} must be reachable when CI=true");
+    eprintln!("notice: Redis at {url} is not reachable; skipping the shared rate-limit test");
+    None
+}
+
+async fn replicas_share_one_limit_on(backend: Backend) {
+    let Some(url) = redis_url().await else { return };
+    let prefix = format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple());
+    let shared = |c: &mut Config| {
+        production_limits(c);
+        c.redis_url = Some(url.clone());
+        c.redis_prefix = prefix.clone();
+    };
+    let Some(one) = spawn_app_with(backend, shared).await else { return };
+    let two = spawn_on(one.db.clone(), shared).await;
+    one.sign_up("shared@example.com").await;
+    // Five attempts spread over two replicas use up one budget.
+    for i in 0..5 {
+        let replica = if i % 2 == 0 { &one } else { &two };
+        sign_in_from(replica, "shared@example.com", "203.0.113.5").await.unwrap();
+    }
+    for replica in [&one, &two] {
+        let over = sign_in_from(replica, "shared@example.com", "203.0.113.5").await.unwrap_err();
+        assert_eq!(over.code(), Code::ResourceExhausted);
+    }
+    // The next window opens for both.
+    one.clock.advance(TimeDelta::seconds(60));
+    two.clock.advance(TimeDelta::seconds(60));
+    sign_in_from(&two, "shared@example.com", "203.0.113.5").await.unwrap();
+    let mut two = two;
+    two.stop().await;
+    one.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_limit_through_redis_sqlite() {
+    replicas_share_one_limit_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_limit_through_redis_postgres() {
+    replicas_share_one_limit_on(Backend::Postgres).await;
+}
