@@ -32,10 +32,15 @@ def _postgres_url_or_skip() -> str:
     pytest.skip("PostgreSQL backend skipped: set TEST_POSTGRES_URL to run it")
 
 
-def start_server(backend: str) -> GatehouseServer:
-    """A fresh gatehouse on ``backend`` (skips or fails postgres without TEST_POSTGRES_URL)."""
+def start_server(backend: str, env: dict[str, str] | None = None) -> GatehouseServer:
+    """A fresh gatehouse on ``backend`` (skips or fails postgres without TEST_POSTGRES_URL).
+
+    ``env`` replaces the default extra environment (generous rate limits)."""
     admin = _postgres_url_or_skip() if backend == "postgres" else None
-    return GatehouseServer(backend, postgres_admin_url=admin).start()
+    server = GatehouseServer(backend, postgres_admin_url=admin)
+    if env is not None:
+        server.env = dict(env)
+    return server.start()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

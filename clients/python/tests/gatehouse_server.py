@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,32 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: HealthCheckResponse{status: SERVING} on the wire.
 SERVING = b"\x08\x01"
 STARTUP_TIMEOUT = 30.0
+#: Limits high enough that no test trips them by accident (the rate-limit test sets its own).
+GENEROUS_RATE_LIMITS = {
+    f"GATEHOUSE_RATE_{name}": "10000/1m"
+    for name in (
+        "SIGN_IN_PER_ACCOUNT",
+        "SIGN_IN_PER_IP",
+        "SIGN_UP_PER_IP",
+        "RESET_PER_EMAIL",
+        "RESET_PER_IP",
+        "VERIFICATION_PER_ACCOUNT",
+        "REDEEM_PER_IP",
+    )
+}
+_LINK_TOKEN_RE = re.compile(r"token=(gatelink_[A-Za-z0-9_-]+)")
+
+
+def _inherited_env() -> dict[str, str]:
+    """The test process's environment without Gatehouse settings: a developer's GATEHOUSE_* or
+    REDIS_URL (shared rate-limit counters) must not leak into the servers under test."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GATEHOUSE_")
+        and k not in ("REDIS_URL", "DATABASE_URL")
+        or k == "GATEHOUSE_BIN"
+    }
 
 
 def gatehouse_binary() -> Path:
@@ -67,10 +94,60 @@ class GatehouseServer:
     process: subprocess.Popen[bytes] | None = None
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gh_py_")))
     database: str | None = None
+    #: Extra environment for the server; GENEROUS_RATE_LIMITS unless the test says otherwise.
+    env: dict[str, str] = field(default_factory=lambda: dict(GENEROUS_RATE_LIMITS))
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """GATEHOUSE_DATA_DIR: ``<tmp>/data``, so a shell in ``tmp`` sees it as ``data/``."""
+        return self.tmp / "data"
+
+    @property
+    def outbox(self) -> Path:
+        """Where the server writes mail when no SMTP relay is configured."""
+        return self.data_dir / "outbox"
+
+    def mails(self, to: str, subject: str) -> list[tuple[str, str]]:
+        """(text, link token or "") of the outbox messages to ``to`` whose subject is
+        ``subject``, oldest first (file names start with the time written)."""
+        found: list[tuple[str, str]] = []
+        if not self.outbox.exists():
+            return found
+        for path in sorted(self.outbox.glob("*.txt")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            head = text.split("\n\n", 1)[0].splitlines()
+            # A .txt is written after its .eml: one still empty has no head yet.
+            if f"To: {to}" in head and f"Subject: {subject}" in head:
+                match = _LINK_TOKEN_RE.search(text)
+                found.append((text, match.group(1) if match else ""))
+        return found
+
+    def wait_for_mail(
+        self, to: str, subject: str, count: int = 1, timeout: float = 10.0
+    ) -> tuple[str, str]:
+        """(text, link token) of the ``count``-th message to ``to`` with ``subject``, polling
+        the outbox: mail is delivered in the background."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.mails(to, subject)
+            if len(found) >= count:
+                return found[count - 1]
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no message #{count} to {to} with subject {subject!r} in {self.outbox} "
+                    f"within {timeout}s; found {len(found)}"
+                )
+            time.sleep(0.05)
+
+    def wait_for_link(self, to: str, subject: str, count: int = 1, timeout: float = 10.0) -> str:
+        """The link token of the ``count``-th message to ``to`` with ``subject``."""
+        text, token = self.wait_for_mail(to, subject, count, timeout)
+        assert token, f"no gatelink token in:\n{text}"
+        return token
 
     def start(self) -> GatehouseServer:
         if self.backend == "postgres":
@@ -83,12 +160,13 @@ class GatehouseServer:
             database_url = f"sqlite://{self.tmp}/gatehouse.db?mode=rwc"
         self.port = free_port()
         env = {
-            **os.environ,
+            **_inherited_env(),
             "GATEHOUSE_LISTEN": self.target,
             "DATABASE_URL": database_url,
-            "GATEHOUSE_DATA_DIR": str(self.tmp),
+            "GATEHOUSE_DATA_DIR": str(self.data_dir),
             "GATEHOUSE_SECRET": "python-client-tests-secret-" + "x" * 16,
             "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+            **self.env,
         }
         log = (self.tmp / "server.log").open("wb")
         self.process = subprocess.Popen(

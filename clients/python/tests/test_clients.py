@@ -190,7 +190,7 @@ class _AsyncCountingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: 
 
 
 TOKEN = "gate_" + "B" * 43
-SAFE = ("get_session", "list_sessions", "get_profile")
+SAFE = ("get_session", "list_sessions", "get_profile", "list_audit_events")
 UNSAFE: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] = (
     ("sign_up", ("a@example.com", PASSWORD, "A"), {}),
     ("sign_in", ("a@example.com", PASSWORD), {}),
@@ -200,6 +200,11 @@ UNSAFE: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] = (
     ("change_password", (PASSWORD, NEW_PASSWORD), {"token": TOKEN}),
     ("delete_account", (PASSWORD,), {"token": TOKEN}),
     ("update_profile", (Profile(role="x"), ["role"]), {"token": TOKEN}),
+    ("send_verification_email", (), {"token": TOKEN}),
+    ("verify_email", ("gatelink_" + "C" * 43,), {}),
+    ("request_password_reset", ("a@example.com",), {}),
+    ("reset_password", ("gatelink_" + "C" * 43, NEW_PASSWORD), {}),
+    ("request_email_change", ("b@example.com", PASSWORD), {"token": TOKEN}),
 )
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 
@@ -248,3 +253,86 @@ def test_retries_stay_within_the_deadline() -> None:
         with pytest.raises((Unavailable, gatehouse.DeadlineExceeded)):
             client.get_session(token=TOKEN)
     assert 1 <= len(counter.calls) < 10
+
+
+# Email verification, password reset, email change and the audit log.
+
+CONFIRM = "Confirm your email address"
+
+
+def test_sync_client_recovery_and_audit(server: GatehouseServer, email: str) -> None:
+    ip = unique_ip()
+    with Client(server.target) as client:
+        token = client.sign_up(email, PASSWORD, "Sync Reader", client_ip=ip).session_token
+
+        client.send_verification_email(token=token, client_ip=ip, user_agent="sync/2")
+        link = server.wait_for_link(email, CONFIRM, count=2)
+        with pytest.raises(InvalidArgument) as bad:
+            client.verify_email("gatelink_" + "A" * 43)
+        assert [v.field for v in bad.value.field_violations] == ["token"]
+        client.verify_email(link)
+        assert client.get_session(token=token).user.email_verified
+        with pytest.raises(FailedPrecondition):
+            client.send_verification_email(token=token)
+
+        client.request_password_reset(email, client_ip=ip)
+        client.request_password_reset(f"nobody-{uuid.uuid4().hex}@example.com")
+        reset = server.wait_for_link(email, "Reset your password")
+        client.reset_password(reset, NEW_PASSWORD, client_ip=ip, user_agent="sync/2")
+        with pytest.raises(Unauthenticated):
+            client.get_session(token=token)
+        with pytest.raises(Unauthenticated):
+            client.sign_in(email, PASSWORD)
+        token = client.sign_in(email, NEW_PASSWORD, client_ip=ip).session_token
+
+        new_email = f"moved-{uuid.uuid4().hex[:12]}@example.com"
+        with pytest.raises(InvalidArgument) as wrong:
+            client.request_email_change(new_email, PASSWORD, token=token)
+        assert [v.field for v in wrong.value.field_violations] == ["current_password"]
+        client.request_email_change(new_email, NEW_PASSWORD, token=token, client_ip=ip)
+        client.verify_email(server.wait_for_link(new_email, "Confirm your new email address"))
+        assert client.get_session(token=token).user.email == new_email
+
+        first = client.list_audit_events(token=token, page_size=3)
+        assert len(first.events) == 3 and first.next_page_token
+        everything = list(client.iter_audit_events(token=token, page_size=3))
+        assert [e.id for e in everything[:3]] == [e.id for e in first.events]
+        kinds = [e.event for e in everything]
+        assert kinds[0] == "email_changed" and kinds[-1] == "sign_up"
+        assert {"password_reset", "email_verified", "verification_sent"} <= set(kinds)
+        reset_event = next(e for e in everything if e.event == "password_reset")
+        assert reset_event.ip_address == ip and reset_event.user_agent == "sync/2"
+        assert reset_event.outcome == "success" and reset_event.HasField("created_at")
+        with pytest.raises(InvalidArgument):
+            client.list_audit_events(token=token, page_size=1000)
+
+
+async def test_async_client_recovery_and_audit(server: GatehouseServer, email: str) -> None:
+    async with AsyncClient(server.target) as client:
+        token = (await client.sign_up(email, PASSWORD, "Async Reader")).session_token
+        await client.send_verification_email(token=token)
+        await client.verify_email(server.wait_for_link(email, CONFIRM, count=2))
+        assert (await client.get_session(token=token)).user.email_verified
+        with pytest.raises(FailedPrecondition):
+            await client.send_verification_email(token=token)
+
+        await client.request_password_reset(email)
+        reset = server.wait_for_link(email, "Reset your password")
+        with pytest.raises(InvalidArgument) as weak:
+            await client.reset_password(reset, "short")
+        assert [v.field for v in weak.value.field_violations] == ["new_password"]
+        await client.reset_password(reset, NEW_PASSWORD)
+        with pytest.raises(Unauthenticated):
+            await client.get_session(token=token)
+        token = (await client.sign_in(email, NEW_PASSWORD)).session_token
+
+        new_email = f"moved-{uuid.uuid4().hex[:12]}@example.com"
+        await client.request_email_change(new_email, NEW_PASSWORD, token=token)
+        await client.verify_email(server.wait_for_link(new_email, "Confirm your new email address"))
+        assert (await client.get_session(token=token)).user.email == new_email
+
+        page = await client.list_audit_events(token=token)
+        assert page.next_page_token == ""
+        events = [e async for e in client.iter_audit_events(token=token, page_size=2)]
+        assert [e.id for e in events] == [e.id for e in page.events]
+        assert events[0].event == "email_changed"

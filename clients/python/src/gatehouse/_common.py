@@ -25,7 +25,9 @@ _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]{1,512}")
 _UNPRINTABLE_RE: Final = re.compile(r"[^\x20-\x7e]")
 
 #: RPCs that only read, so retrying them after UNAVAILABLE cannot apply a change twice.
-IDEMPOTENT_METHODS: Final = frozenset({"GetSession", "ListSessions", "GetProfile"})
+IDEMPOTENT_METHODS: Final = frozenset(
+    {"GetSession", "ListSessions", "GetProfile", "ListAuditEvents"}
+)
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -68,7 +70,8 @@ class TlsConfig:
 class RetryPolicy:
     """Bounded retries with exponential backoff and full jitter.
 
-    Only the read-only RPCs (``GetSession``, ``ListSessions``, ``GetProfile``) are retried, and
+    Only the read-only RPCs (``GetSession``, ``ListSessions``, ``GetProfile``,
+    ``ListAuditEvents``) are retried, and
     only after ``UNAVAILABLE``. Every attempt stays within the call's one deadline.
     ``max_attempts=1`` turns retries off.
     """

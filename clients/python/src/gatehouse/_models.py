@@ -261,6 +261,83 @@ class DeleteAccountIn(BaseModel):
     password: str
 
 
+class VerifyEmailIn(BaseModel):
+    """The ``token`` query parameter of a verification or email-change link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str
+
+
+class RequestPasswordResetIn(BaseModel):
+    """Forgotten-password form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str
+
+
+class ResetPasswordIn(BaseModel):
+    """Password reset form: the reset link's ``token`` and the new password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str
+    new_password: str
+
+
+class RequestEmailChangeIn(BaseModel):
+    """Email change form: the new address, and the current password to confirm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_email: str
+    current_password: str
+
+
+class MessageOut(BaseModel):
+    """A human-readable confirmation."""
+
+    message: str
+
+
+class AuditEventOut(BaseModel):
+    """One security event of the caller's history."""
+
+    id: str
+    event: str
+    outcome: str
+    ip_address: str
+    user_agent: str
+    created_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, event: auth_pb2.AuditEvent) -> AuditEventOut:
+        return cls(
+            id=event.id,
+            event=event.event,
+            outcome=event.outcome,
+            ip_address=event.ip_address,
+            user_agent=event.user_agent,
+            created_at=timestamp(event, "created_at"),
+        )
+
+
+class AuditEventsOut(BaseModel):
+    """A page of security events, newest first. Pass ``next_page_token`` as ``page_token`` for
+    the next page; it is null on the last page."""
+
+    events: list[AuditEventOut]
+    next_page_token: str | None = None
+
+    @classmethod
+    def from_proto(cls, page: auth_pb2.ListAuditEventsResponse) -> AuditEventsOut:
+        return cls(
+            events=[AuditEventOut.from_proto(e) for e in page.events],
+            next_page_token=page.next_page_token or None,
+        )
+
+
 _INDEX_RE = re.compile(r"^(.*)\[(\d+)\]$")
 
 

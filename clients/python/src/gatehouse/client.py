@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -168,9 +168,16 @@ class Client:
         metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
         return self._call("SignIn", self._auth.SignIn, request, metadata, timeout)
 
-    def sign_out(self, *, token: str, timeout: float | None = None) -> None:
+    def sign_out(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Revokes the session of ``token``."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         self._call("SignOut", self._auth.SignOut, auth_pb2.SignOutRequest(), metadata, timeout)
 
     def get_session(
@@ -188,15 +195,30 @@ class Client:
         response = self._call("ListSessions", self._auth.ListSessions, request, metadata, timeout)
         return list(response.sessions)
 
-    def revoke_session(self, session_id: str, *, token: str, timeout: float | None = None) -> None:
+    def revoke_session(
+        self,
+        session_id: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Revokes one of the caller's sessions by id (another user's id is NOT_FOUND)."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.RevokeSessionRequest(session_id=session_id)
         self._call("RevokeSession", self._auth.RevokeSession, request, metadata, timeout)
 
-    def revoke_other_sessions(self, *, token: str, timeout: float | None = None) -> int:
+    def revoke_other_sessions(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
         """Revokes every session of the caller but this one; returns how many."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.RevokeOtherSessionsRequest()
         response = self._call(
             "RevokeOtherSessions", self._auth.RevokeOtherSessions, request, metadata, timeout
@@ -210,10 +232,12 @@ class Client:
         *,
         token: str,
         revoke_other_sessions: bool = False,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
         timeout: float | None = None,
     ) -> int:
         """Changes the caller's password; returns how many other sessions were revoked."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.ChangePasswordRequest(
             current_password=current_password,
             new_password=new_password,
@@ -224,11 +248,131 @@ class Client:
         )
         return response.revoked_count
 
-    def delete_account(self, password: str, *, token: str, timeout: float | None = None) -> None:
+    def delete_account(
+        self,
+        password: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Deletes the caller's account, sessions and profile after checking the password."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.DeleteAccountRequest(password=password)
         self._call("DeleteAccount", self._auth.DeleteAccount, request, metadata, timeout)
+
+    # AuthService: email and recovery
+
+    def send_verification_email(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails the caller a new verification link; earlier links stop working.
+
+        Raises :class:`FailedPrecondition` if the address is already verified.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = auth_pb2.SendVerificationEmailRequest()
+        self._call(
+            "SendVerificationEmail", self._auth.SendVerificationEmail, request, metadata, timeout
+        )
+
+    def verify_email(
+        self,
+        link_token: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Redeems the ``token`` of a verification or email-change link (needs no session).
+
+        A used, expired, superseded or unknown link token is :class:`InvalidArgument`.
+        """
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.VerifyEmailRequest(token=link_token)
+        self._call("VerifyEmail", self._auth.VerifyEmail, request, metadata, timeout)
+
+    def request_password_reset(
+        self,
+        email: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails a reset link if ``email`` has an account; answers the same either way."""
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.RequestPasswordResetRequest(email=email)
+        self._call(
+            "RequestPasswordReset", self._auth.RequestPasswordReset, request, metadata, timeout
+        )
+
+    def reset_password(
+        self,
+        link_token: str,
+        new_password: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Sets a new password with the ``token`` of a reset link (needs no session).
+
+        Every session of the user ends; no new one is returned: sign in with the new password.
+        """
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.ResetPasswordRequest(token=link_token, new_password=new_password)
+        self._call("ResetPassword", self._auth.ResetPassword, request, metadata, timeout)
+
+    def request_email_change(
+        self,
+        new_email: str,
+        current_password: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails a link to ``new_email`` (and a notice to the current address); the change
+        happens when the link is redeemed with :meth:`verify_email`."""
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = auth_pb2.RequestEmailChangeRequest(
+            new_email=new_email, current_password=current_password
+        )
+        self._call("RequestEmailChange", self._auth.RequestEmailChange, request, metadata, timeout)
+
+    def list_audit_events(
+        self, *, token: str, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> auth_pb2.ListAuditEventsResponse:
+        """One page of the caller's security events, newest first (retried after UNAVAILABLE).
+
+        ``page_size`` 0 means the server's default (50); pass the response's
+        ``next_page_token`` as ``page_token`` for the next page (empty on the last one).
+        """
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token)
+        return self._call("ListAuditEvents", self._auth.ListAuditEvents, request, metadata, timeout)
+
+    def iter_audit_events(
+        self, *, token: str, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[auth_pb2.AuditEvent]:
+        """Every security event of the caller, newest first, fetched page by page."""
+        page_token = ""
+        while True:
+            page = self.list_audit_events(
+                token=token, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+            yield from page.events
+            page_token = page.next_page_token
+            if not page_token:
+                return
 
     # ProfileService
 
@@ -397,9 +541,16 @@ class AsyncClient:
         metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
         return await self._call("SignIn", self._current().auth.SignIn, request, metadata, timeout)
 
-    async def sign_out(self, *, token: str, timeout: float | None = None) -> None:
+    async def sign_out(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Revokes the session of ``token``."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         await self._call(
             "SignOut", self._current().auth.SignOut, auth_pb2.SignOutRequest(), metadata, timeout
         )
@@ -432,18 +583,31 @@ class AsyncClient:
         return list(response.sessions)
 
     async def revoke_session(
-        self, session_id: str, *, token: str, timeout: float | None = None
+        self,
+        session_id: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Revokes one of the caller's sessions by id (another user's id is NOT_FOUND)."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.RevokeSessionRequest(session_id=session_id)
         await self._call(
             "RevokeSession", self._current().auth.RevokeSession, request, metadata, timeout
         )
 
-    async def revoke_other_sessions(self, *, token: str, timeout: float | None = None) -> int:
+    async def revoke_other_sessions(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
         """Revokes every session of the caller but this one; returns how many."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         response: auth_pb2.RevokeOtherSessionsResponse = await self._call(
             "RevokeOtherSessions",
             self._current().auth.RevokeOtherSessions,
@@ -460,10 +624,12 @@ class AsyncClient:
         *,
         token: str,
         revoke_other_sessions: bool = False,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
         timeout: float | None = None,
     ) -> int:
         """Changes the caller's password; returns how many other sessions were revoked."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.ChangePasswordRequest(
             current_password=current_password,
             new_password=new_password,
@@ -475,14 +641,154 @@ class AsyncClient:
         return response.revoked_count
 
     async def delete_account(
-        self, password: str, *, token: str, timeout: float | None = None
+        self,
+        password: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Deletes the caller's account, sessions and profile after checking the password."""
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = auth_pb2.DeleteAccountRequest(password=password)
         await self._call(
             "DeleteAccount", self._current().auth.DeleteAccount, request, metadata, timeout
         )
+
+    # AuthService: email and recovery
+
+    async def send_verification_email(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails the caller a new verification link; earlier links stop working.
+
+        Raises :class:`FailedPrecondition` if the address is already verified.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = auth_pb2.SendVerificationEmailRequest()
+        await self._call(
+            "SendVerificationEmail",
+            self._current().auth.SendVerificationEmail,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def verify_email(
+        self,
+        link_token: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Redeems the ``token`` of a verification or email-change link (needs no session).
+
+        A used, expired, superseded or unknown link token is :class:`InvalidArgument`.
+        """
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.VerifyEmailRequest(token=link_token)
+        await self._call(
+            "VerifyEmail", self._current().auth.VerifyEmail, request, metadata, timeout
+        )
+
+    async def request_password_reset(
+        self,
+        email: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails a reset link if ``email`` has an account; answers the same either way."""
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.RequestPasswordResetRequest(email=email)
+        await self._call(
+            "RequestPasswordReset",
+            self._current().auth.RequestPasswordReset,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def reset_password(
+        self,
+        link_token: str,
+        new_password: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Sets a new password with the ``token`` of a reset link (needs no session).
+
+        Every session of the user ends; no new one is returned: sign in with the new password.
+        """
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.ResetPasswordRequest(token=link_token, new_password=new_password)
+        await self._call(
+            "ResetPassword", self._current().auth.ResetPassword, request, metadata, timeout
+        )
+
+    async def request_email_change(
+        self,
+        new_email: str,
+        current_password: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Mails a link to ``new_email`` (and a notice to the current address); the change
+        happens when the link is redeemed with :meth:`verify_email`."""
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = auth_pb2.RequestEmailChangeRequest(
+            new_email=new_email, current_password=current_password
+        )
+        await self._call(
+            "RequestEmailChange",
+            self._current().auth.RequestEmailChange,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def list_audit_events(
+        self, *, token: str, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> auth_pb2.ListAuditEventsResponse:
+        """One page of the caller's security events, newest first (retried after UNAVAILABLE).
+
+        ``page_size`` 0 means the server's default (50); pass the response's
+        ``next_page_token`` as ``page_token`` for the next page (empty on the last one).
+        """
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token)
+        response: auth_pb2.ListAuditEventsResponse = await self._call(
+            "ListAuditEvents", self._current().auth.ListAuditEvents, request, metadata, timeout
+        )
+        return response
+
+    async def iter_audit_events(
+        self, *, token: str, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[auth_pb2.AuditEvent]:
+        """Every security event of the caller, newest first, fetched page by page."""
+        page_token = ""
+        while True:
+            page = await self.list_audit_events(
+                token=token, page_size=page_size, page_token=page_token, timeout=timeout
+            )
+            for event in page.events:
+                yield event
+            page_token = page.next_page_token
+            if not page_token:
+                return
 
     # ProfileService
 

@@ -29,7 +29,8 @@ Session cache (``cache_ttl``, off by default): ``GetSession`` results are kept i
 process for at most ``cache_ttl`` seconds. The trade-off: a session revoked elsewhere (another
 process, another device's "sign out everywhere", a password change) is still accepted here
 until its entry expires. Sign-out, password change, revoke and delete through this router
-evict locally at once. Keep the TTL short (a few seconds) or leave the cache off.
+evict locally at once, and a password reset through it empties the cache (the reset link does
+not say whose sessions ended). Keep the TTL short (a few seconds) or leave the cache off.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the route annotations,
@@ -46,15 +47,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypedDict
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from ._models import (
+    AuditEventOut,
+    AuditEventsOut,
     AuthOut,
     ChangePasswordIn,
     DeleteAccountIn,
+    MessageOut,
     ProfileIn,
     ProfileOut,
+    RequestEmailChangeIn,
+    RequestPasswordResetIn,
+    ResetPasswordIn,
     RevokedOut,
     SessionInfoOut,
     SessionOut,
@@ -62,6 +69,7 @@ from ._models import (
     SignInIn,
     SignUpIn,
     UserOut,
+    VerifyEmailIn,
     field_location,
 )
 from ._proto.gatehouse.v1 import auth_pb2
@@ -81,9 +89,12 @@ from .errors import (
 )
 
 __all__ = [
+    "AuditEventOut",
+    "AuditEventsOut",
     "AuthOut",
     "CurrentUser",
     "Gatehouse",
+    "MessageOut",
     "ProfileIn",
     "ProfileOut",
     "SessionCache",
@@ -92,6 +103,7 @@ __all__ = [
 ]
 
 DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
+_RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
     (Unauthenticated, status.HTTP_401_UNAUTHORIZED),
@@ -106,20 +118,26 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
 )
 
 
-def _violation_detail(violation: FieldViolation, strip_prefix: str) -> dict[str, Any]:
+def _violation_detail(
+    violation: FieldViolation, strip_prefix: str, location: str
+) -> dict[str, Any]:
     field = violation.field.removeprefix(strip_prefix)
     return {
-        "loc": ["body", *field_location(field)],
+        "loc": [location, *field_location(field)],
         "msg": violation.description,
         "type": "gatehouse.invalid_argument",
     }
 
 
-def http_exception(exc: GatehouseError, *, strip_field_prefix: str = "") -> HTTPException:
+def http_exception(
+    exc: GatehouseError, *, strip_field_prefix: str = "", location: str = "body"
+) -> HTTPException:
     """The HTTPException a Gatehouse error becomes (see the module docstring for the table).
 
     ``strip_field_prefix`` removes a proto prefix from field violation paths when the HTTP body
     is shaped differently (the profile update body is the profile itself, so ``profile.``).
+    ``location`` is the first element of each field error's ``loc`` (``"query"`` for fields
+    sent as query parameters).
     Messages of 5xx answers are generic; 4xx answers carry Gatehouse's message, which never
     contains secrets or internal details.
     """
@@ -132,9 +150,9 @@ def http_exception(exc: GatehouseError, *, strip_field_prefix: str = "") -> HTTP
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, InvalidArgument):
-        detail = [_violation_detail(v, strip_field_prefix) for v in exc.field_violations] or [
-            {"loc": ["body"], "msg": exc.message, "type": "gatehouse.invalid_argument"}
-        ]
+        detail = [
+            _violation_detail(v, strip_field_prefix, location) for v in exc.field_violations
+        ] or [{"loc": [location], "msg": exc.message, "type": "gatehouse.invalid_argument"}]
     elif isinstance(exc, ResourceExhausted):
         retry = exc.retry_after if exc.retry_after is not None else 1.0
         headers["Retry-After"] = str(max(1, math.ceil(retry)))
@@ -155,11 +173,11 @@ async def gatehouse_exception_handler(request: Request, exc: Exception) -> JSONR
 
 
 @contextmanager
-def _http_errors(strip_field_prefix: str = "") -> Iterator[None]:
+def _http_errors(strip_field_prefix: str = "", location: str = "body") -> Iterator[None]:
     try:
         yield
     except GatehouseError as exc:
-        raise http_exception(exc, strip_field_prefix=strip_field_prefix) from exc
+        raise http_exception(exc, strip_field_prefix=strip_field_prefix, location=location) from exc
 
 
 class ClientMeta(TypedDict):
@@ -239,6 +257,11 @@ class SessionCache:
         with self._lock:
             for key in [k for k, (_, r) in self._entries.items() if r.user.id == user_id]:
                 del self._entries[key]
+
+    def clear(self) -> None:
+        """Forgets every cached session."""
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         with self._lock:
@@ -381,11 +404,14 @@ class Gatehouse:
         ``POST /sign-up``, ``POST /sign-in``, ``POST /sign-out``, ``GET /session``,
         ``GET /sessions``, ``DELETE /sessions/{id}``, ``POST /sessions/revoke-others``,
         ``POST /change-password``, ``POST /delete-account``, ``GET /profile``,
-        ``PATCH /profile``.
+        ``PATCH /profile``; email and recovery: ``POST /send-verification``,
+        ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
+        ``POST /request-email-change``; history: ``GET /audit-events``.
         """
         router = APIRouter(tags=list(tags or ["auth"]))
         gh = self
         User = Annotated[CurrentUser, Depends(self.current_user)]
+        meta = self.client_meta
 
         def auth_out(result: auth_pb2.AuthResponse) -> AuthOut:
             signed_in = result.HasField("session") and bool(result.session_token)
@@ -430,7 +456,7 @@ class Gatehouse:
                     gh.cache.evict(found[0])
                 try:
                     with _http_errors():
-                        await gh.client.sign_out(token=found[0])
+                        await gh.client.sign_out(token=found[0], **meta(request))
                 except HTTPException as exc:
                     if exc.status_code != status.HTTP_401_UNAUTHORIZED:
                         raise
@@ -456,25 +482,27 @@ class Gatehouse:
             return SessionsOut(sessions=[SessionOut.from_proto(s) for s in sessions])
 
         @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
-        async def revoke_session(session_id: str, user: User) -> Response:
+        async def revoke_session(session_id: str, user: User, request: Request) -> Response:
             """Revokes one of the caller's sessions."""
             with _http_errors():
-                await gh.client.revoke_session(session_id, token=user.token)
+                await gh.client.revoke_session(session_id, token=user.token, **meta(request))
             if gh.cache is not None:
                 gh.cache.evict_user(user.id)
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
         @router.post("/sessions/revoke-others")
-        async def revoke_other_sessions(user: User) -> RevokedOut:
+        async def revoke_other_sessions(user: User, request: Request) -> RevokedOut:
             """Signs the caller out everywhere else."""
             with _http_errors():
-                count = await gh.client.revoke_other_sessions(token=user.token)
+                count = await gh.client.revoke_other_sessions(token=user.token, **meta(request))
             if gh.cache is not None:
                 gh.cache.evict_user(user.id)
             return RevokedOut(revoked_count=count)
 
         @router.post("/change-password")
-        async def change_password(body: ChangePasswordIn, user: User) -> RevokedOut:
+        async def change_password(
+            body: ChangePasswordIn, user: User, request: Request
+        ) -> RevokedOut:
             """Changes the password, optionally revoking the other sessions."""
             with _http_errors():
                 count = await gh.client.change_password(
@@ -482,16 +510,17 @@ class Gatehouse:
                     body.new_password,
                     token=user.token,
                     revoke_other_sessions=body.revoke_other_sessions,
+                    **meta(request),
                 )
             if gh.cache is not None and body.revoke_other_sessions:
                 gh.cache.evict_user(user.id)
             return RevokedOut(revoked_count=count)
 
         @router.post("/delete-account", status_code=status.HTTP_204_NO_CONTENT)
-        async def delete_account(body: DeleteAccountIn, user: User) -> Response:
+        async def delete_account(body: DeleteAccountIn, user: User, request: Request) -> Response:
             """Deletes the caller's account after checking the password; clears the cookie."""
             with _http_errors():
-                await gh.client.delete_account(body.password, token=user.token)
+                await gh.client.delete_account(body.password, token=user.token, **meta(request))
             if gh.cache is not None:
                 gh.cache.evict_user(user.id)
             response = Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -509,6 +538,84 @@ class Gatehouse:
         async def update_profile(body: ProfileIn, user: User) -> ProfileOut:
             """Changes the profile fields present in the body (null clears a field)."""
             return await gh.update_profile(user, body)
+
+        # Email and recovery. The link in the mail points to the front end
+        # (GATEHOUSE_FRONTEND_URL/verify-email?token=... or /reset-password?token=...), which
+        # posts the token here.
+
+        @router.post("/send-verification", status_code=status.HTTP_202_ACCEPTED)
+        async def send_verification(user: User, request: Request) -> MessageOut:
+            """Mails the caller a new verification link (400 if already verified)."""
+            with _http_errors():
+                await gh.client.send_verification_email(token=user.token, **meta(request))
+            return MessageOut(message="A new verification link is on its way.")
+
+        @router.post("/verify-email")
+        async def verify_email(body: VerifyEmailIn, request: Request) -> MessageOut:
+            """Redeems a verification or email-change link's token; needs no session. A used,
+            expired or unknown token is 422 on ``token``."""
+            with _http_errors():
+                await gh.client.verify_email(body.token, **meta(request))
+            found = gh.token_from_request(request)
+            if gh.cache is not None and found is not None:
+                gh.cache.evict(found[0])
+            return MessageOut(message="Your email address is verified.")
+
+        @router.post("/request-password-reset", status_code=status.HTTP_202_ACCEPTED)
+        async def request_password_reset(
+            body: RequestPasswordResetIn, request: Request
+        ) -> MessageOut:
+            """Mails a reset link if the address has an account. The answer is the same either
+            way (only a malformed address, 422, or a rate limit, 429, differ)."""
+            with _http_errors():
+                await gh.client.request_password_reset(body.email, **meta(request))
+            return MessageOut(message=_RESET_REQUESTED)
+
+        @router.post("/reset-password")
+        async def reset_password(
+            body: ResetPasswordIn, request: Request, response: Response
+        ) -> MessageOut:
+            """Sets a new password with a reset link's token. Every session of the user ends
+            (the caller signs in again); the browser's cookie is cleared if it was one of them."""
+            with _http_errors():
+                await gh.client.reset_password(body.token, body.new_password, **meta(request))
+            if gh.cache is not None:
+                gh.cache.clear()  # the reset's user is unknown here; resets are rare
+            found = gh.token_from_request(request)
+            if found is not None and found[1] == "cookie":
+                try:
+                    await gh.client.get_session(token=found[0])
+                except Unauthenticated:
+                    gh.clear_session_cookie(response)
+                except GatehouseError:
+                    pass
+            return MessageOut(message="Your password was reset. Sign in with the new one.")
+
+        @router.post("/request-email-change", status_code=status.HTTP_202_ACCEPTED)
+        async def request_email_change(
+            body: RequestEmailChangeIn, user: User, request: Request
+        ) -> MessageOut:
+            """Sends a confirmation link to the new address (and a notice to the current one);
+            the address changes when the link is redeemed at ``/verify-email``. A wrong
+            ``current_password`` is 422 on that field."""
+            with _http_errors():
+                await gh.client.request_email_change(
+                    body.new_email, body.current_password, token=user.token, **meta(request)
+                )
+            return MessageOut(message="A confirmation link was sent to the new address.")
+
+        @router.get("/audit-events")
+        async def audit_events(
+            user: User,
+            page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
+            page_token: Annotated[str, Query(max_length=1024)] = "",
+        ) -> AuditEventsOut:
+            """The caller's security events, newest first, a page at a time (default 50)."""
+            with _http_errors(location="query"):
+                page = await gh.client.list_audit_events(
+                    token=user.token, page_size=page_size or 0, page_token=page_token
+                )
+            return AuditEventsOut.from_proto(page)
 
         return router
 

@@ -88,6 +88,36 @@ class AuthServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_auth__pb2.DeleteAccountRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_auth__pb2.DeleteAccountResponse.FromString,
                 _registered_method=True)
+        self.SendVerificationEmail = channel.unary_unary(
+                '/gatehouse.v1.AuthService/SendVerificationEmail',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailResponse.FromString,
+                _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/gatehouse.v1.AuthService/VerifyEmail',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/gatehouse.v1.AuthService/RequestPasswordReset',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/gatehouse.v1.AuthService/ResetPassword',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.RequestEmailChange = channel.unary_unary(
+                '/gatehouse.v1.AuthService/RequestEmailChange',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/gatehouse.v1.AuthService/ListAuditEvents',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -170,6 +200,54 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendVerificationEmail(self, request, context):
+        """Sends the caller a new email-verification link (SignUp sends the first one). Earlier links
+        stop working. FAILED_PRECONDITION if the address is already verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEmail(self, request, context):
+        """Redeems the token of a verification link: marks the address verified or, for a link sent by
+        RequestEmailChange, switches the account to the new address. Needs no session. A used,
+        expired, superseded or unknown token is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """Emails a password-reset link if the address has an account. Always answers OK, the same
+        way and in about the same time, so it reveals nothing about which addresses have accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Sets a new password with the token of a reset link, ends every session of the user and
+        sends a notice. Returns no session: the user signs in with the new password.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestEmailChange(self, request, context):
+        """Starts changing the caller's email address: a verification link goes to the new address and
+        a notice to the current one. The change happens when the link is redeemed with VerifyEmail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists the caller's own security events (sign-ins, password changes, ...), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +295,36 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.DeleteAccount,
                     request_deserializer=gatehouse_dot_v1_dot_auth__pb2.DeleteAccountRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_auth__pb2.DeleteAccountResponse.SerializeToString,
+            ),
+            'SendVerificationEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendVerificationEmail,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailResponse.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.VerifyEmailResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'RequestEmailChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestEmailChange,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -471,6 +579,168 @@ class AuthService:
             '/gatehouse.v1.AuthService/DeleteAccount',
             gatehouse_dot_v1_dot_auth__pb2.DeleteAccountRequest.SerializeToString,
             gatehouse_dot_v1_dot_auth__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendVerificationEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/SendVerificationEmail',
+            gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.SendVerificationEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/VerifyEmail',
+            gatehouse_dot_v1_dot_auth__pb2.VerifyEmailRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.VerifyEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/RequestPasswordReset',
+            gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/ResetPassword',
+            gatehouse_dot_v1_dot_auth__pb2.ResetPasswordRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestEmailChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/RequestEmailChange',
+            gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.RequestEmailChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/ListAuditEvents',
+            gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

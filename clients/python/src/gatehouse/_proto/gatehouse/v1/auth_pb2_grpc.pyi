@@ -70,6 +70,29 @@ class AuthServiceStub:
     """Deletes the caller's account after checking the password: the user, their sessions, linked
     accounts and profile are erased.
     """
+    SendVerificationEmail: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SendVerificationEmailRequest, _auth_pb2.SendVerificationEmailResponse]
+    """Sends the caller a new email-verification link (SignUp sends the first one). Earlier links
+    stop working. FAILED_PRECONDITION if the address is already verified.
+    """
+    VerifyEmail: _grpc.UnaryUnaryMultiCallable[_auth_pb2.VerifyEmailRequest, _auth_pb2.VerifyEmailResponse]
+    """Redeems the token of a verification link: marks the address verified or, for a link sent by
+    RequestEmailChange, switches the account to the new address. Needs no session. A used,
+    expired, superseded or unknown token is INVALID_ARGUMENT.
+    """
+    RequestPasswordReset: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RequestPasswordResetRequest, _auth_pb2.RequestPasswordResetResponse]
+    """Emails a password-reset link if the address has an account. Always answers OK, the same
+    way and in about the same time, so it reveals nothing about which addresses have accounts.
+    """
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetPasswordRequest, _auth_pb2.ResetPasswordResponse]
+    """Sets a new password with the token of a reset link, ends every session of the user and
+    sends a notice. Returns no session: the user signs in with the new password.
+    """
+    RequestEmailChange: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RequestEmailChangeRequest, _auth_pb2.RequestEmailChangeResponse]
+    """Starts changing the caller's email address: a verification link goes to the new address and
+    a notice to the current one. The change happens when the link is redeemed with VerifyEmail.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]
+    """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -113,6 +136,29 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Deletes the caller's account after checking the password: the user, their sessions, linked
     accounts and profile are erased.
     """
+    SendVerificationEmail: _aio.UnaryUnaryMultiCallable[_auth_pb2.SendVerificationEmailRequest, _auth_pb2.SendVerificationEmailResponse]  # type: ignore[assignment]
+    """Sends the caller a new email-verification link (SignUp sends the first one). Earlier links
+    stop working. FAILED_PRECONDITION if the address is already verified.
+    """
+    VerifyEmail: _aio.UnaryUnaryMultiCallable[_auth_pb2.VerifyEmailRequest, _auth_pb2.VerifyEmailResponse]  # type: ignore[assignment]
+    """Redeems the token of a verification link: marks the address verified or, for a link sent by
+    RequestEmailChange, switches the account to the new address. Needs no session. A used,
+    expired, superseded or unknown token is INVALID_ARGUMENT.
+    """
+    RequestPasswordReset: _aio.UnaryUnaryMultiCallable[_auth_pb2.RequestPasswordResetRequest, _auth_pb2.RequestPasswordResetResponse]  # type: ignore[assignment]
+    """Emails a password-reset link if the address has an account. Always answers OK, the same
+    way and in about the same time, so it reveals nothing about which addresses have accounts.
+    """
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetPasswordRequest, _auth_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """Sets a new password with the token of a reset link, ends every session of the user and
+    sends a notice. Returns no session: the user signs in with the new password.
+    """
+    RequestEmailChange: _aio.UnaryUnaryMultiCallable[_auth_pb2.RequestEmailChangeRequest, _auth_pb2.RequestEmailChangeResponse]  # type: ignore[assignment]
+    """Starts changing the caller's email address: a verification link goes to the new address and
+    a notice to the current one. The change happens when the link is redeemed with VerifyEmail.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService signs people up and in and manages their sessions.
@@ -207,5 +253,64 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes the caller's account after checking the password: the user, their sessions, linked
         accounts and profile are erased.
         """
+
+    @_abc_1.abstractmethod
+    def SendVerificationEmail(
+        self,
+        request: _auth_pb2.SendVerificationEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SendVerificationEmailResponse, _abc.Awaitable[_auth_pb2.SendVerificationEmailResponse]]:
+        """Sends the caller a new email-verification link (SignUp sends the first one). Earlier links
+        stop working. FAILED_PRECONDITION if the address is already verified.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyEmail(
+        self,
+        request: _auth_pb2.VerifyEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.VerifyEmailResponse, _abc.Awaitable[_auth_pb2.VerifyEmailResponse]]:
+        """Redeems the token of a verification link: marks the address verified or, for a link sent by
+        RequestEmailChange, switches the account to the new address. Needs no session. A used,
+        expired, superseded or unknown token is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPasswordReset(
+        self,
+        request: _auth_pb2.RequestPasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RequestPasswordResetResponse, _abc.Awaitable[_auth_pb2.RequestPasswordResetResponse]]:
+        """Emails a password-reset link if the address has an account. Always answers OK, the same
+        way and in about the same time, so it reveals nothing about which addresses have accounts.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _auth_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ResetPasswordResponse, _abc.Awaitable[_auth_pb2.ResetPasswordResponse]]:
+        """Sets a new password with the token of a reset link, ends every session of the user and
+        sends a notice. Returns no session: the user signs in with the new password.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestEmailChange(
+        self,
+        request: _auth_pb2.RequestEmailChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RequestEmailChangeResponse, _abc.Awaitable[_auth_pb2.RequestEmailChangeResponse]]:
+        """Starts changing the caller's email address: a verification link goes to the new address and
+        a notice to the current one. The change happens when the link is redeemed with VerifyEmail.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _auth_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListAuditEventsResponse, _abc.Awaitable[_auth_pb2.ListAuditEventsResponse]]:
+        """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
