@@ -448,7 +448,7 @@ impl Auth {
         let (Some(current), Some(new)) = (current, new) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed password change lost a field")));
         };
-        if let Err(e) = self.check_password(caller.user.id, current, "current_password").await {
+        if let Err(e) = self.check_password(caller, current, "current_password", client).await {
             self.audit
                 .record(Some(caller.user.id), Event::PasswordChanged, Outcome::Failure, Some("wrong_password"), client)
                 .await;
@@ -476,7 +476,7 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<(), Error> {
         let password = Password::presented(password).map_err(|d| Error::invalid("password", d))?;
-        self.check_password(caller.user.id, password, "password").await?;
+        self.check_password(caller, password, "password", client).await?;
         self.store.delete_user(caller.user.id).await?;
         self.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
         Ok(())
@@ -488,13 +488,26 @@ impl Auth {
         Ok(self.store.delete_expired_sessions(now, now - self.config.idle_timeout).await?)
     }
 
-    pub(crate) async fn check_password(&self, user_id: Uuid, password: Password, field: &str) -> Result<(), Error> {
+    /// Re-checks a signed-in user's password (before sensitive changes). Guesses share the
+    /// sign-in rate limit and count towards the lockout, so a stolen session cannot be used to
+    /// guess the password without limit.
+    pub(crate) async fn check_password(
+        &self,
+        caller: &Authenticated,
+        password: Password,
+        field: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let user_id = caller.user.id;
+        self.limit(Limit::SignInPerAccountIp, &[caller.user.email.as_str(), client_ip(client)], Some(user_id), client)
+            .await?;
         let stored = self.store.password_hash(user_id).await?;
         if stored.is_none() {
             return Err(Error::FailedPrecondition("this account has no password".into()));
         }
         let verdict = self.hasher.verify(password.clone(), stored).await?;
         if !verdict.valid {
+            self.count_failure(user_id, self.clock.now()).await?;
             return Err(Error::invalid(field, "is incorrect"));
         }
         if verdict.needs_rehash {

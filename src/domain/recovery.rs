@@ -214,7 +214,7 @@ impl Auth {
         let (Some(new_email), Some(password)) = (new_email, password) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed email change lost a field")));
         };
-        self.check_password(caller.user.id, password, "current_password").await?;
+        self.check_password(caller, password, "current_password", client).await?;
         let user_key = caller.user.id.to_string();
         self.limit(Limit::VerificationPerAccount, &[&user_key], Some(caller.user.id), client).await?;
 

@@ -30,7 +30,12 @@ pub fn client_info<T>(request: &Request<T>, trusted: &[IpNet]) -> ClientInfo {
     let peer_trusted = peer.as_ref().is_some_and(is_trusted);
 
     let ip = if peer_trusted { forwarded_client(metadata, &is_trusted).or(peer) } else { peer };
-    let agent = if peer_trusted {
+    // A proxy that forwards the user's address speaks for the user: its own `user-agent` is
+    // its gRPC library's, not the user's browser, so it is not used in place of a missing
+    // forwarded one.
+    let agent = if peer_trusted && metadata.contains_key(FORWARDED_FOR) {
+        metadata.get(FORWARDED_USER_AGENT)
+    } else if peer_trusted {
         metadata.get(FORWARDED_USER_AGENT).or_else(|| metadata.get("user-agent"))
     } else {
         metadata.get("user-agent")

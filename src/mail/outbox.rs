@@ -32,9 +32,14 @@ impl Transport for Outbox {
         let message = build_message(&self.from, mail)?;
         let name = format!("{}-{}.eml", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"), uuid::Uuid::new_v4().simple());
         let path = self.dir.join(name);
-        tokio::fs::write(&path, message.formatted()).await?;
+        let partial = path.with_extension("eml.partial");
+        tokio::fs::write(&partial, message.formatted()).await?;
+        tokio::fs::rename(&partial, &path).await?;
         let readable = format!("To: {}\nSubject: {}\n\n{}", mail.to, mail.subject, mail.text);
-        tokio::fs::write(path.with_extension("txt"), readable).await?;
+        // Write then rename, so that a script watching the outbox never reads half a file.
+        let partial = path.with_extension("txt.partial");
+        tokio::fs::write(&partial, readable).await?;
+        tokio::fs::rename(&partial, path.with_extension("txt")).await?;
         let links: Vec<&str> = mail.text.split_whitespace().filter(|w| w.starts_with("http")).collect();
         if self.log_links {
             tracing::info!(path = %path.display(), subject = %mail.subject, links = ?links, "mail written to the outbox");

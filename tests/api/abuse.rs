@@ -13,7 +13,11 @@ use crate::{
     smtp::SmtpServer,
 };
 
-both_backends!(lockout_grows_and_expires, audit_log_lists_the_callers_events);
+both_backends!(
+    lockout_grows_and_expires,
+    password_rechecks_count_towards_the_lockout,
+    audit_log_lists_the_callers_events
+);
 mail_backends!(password_reset_works_while_locked => defaults);
 
 fn defaults(_: &mut Config) {}
@@ -42,6 +46,24 @@ async fn lockout_grows_and_expires(app: &TestApp) {
     assert_eq!(app.sign_in("locked@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
     app.clock.advance(TimeDelta::seconds(30));
     assert!(app.sign_in("locked@example.com", PASSWORD).await.is_ok(), "never locked for good");
+}
+
+/// A stolen session cannot be used to guess the password through ChangePassword.
+async fn password_rechecks_count_towards_the_lockout(app: &TestApp) {
+    let token = app.sign_up("stolen@example.com").await.session_token;
+    for i in 0..5 {
+        let guess = pb::ChangePasswordRequest {
+            current_password: format!("guess number {i}"),
+            new_password: "the attacker's choice".into(),
+            revoke_other_sessions: true,
+        };
+        let refused = app.auth().change_password(bearer(guess, &token)).await.unwrap_err();
+        assert_eq!(violated_fields(&refused), ["current_password"]);
+    }
+    // The account is now locked: even the owner's right password is refused for a while.
+    assert_eq!(app.sign_in("stolen@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    app.clock.advance(TimeDelta::seconds(31));
+    assert!(app.sign_in("stolen@example.com", PASSWORD).await.is_ok());
 }
 
 async fn password_reset_works_while_locked(app: &TestApp, smtp: &mut SmtpServer) {
