@@ -11,10 +11,12 @@ use tonic_health::ServingStatus;
 use crate::{
     config::Config,
     domain::{
-        Auth, AuthConfig, AuthDeps, Clock, Lockout, Profiles,
+        Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles,
         audit::AuditLog,
+        cipher::SecretCipher,
         limits::{Limiter, RateLimitBackend, Rates},
         notify::Notifier,
+        oauth::{OAuthConfig, Provider, http_client},
         password::{HashParams, PasswordHasher, PasswordPolicy},
         token::TokenHasher,
     },
@@ -31,6 +33,7 @@ pub struct Application {
     store: Arc<dyn Store>,
     auth: Arc<Auth>,
     profiles: Arc<Profiles>,
+    oauth: Arc<OAuth>,
 }
 
 impl Application {
@@ -129,10 +132,35 @@ impl Application {
             notifier,
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
-        let profiles = Arc::new(Profiles::new(Arc::clone(&store), clock));
+        let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
+
+        let http = http_client(config.oauth_http_timeout)?;
+        let providers = config
+            .oauth_providers()?
+            .into_iter()
+            .map(|p| Provider::new(p, http.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let previous = config.load_previous_secrets()?;
+        let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
+        let cipher = SecretCipher::new(secret.expose_secret(), &previous)?;
+        let oauth = Arc::new(OAuth::new(
+            Arc::clone(&store),
+            Arc::clone(&auth),
+            clock,
+            providers,
+            cipher,
+            secret.expose_secret(),
+            OAuthConfig {
+                link_by_verified_email: config.oauth_link_by_verified_email,
+                state_ttl: delta(config.oauth_state_ttl)?,
+            },
+        )?);
+        if !oauth.provider_names().is_empty() {
+            tracing::info!(providers = ?oauth.provider_names(), "identity providers configured");
+        }
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { config, listener, store, auth, profiles })
+        Ok(Self { config, listener, store, auth, profiles, oauth })
     }
 
     /// The bound address (useful when listening on port 0).
@@ -148,7 +176,12 @@ impl Application {
         let watcher =
             tokio::spawn(health::watch_store(Arc::clone(&self.store), reporter.clone(), self.config.health_interval));
         let retention = delta(self.config.audit_retention)?;
-        let pruner = tokio::spawn(prune(Arc::clone(&self.auth), self.config.session_prune_interval, retention));
+        let pruner = tokio::spawn(prune(
+            Arc::clone(&self.auth),
+            Arc::clone(&self.oauth),
+            self.config.session_prune_interval,
+            retention,
+        ));
 
         let addr = self.local_addr();
         tracing::info!(%addr, backend = self.store.backend(), reflection = self.config.reflection_enabled(), "gatehouse listening");
@@ -169,7 +202,8 @@ impl Application {
             request_timeout: self.config.request_timeout,
             trusted_proxies: self.config.trusted_proxies.clone(),
         };
-        let server = grpc::serve(self.listener, settings, self.auth, self.profiles, health_service, on_shutdown);
+        let server =
+            grpc::serve(self.listener, settings, self.auth, self.profiles, self.oauth, health_service, on_shutdown);
         let grace = self.config.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from),
@@ -187,7 +221,7 @@ impl Application {
 }
 
 /// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
-async fn prune(auth: Arc<Auth>, every: Duration, audit_retention: TimeDelta) {
+async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, audit_retention: TimeDelta) {
     let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
     loop {
         ticker.tick().await;
@@ -199,6 +233,7 @@ async fn prune(auth: Arc<Auth>, every: Duration, audit_retention: TimeDelta) {
         report("expired sessions", auth.prune_expired_sessions().await);
         report("stale email tokens", auth.prune_stale_tokens().await);
         report("old audit events", auth.audit().prune(audit_retention).await);
+        report("expired provider sign-in states", oauth.prune_expired_states().await);
         auth.limiter().shrink();
     }
 }

@@ -112,6 +112,19 @@ impl AuditLog {
         reason: Option<&'static str>,
         client: &ClientInfo,
     ) {
+        self.record_detail(user_id, event, outcome, reason, client).await;
+    }
+
+    /// Records an event whose detail is known only at run time (a provider's name). The
+    /// detail must never be a secret.
+    pub async fn record_detail(
+        &self,
+        user_id: Option<Uuid>,
+        event: Event,
+        outcome: Outcome,
+        reason: Option<&str>,
+        client: &ClientInfo,
+    ) {
         let row = AuditRow {
             id: Uuid::now_v7(),
             user_id,

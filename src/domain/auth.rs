@@ -175,6 +175,11 @@ impl Auth {
         }
     }
 
+    /// Whether sign-in needs a verified email (provider sign-in follows the same rule).
+    pub(crate) fn requires_email_verification(&self) -> bool {
+        self.config.require_email_verification
+    }
+
     /// The audit log (for ListAuditEvents and background pruning).
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -532,7 +537,8 @@ impl Auth {
         }
     }
 
-    /// Starts a session for `user_id` and returns it with its token.
+    /// Creates a session for `user_id`: the one place sessions are made, for password and
+    /// provider sign-in alike.
     pub(crate) async fn create_session(
         &self,
         user_id: Uuid,

@@ -29,6 +29,9 @@ pub enum Error {
         /// When a retry may succeed.
         retry_after: std::time::Duration,
     },
+    /// An identity provider did not answer in time or answered nonsense.
+    #[error("identity provider unavailable")]
+    ProviderUnavailable,
     /// A dependency (the database) is not answering.
     #[error("unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -44,6 +47,10 @@ pub enum AuthFailure {
     InvalidCredentials,
     /// The bearer token is missing, malformed, unknown, expired or revoked.
     InvalidSession,
+    /// The identity provider refused the authorization code.
+    ProviderRejected,
+    /// The provider's ID token failed validation (signature, issuer, audience, expiry, nonce).
+    InvalidIdToken,
 }
 
 /// One invalid field of a request.

@@ -3,11 +3,13 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cipher;
 pub mod clock;
 pub mod email;
 pub mod error;
 pub mod limits;
 pub mod notify;
+pub mod oauth;
 pub mod password;
 pub mod profile;
 pub mod recovery;
@@ -16,4 +18,5 @@ pub mod token;
 pub use auth::{Auth, AuthConfig, AuthDeps, ClientInfo, Lockout};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, FieldViolation};
+pub use oauth::OAuth;
 pub use profile::Profiles;

@@ -5,25 +5,43 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
 
+use secrecy::ExposeSecret;
+
 use super::{
-    convert::profile_from_pb,
+    convert::{profile_from_pb, timestamp},
     metadata::{bearer, client_info},
 };
 use crate::{
-    domain::{Auth, auth::SignUpInput, error::Violations},
+    domain::{
+        Auth, OAuth,
+        auth::{Authenticated, SignUpInput},
+        error::Violations,
+        oauth::CompleteInput,
+    },
     proto::v1::{self as pb, auth_service_server::AuthService},
 };
 
-/// The gRPC face of [`Auth`].
+/// The gRPC face of [`Auth`] and [`OAuth`].
 pub struct AuthApi {
     auth: Arc<Auth>,
+    oauth: Arc<OAuth>,
     trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AuthApi {
-    /// Serves `auth`, believing forwarded client metadata from `trusted_proxies` only.
-    pub fn new(auth: Arc<Auth>, trusted_proxies: Arc<[IpNet]>) -> Self {
-        Self { auth, trusted_proxies }
+    /// Serves `auth` and `oauth`, believing forwarded client metadata from `trusted_proxies`
+    /// only.
+    pub fn new(auth: Arc<Auth>, oauth: Arc<OAuth>, trusted_proxies: Arc<[IpNet]>) -> Self {
+        Self { auth, oauth, trusted_proxies }
+    }
+
+    /// The caller if the call carries an `authorization` entry (which must then be valid).
+    async fn optional_caller<T>(&self, req: &Request<T>) -> Result<Option<Authenticated>, Status> {
+        if req.metadata().contains_key("authorization") {
+            Ok(Some(self.auth.authenticate(bearer(req.metadata())).await?))
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -175,6 +193,67 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(Into::into).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn start_o_auth(
+        &self,
+        req: Request<pb::StartOAuthRequest>,
+    ) -> Result<Response<pb::StartOAuthResponse>, Status> {
+        let caller = self.optional_caller(&req).await?;
+        let r = req.into_inner();
+        let started = self.oauth.start(&r.provider, &r.redirect_uri, caller.as_ref()).await?;
+        Ok(Response::new(pb::StartOAuthResponse {
+            authorization_url: started.authorization_url,
+            state: started.state,
+            expires_at: Some(timestamp(started.expires_at)),
+        }))
+    }
+
+    async fn complete_o_auth(
+        &self,
+        req: Request<pb::CompleteOAuthRequest>,
+    ) -> Result<Response<pb::CompleteOAuthResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let caller = self.optional_caller(&req).await?;
+        let r = req.into_inner();
+        let input = CompleteInput { provider: r.provider, code: r.code, state: r.state, redirect_uri: r.redirect_uri };
+        let done = self.oauth.complete(input, caller.as_ref(), client).await?;
+        Ok(Response::new(done.into()))
+    }
+
+    async fn list_accounts(
+        &self,
+        req: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let accounts = self.oauth.list_accounts(&caller).await?;
+        Ok(Response::new(pb::ListAccountsResponse { accounts: accounts.into_iter().map(Into::into).collect() }))
+    }
+
+    async fn unlink_account(
+        &self,
+        req: Request<pb::UnlinkAccountRequest>,
+    ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let r = req.into_inner();
+        self.oauth.unlink(&caller, &r.provider, &r.account_id, &client).await?;
+        Ok(Response::new(pb::UnlinkAccountResponse {}))
+    }
+
+    async fn get_provider_access_token(
+        &self,
+        req: Request<pb::GetProviderAccessTokenRequest>,
+    ) -> Result<Response<pb::GetProviderAccessTokenResponse>, Status> {
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let r = req.into_inner();
+        let account_id = Some(r.account_id.trim()).filter(|a| !a.is_empty());
+        let token = self.oauth.provider_access_token(&caller, &r.provider, account_id).await?;
+        Ok(Response::new(pb::GetProviderAccessTokenResponse {
+            access_token: token.access_token.expose_secret().to_owned(),
+            expires_at: token.expires_at.map(timestamp),
+            scopes: token.scopes,
         }))
     }
 }

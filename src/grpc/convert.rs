@@ -7,10 +7,11 @@ use crate::{
     domain::{
         auth::{SessionView, SignedIn, SignedUp},
         error::Violations,
+        oauth::Completed,
         profile::{AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField, ProgrammingLevel},
     },
     proto::v1 as pb,
-    storage::{AuditRow, UserRow},
+    storage::{AccountRow, AuditRow, UserRow},
 };
 
 /// A protobuf timestamp.
@@ -77,6 +78,31 @@ impl From<SignedIn> for pb::AuthResponse {
             user: Some(s.user.into()),
             session: Some(s.session.into()),
             session_token: s.token.into_string(),
+        }
+    }
+}
+
+impl From<Completed> for pb::CompleteOAuthResponse {
+    fn from(c: Completed) -> Self {
+        pb::CompleteOAuthResponse {
+            user: Some(c.user.into()),
+            session: Some(c.session.into()),
+            session_token: c.token.map(|t| t.into_string()).unwrap_or_default(),
+            is_new_user: c.is_new_user,
+        }
+    }
+}
+
+// Tokens stay out: only what the owner may see about the link.
+impl From<AccountRow> for pb::LinkedAccount {
+    fn from(a: AccountRow) -> Self {
+        pb::LinkedAccount {
+            provider: a.provider,
+            account_id: a.provider_account_id,
+            email: a.email.unwrap_or_default(),
+            email_verified: a.email_verified,
+            linked_at: Some(timestamp(a.created_at)),
+            scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
         }
     }
 }

@@ -19,7 +19,7 @@ pub use auth::AuthApi;
 pub use profile::ProfileApi;
 
 use crate::{
-    domain::{Auth, Profiles},
+    domain::{Auth, OAuth, Profiles},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{auth_service_server::AuthServiceServer, profile_service_server::ProfileServiceServer},
@@ -46,11 +46,12 @@ pub async fn serve(
     settings: GrpcSettings,
     auth: Arc<Auth>,
     profiles: Arc<Profiles>,
+    oauth: Arc<OAuth>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let trusted: Arc<[IpNet]> = settings.trusted_proxies.into();
-    let auth_api = AuthServiceServer::new(AuthApi::new(Arc::clone(&auth), trusted))
+    let auth_api = AuthServiceServer::new(AuthApi::new(Arc::clone(&auth), oauth, trusted))
         .max_decoding_message_size(settings.max_request_bytes);
     let profile_api = ProfileServiceServer::new(ProfileApi::new(auth, profiles))
         .max_decoding_message_size(settings.max_request_bytes);

@@ -30,6 +30,15 @@ impl From<Error> for Status {
             Error::Unauthenticated(AuthFailure::InvalidSession) => {
                 Status::unauthenticated("missing, invalid or expired session token")
             }
+            Error::Unauthenticated(AuthFailure::ProviderRejected) => Status::unauthenticated(
+                "the identity provider rejected the authorization code; start the sign-in again",
+            ),
+            Error::Unauthenticated(AuthFailure::InvalidIdToken) => {
+                Status::unauthenticated("the identity provider's ID token is invalid")
+            }
+            Error::ProviderUnavailable => {
+                Status::unavailable("the identity provider is not answering; try again later")
+            }
             Error::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
             Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),

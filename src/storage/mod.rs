@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    AuditRow, CredentialRow, NewSession, NewUser, NewVerificationToken, ProfileRow, RedeemedToken, SessionRow,
-    SessionUserRow, UserRow,
+    AccountRow, AccountTokens, AuditRow, CredentialRow, NewAccount, NewOAuthUser, NewSession, NewUser,
+    NewVerificationToken, OAuthStateRow, ProfileRow, RedeemedToken, SessionRow, SessionUserRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -57,7 +57,8 @@ pub trait UserStore: Send + Sync {
     async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
     /// Replaces a user's password hash.
     async fn set_password_hash(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Deletes a user; sessions and profile go with it. False if there was no such user.
+    /// Deletes a user; sessions, tokens, provider accounts and flows, and profile go with it.
+    /// False if there was no such user.
     async fn delete_user(&self, user_id: Uuid) -> Result<bool, StoreError>;
     /// A user by id.
     async fn find_user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
@@ -152,9 +153,74 @@ pub trait ProfileStore: Send + Sync {
     async fn update_profile(&self, profile: &ProfileRow, expected_version: i64) -> Result<bool, StoreError>;
 }
 
+/// What `unlink_account` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlinked {
+    /// The account is gone.
+    Removed,
+    /// The user has no such account.
+    NotFound,
+    /// It is the user's last way to sign in, so it was kept.
+    LastCredential,
+}
+
+/// Accounts at identity providers, linked to users.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// The account with this provider identity.
+    async fn find_account(&self, provider: &str, provider_account_id: &str) -> Result<Option<AccountRow>, StoreError>;
+    /// A user by normalised email, for linking by verified email.
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError>;
+    /// Creates a password-less user and their first account in one transaction. A taken email
+    /// is `Conflict("users_email_key")`, a linked identity
+    /// `Conflict("accounts_provider_account_key")`.
+    async fn create_user_with_account(&self, user: &NewOAuthUser, account: &NewAccount) -> Result<UserRow, StoreError>;
+    /// Links an account to an existing user. A linked identity is
+    /// `Conflict("accounts_provider_account_key")`.
+    async fn create_account(&self, account: &NewAccount) -> Result<AccountRow, StoreError>;
+    /// Replaces an account's tokens and what the provider says about the email.
+    async fn update_account_tokens(
+        &self,
+        account_id: Uuid,
+        email: Option<&str>,
+        email_verified: bool,
+        tokens: &AccountTokens,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A user's accounts, oldest first.
+    async fn list_accounts(&self, user_id: Uuid) -> Result<Vec<AccountRow>, StoreError>;
+    /// Removes an account unless it is the user's last way to sign in (no password and no
+    /// other account); the check and the delete are one transaction holding the user's row.
+    async fn unlink_account(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        provider_account_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Unlinked, StoreError>;
+}
+
+/// Authorization-code flows in progress.
+#[async_trait]
+pub trait OAuthStateStore: Send + Sync {
+    /// Stores a new flow.
+    async fn create_oauth_state(&self, state: &OAuthStateRow) -> Result<(), StoreError>;
+    /// Marks the flow with this state hash used and returns it, if it existed and was unused:
+    /// one atomic statement, so concurrent redemptions get it at most once.
+    async fn consume_oauth_state(
+        &self,
+        state_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<OAuthStateRow>, StoreError>;
+    /// Deletes flows that expired before `before`; returns how many went.
+    async fn delete_expired_oauth_states(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// Everything Gatehouse stores.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + ProfileStore + TokenStore + AuditStore {
+pub trait Store:
+    UserStore + SessionStore + ProfileStore + TokenStore + AuditStore + AccountStore + OAuthStateStore
+{
     /// Checks that the database answers (used by the health reporter).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pool, waiting for connections in use to be returned.

@@ -218,3 +218,110 @@ pub struct AuditRow {
     /// When it happened.
     pub created_at: DateTime<Utc>,
 }
+
+/// A user's identity at a provider, with its tokens still encrypted.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccountRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Configured provider name.
+    pub provider: String,
+    /// The provider's stable id for the person.
+    pub provider_account_id: String,
+    /// Email the provider last reported.
+    pub email: Option<String>,
+    /// Whether the provider said that email is verified.
+    pub email_verified: bool,
+    /// AEAD ciphertext of the access token.
+    pub access_token_enc: Vec<u8>,
+    /// AEAD ciphertext of the refresh token.
+    pub refresh_token_enc: Option<Vec<u8>>,
+    /// AEAD ciphertext of the ID token.
+    pub id_token_enc: Option<Vec<u8>>,
+    /// Key the ciphertexts were made with.
+    pub token_key_id: String,
+    /// When the access token stops working, if the provider said.
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// Space-separated granted scopes.
+    pub scopes: String,
+    /// When the account was linked.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Encrypted provider tokens, written together so that they always share one key id.
+#[derive(Debug, Clone)]
+pub struct AccountTokens {
+    /// AEAD ciphertext of the access token.
+    pub access_token_enc: Vec<u8>,
+    /// AEAD ciphertext of the refresh token.
+    pub refresh_token_enc: Option<Vec<u8>>,
+    /// AEAD ciphertext of the ID token.
+    pub id_token_enc: Option<Vec<u8>>,
+    /// Key the ciphertexts were made with.
+    pub token_key_id: String,
+    /// When the access token stops working.
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// Space-separated granted scopes.
+    pub scopes: String,
+}
+
+/// An account to link.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Primary key (chosen first: it is the AEAD associated data of the tokens).
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Configured provider name.
+    pub provider: String,
+    /// The provider's stable id for the person.
+    pub provider_account_id: String,
+    /// Email the provider reported.
+    pub email: Option<String>,
+    /// Whether the provider said it is verified.
+    pub email_verified: bool,
+    /// Encrypted tokens.
+    pub tokens: AccountTokens,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+}
+
+/// A user created by a provider sign-in.
+#[derive(Debug, Clone)]
+pub struct NewOAuthUser {
+    /// The user (no password).
+    pub user: NewUser,
+    /// Whether the provider vouched for the email.
+    pub email_verified: bool,
+    /// Picture URL from the provider.
+    pub image: Option<String>,
+}
+
+/// An authorization-code flow in progress.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OAuthStateRow {
+    /// HMAC of the state.
+    pub state_hash: Vec<u8>,
+    /// Provider the flow was started for.
+    pub provider: String,
+    /// Redirect URI the flow was started with.
+    pub redirect_uri: String,
+    /// AEAD ciphertext of the PKCE verifier.
+    pub pkce_verifier_enc: Vec<u8>,
+    /// Key of that ciphertext.
+    pub key_id: String,
+    /// Hash of the OIDC nonce.
+    pub nonce_hash: Option<Vec<u8>>,
+    /// The signed-in user who asked to link, if any.
+    pub link_user_id: Option<Uuid>,
+    /// Start time.
+    pub created_at: DateTime<Utc>,
+    /// Deadline.
+    pub expires_at: DateTime<Utc>,
+    /// When it was redeemed.
+    pub used_at: Option<DateTime<Utc>>,
+}
