@@ -332,20 +332,29 @@ pub struct Config {
 #[derive(Debug, Clone, Args)]
 pub struct GoogleConfig {
     /// OAuth client id; unset disables Google.
-    #[arg(long = "google-client-id", env = "GATEHOUSE_GOOGLE_CLIENT_ID")]
+    #[arg(long = "google-client-id", id = "google_client_id", env = "GATEHOUSE_GOOGLE_CLIENT_ID")]
     pub client_id: Option<String>,
     /// OAuth client secret. Prefer --google-client-secret-file.
-    #[arg(long = "google-client-secret", env = "GATEHOUSE_GOOGLE_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long = "google-client-secret", id = "google_client_secret", env = "GATEHOUSE_GOOGLE_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub client_secret: Option<SecretString>,
     /// File holding the OAuth client secret.
-    #[arg(long = "google-client-secret-file", env = "GATEHOUSE_GOOGLE_CLIENT_SECRET_FILE")]
+    #[arg(
+        long = "google-client-secret-file",
+        id = "google_client_secret_file",
+        env = "GATEHOUSE_GOOGLE_CLIENT_SECRET_FILE"
+    )]
     pub client_secret_file: Option<PathBuf>,
     /// Redirect URIs accepted, compared exactly (comma-separated).
-    #[arg(long = "google-redirect-uris", env = "GATEHOUSE_GOOGLE_REDIRECT_URIS", value_delimiter = ',')]
+    #[arg(
+        long = "google-redirect-uris",
+        id = "google_redirect_uris",
+        env = "GATEHOUSE_GOOGLE_REDIRECT_URIS",
+        value_delimiter = ','
+    )]
     pub redirect_uris: Vec<String>,
     /// Issuer; discovery is read from <issuer>/.well-known/openid-configuration.
     #[arg(
-        long = "google-issuer",
+        long = "google-issuer", id = "google_issuer",
         env = "GATEHOUSE_GOOGLE_ISSUER",
         default_value = GOOGLE_ISSUER
     )]
@@ -353,6 +362,7 @@ pub struct GoogleConfig {
     /// Scopes requested (comma-separated).
     #[arg(
         long = "google-scopes",
+        id = "google_scopes",
         env = "GATEHOUSE_GOOGLE_SCOPES",
         value_delimiter = ',',
         default_value = "openid,email,profile"
@@ -364,20 +374,30 @@ pub struct GoogleConfig {
 #[derive(Debug, Clone, Args)]
 pub struct GitHubConfig {
     /// OAuth app client id; unset disables GitHub.
-    #[arg(long = "github-client-id", env = "GATEHOUSE_GITHUB_CLIENT_ID")]
+    #[arg(long = "github-client-id", id = "github_client_id", env = "GATEHOUSE_GITHUB_CLIENT_ID")]
     pub client_id: Option<String>,
     /// OAuth app client secret. Prefer --github-client-secret-file.
-    #[arg(long = "github-client-secret", env = "GATEHOUSE_GITHUB_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long = "github-client-secret", id = "github_client_secret", env = "GATEHOUSE_GITHUB_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub client_secret: Option<SecretString>,
     /// File holding the OAuth app client secret.
-    #[arg(long = "github-client-secret-file", env = "GATEHOUSE_GITHUB_CLIENT_SECRET_FILE")]
+    #[arg(
+        long = "github-client-secret-file",
+        id = "github_client_secret_file",
+        env = "GATEHOUSE_GITHUB_CLIENT_SECRET_FILE"
+    )]
     pub client_secret_file: Option<PathBuf>,
     /// Redirect URIs accepted, compared exactly (comma-separated).
-    #[arg(long = "github-redirect-uris", env = "GATEHOUSE_GITHUB_REDIRECT_URIS", value_delimiter = ',')]
+    #[arg(
+        long = "github-redirect-uris",
+        id = "github_redirect_uris",
+        env = "GATEHOUSE_GITHUB_REDIRECT_URIS",
+        value_delimiter = ','
+    )]
     pub redirect_uris: Vec<String>,
     /// Authorization endpoint.
     #[arg(
         long = "github-authorize-url",
+        id = "github_authorize_url",
         env = "GATEHOUSE_GITHUB_AUTHORIZE_URL",
         default_value = "https://github.com/login/oauth/authorize"
     )]
@@ -385,16 +405,23 @@ pub struct GitHubConfig {
     /// Token endpoint.
     #[arg(
         long = "github-token-url",
+        id = "github_token_url",
         env = "GATEHOUSE_GITHUB_TOKEN_URL",
         default_value = "https://github.com/login/oauth/access_token"
     )]
     pub token_url: String,
     /// REST API base URL.
-    #[arg(long = "github-api-url", env = "GATEHOUSE_GITHUB_API_URL", default_value = "https://api.github.com")]
+    #[arg(
+        long = "github-api-url",
+        id = "github_api_url",
+        env = "GATEHOUSE_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
     pub api_url: String,
     /// Scopes requested (comma-separated).
     #[arg(
         long = "github-scopes",
+        id = "github_scopes",
         env = "GATEHOUSE_GITHUB_SCOPES",
         value_delimiter = ',',
         default_value = "read:user,user:email"

@@ -113,6 +113,20 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement (no parameters).
+    pub async fn execute(&self, sql: &'static str) {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
     /// Counts rows of `table`.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));

@@ -7,6 +7,8 @@ mod smtp;
 mod abuse;
 mod auth;
 mod health;
+mod idp;
+mod oauth;
 mod profile;
 mod recovery;
 mod sessions;
