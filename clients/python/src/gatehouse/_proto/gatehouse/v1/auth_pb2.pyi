@@ -797,7 +797,7 @@ class AuditEvent(_message.Message):
     event: _builtins.str
     """What happened: sign_up, sign_in, sign_out, session_revoked, password_changed,
     password_reset_requested, password_reset, verification_sent, email_verified, email_changed,
-    account_deleted, rate_limited.
+    account_deleted, rate_limited, oauth_linked, oauth_unlinked.
     """
     outcome: _builtins.str
     """success, failure or denied."""
@@ -826,3 +826,329 @@ class AuditEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class StartOAuthRequest(_message.Message):
+    """Input of StartOAuth. A bearer token in the metadata makes it a link flow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name: `google`, `github`, or a configured OpenID Connect provider's name."""
+    redirect_uri: _builtins.str
+    """Where the provider sends the browser back; must exactly equal a configured redirect URI."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "redirect_uri", b"redirect_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartOAuthRequest: _TypeAlias = StartOAuthRequest  # noqa: Y015
+
+@_typing.final
+class StartOAuthResponse(_message.Message):
+    """Result of StartOAuth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZATION_URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    authorization_url: _builtins.str
+    """The provider's authorization URL: redirect the browser here."""
+    state: _builtins.str
+    """The state carried by the URL. Keep it (e.g. in a short-lived cookie) to check that the
+    callback belongs to this browser, and pass it to CompleteOAuth.
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the flow stops being accepted."""
+
+    def __init__(
+        self,
+        *,
+        authorization_url: _builtins.str = ...,
+        state: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_url", b"authorization_url", "expires_at", b"expires_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartOAuthResponse: _TypeAlias = StartOAuthResponse  # noqa: Y015
+
+@_typing.final
+class CompleteOAuthRequest(_message.Message):
+    """Input of CompleteOAuth: what the provider sent to the redirect URI."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The provider the flow was started for."""
+    code: _builtins.str
+    """The `code` query parameter of the callback."""
+    state: _builtins.str
+    """The `state` query parameter of the callback."""
+    redirect_uri: _builtins.str
+    """The redirect URI the flow was started with."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        code: _builtins.str = ...,
+        state: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "provider", b"provider", "redirect_uri", b"redirect_uri", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteOAuthRequest: _TypeAlias = CompleteOAuthRequest  # noqa: Y015
+
+@_typing.final
+class CompleteOAuthResponse(_message.Message):
+    """Result of CompleteOAuth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    IS_NEW_USER_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """The new session's token, shown once; empty for a link flow, which creates no session."""
+    is_new_user: _builtins.bool
+    """True when this sign-in created the user."""
+    @_builtins.property
+    def user(self) -> Global___User:
+        """The signed-in (or, for a link flow, the linking) user."""
+
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """The new session; for a link flow, the caller's existing session."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        session: Global___Session | None = ...,
+        session_token: _builtins.str = ...,
+        is_new_user: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_new_user", b"is_new_user", "session", b"session", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteOAuthResponse: _TypeAlias = CompleteOAuthResponse  # noqa: Y015
+
+@_typing.final
+class LinkedAccount(_message.Message):
+    """A provider account linked to a user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    EMAIL_VERIFIED_FIELD_NUMBER: _builtins.int
+    LINKED_AT_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    account_id: _builtins.str
+    """The provider's id for the person (OIDC `sub`, GitHub user id); use it with
+    UnlinkAccount.
+    """
+    email: _builtins.str
+    """Email the provider last reported, if any."""
+    email_verified: _builtins.bool
+    """Whether the provider said that email is verified."""
+    @_builtins.property
+    def linked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the account was linked."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes the provider granted."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        email_verified: _builtins.bool = ...,
+        linked_at: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["linked_at", b"linked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "email", b"email", "email_verified", b"email_verified", "linked_at", b"linked_at", "provider", b"provider", "scopes", b"scopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkedAccount: _TypeAlias = LinkedAccount  # noqa: Y015
+
+@_typing.final
+class ListAccountsRequest(_message.Message):
+    """Input of ListAccounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsRequest: _TypeAlias = ListAccountsRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountsResponse(_message.Message):
+    """Result of ListAccounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkedAccount]:
+        """Linked accounts, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___LinkedAccount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
+
+@_typing.final
+class UnlinkAccountRequest(_message.Message):
+    """Input of UnlinkAccount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    account_id: _builtins.str
+    """The provider's id for the person, as ListAccounts shows it."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkAccountRequest: _TypeAlias = UnlinkAccountRequest  # noqa: Y015
+
+@_typing.final
+class UnlinkAccountResponse(_message.Message):
+    """Result of UnlinkAccount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkAccountResponse: _TypeAlias = UnlinkAccountResponse  # noqa: Y015
+
+@_typing.final
+class GetProviderAccessTokenRequest(_message.Message):
+    """Input of GetProviderAccessToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    account_id: _builtins.str
+    """Which account, when the caller linked several at this provider; empty picks the most
+    recently used.
+    """
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProviderAccessTokenRequest: _TypeAlias = GetProviderAccessTokenRequest  # noqa: Y015
+
+@_typing.final
+class GetProviderAccessTokenResponse(_message.Message):
+    """Result of GetProviderAccessToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """The provider access token. Treat it as a secret: do not log or store it."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it expires; unset if the provider did not say."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes it carries."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_at", b"expires_at", "scopes", b"scopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProviderAccessTokenResponse: _TypeAlias = GetProviderAccessTokenResponse  # noqa: Y015

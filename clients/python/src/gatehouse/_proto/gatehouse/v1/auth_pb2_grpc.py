@@ -118,6 +118,31 @@ class AuthServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.StartOAuth = channel.unary_unary(
+                '/gatehouse.v1.AuthService/StartOAuth',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.StartOAuthRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.StartOAuthResponse.FromString,
+                _registered_method=True)
+        self.CompleteOAuth = channel.unary_unary(
+                '/gatehouse.v1.AuthService/CompleteOAuth',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/gatehouse.v1.AuthService/ListAccounts',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.UnlinkAccount = channel.unary_unary(
+                '/gatehouse.v1.AuthService/UnlinkAccount',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountResponse.FromString,
+                _registered_method=True)
+        self.GetProviderAccessToken = channel.unary_unary(
+                '/gatehouse.v1.AuthService/GetProviderAccessToken',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -248,6 +273,59 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartOAuth(self, request, context):
+        """Starts signing in with an identity provider (`google`, `github` or a configured OpenID
+        Connect provider). Returns the URL to send the browser to. Gatehouse keeps the state, a
+        PKCE verifier and (OIDC) a nonce, bound to the provider and redirect URI, for single use
+        within 10 minutes. `redirect_uri` must exactly equal one of the provider's configured
+        redirect URIs, or the call is INVALID_ARGUMENT. With a bearer session token, the flow
+        links the provider to that signed-in user instead of signing in. A provider that does
+        not answer is UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteOAuth(self, request, context):
+        """Finishes a provider sign-in with what the provider sent to the redirect URI. The state
+        must exist, be unused and unexpired, and belong to the same provider and redirect URI,
+        or the call is INVALID_ARGUMENT (the state is spent either way). A provider that rejects
+        the code, or an ID token that fails validation, is UNAUTHENTICATED; an unreachable
+        provider is UNAVAILABLE. A known provider account signs its user in; a verified email
+        equal to a user's verified email links to that user; an email that matches a user but
+        is not verified on both sides is FAILED_PRECONDITION; otherwise a user is created. A
+        link flow must be finished with the bearer token of the user who started it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Lists the caller's linked provider accounts. Tokens are never returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkAccount(self, request, context):
+        """Unlinks one of the caller's provider accounts. Removing the last way the user can sign
+        in (no password and no other linked account) is FAILED_PRECONDITION; an account the
+        caller does not have is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProviderAccessToken(self, request, context):
+        """Returns a valid access token for the caller's account at a provider, refreshing it with
+        the stored refresh token when it has expired, for backends that call the provider's API.
+        No linked account is NOT_FOUND; an expired token that cannot be refreshed is
+        FAILED_PRECONDITION (the user must sign in with the provider again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +403,31 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'StartOAuth': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartOAuth,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.StartOAuthRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.StartOAuthResponse.SerializeToString,
+            ),
+            'CompleteOAuth': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteOAuth,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAccountsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'UnlinkAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkAccount,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountResponse.SerializeToString,
+            ),
+            'GetProviderAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderAccessToken,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -741,6 +844,141 @@ class AuthService:
             '/gatehouse.v1.AuthService/ListAuditEvents',
             gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
             gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartOAuth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/StartOAuth',
+            gatehouse_dot_v1_dot_auth__pb2.StartOAuthRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.StartOAuthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteOAuth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/CompleteOAuth',
+            gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.CompleteOAuthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/ListAccounts',
+            gatehouse_dot_v1_dot_auth__pb2.ListAccountsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/UnlinkAccount',
+            gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.UnlinkAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProviderAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/GetProviderAccessToken',
+            gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,38 @@ class AuthServiceStub:
     """
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]
     """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
+    StartOAuth: _grpc.UnaryUnaryMultiCallable[_auth_pb2.StartOAuthRequest, _auth_pb2.StartOAuthResponse]
+    """Starts signing in with an identity provider (`google`, `github` or a configured OpenID
+    Connect provider). Returns the URL to send the browser to. Gatehouse keeps the state, a
+    PKCE verifier and (OIDC) a nonce, bound to the provider and redirect URI, for single use
+    within 10 minutes. `redirect_uri` must exactly equal one of the provider's configured
+    redirect URIs, or the call is INVALID_ARGUMENT. With a bearer session token, the flow
+    links the provider to that signed-in user instead of signing in. A provider that does
+    not answer is UNAVAILABLE.
+    """
+    CompleteOAuth: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteOAuthRequest, _auth_pb2.CompleteOAuthResponse]
+    """Finishes a provider sign-in with what the provider sent to the redirect URI. The state
+    must exist, be unused and unexpired, and belong to the same provider and redirect URI,
+    or the call is INVALID_ARGUMENT (the state is spent either way). A provider that rejects
+    the code, or an ID token that fails validation, is UNAUTHENTICATED; an unreachable
+    provider is UNAVAILABLE. A known provider account signs its user in; a verified email
+    equal to a user's verified email links to that user; an email that matches a user but
+    is not verified on both sides is FAILED_PRECONDITION; otherwise a user is created. A
+    link flow must be finished with the bearer token of the user who started it.
+    """
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAccountsRequest, _auth_pb2.ListAccountsResponse]
+    """Lists the caller's linked provider accounts. Tokens are never returned."""
+    UnlinkAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlinkAccountRequest, _auth_pb2.UnlinkAccountResponse]
+    """Unlinks one of the caller's provider accounts. Removing the last way the user can sign
+    in (no password and no other linked account) is FAILED_PRECONDITION; an account the
+    caller does not have is NOT_FOUND.
+    """
+    GetProviderAccessToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetProviderAccessTokenRequest, _auth_pb2.GetProviderAccessTokenResponse]
+    """Returns a valid access token for the caller's account at a provider, refreshing it with
+    the stored refresh token when it has expired, for backends that call the provider's API.
+    No linked account is NOT_FOUND; an expired token that cannot be refreshed is
+    FAILED_PRECONDITION (the user must sign in with the provider again).
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -159,6 +191,38 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
+    StartOAuth: _aio.UnaryUnaryMultiCallable[_auth_pb2.StartOAuthRequest, _auth_pb2.StartOAuthResponse]  # type: ignore[assignment]
+    """Starts signing in with an identity provider (`google`, `github` or a configured OpenID
+    Connect provider). Returns the URL to send the browser to. Gatehouse keeps the state, a
+    PKCE verifier and (OIDC) a nonce, bound to the provider and redirect URI, for single use
+    within 10 minutes. `redirect_uri` must exactly equal one of the provider's configured
+    redirect URIs, or the call is INVALID_ARGUMENT. With a bearer session token, the flow
+    links the provider to that signed-in user instead of signing in. A provider that does
+    not answer is UNAVAILABLE.
+    """
+    CompleteOAuth: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteOAuthRequest, _auth_pb2.CompleteOAuthResponse]  # type: ignore[assignment]
+    """Finishes a provider sign-in with what the provider sent to the redirect URI. The state
+    must exist, be unused and unexpired, and belong to the same provider and redirect URI,
+    or the call is INVALID_ARGUMENT (the state is spent either way). A provider that rejects
+    the code, or an ID token that fails validation, is UNAUTHENTICATED; an unreachable
+    provider is UNAVAILABLE. A known provider account signs its user in; a verified email
+    equal to a user's verified email links to that user; an email that matches a user but
+    is not verified on both sides is FAILED_PRECONDITION; otherwise a user is created. A
+    link flow must be finished with the bearer token of the user who started it.
+    """
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAccountsRequest, _auth_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """Lists the caller's linked provider accounts. Tokens are never returned."""
+    UnlinkAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlinkAccountRequest, _auth_pb2.UnlinkAccountResponse]  # type: ignore[assignment]
+    """Unlinks one of the caller's provider accounts. Removing the last way the user can sign
+    in (no password and no other linked account) is FAILED_PRECONDITION; an account the
+    caller does not have is NOT_FOUND.
+    """
+    GetProviderAccessToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetProviderAccessTokenRequest, _auth_pb2.GetProviderAccessTokenResponse]  # type: ignore[assignment]
+    """Returns a valid access token for the caller's account at a provider, refreshing it with
+    the stored refresh token when it has expired, for backends that call the provider's API.
+    No linked account is NOT_FOUND; an expired token that cannot be refreshed is
+    FAILED_PRECONDITION (the user must sign in with the provider again).
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService signs people up and in and manages their sessions.
@@ -312,5 +376,67 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListAuditEventsResponse, _abc.Awaitable[_auth_pb2.ListAuditEventsResponse]]:
         """Lists the caller's own security events (sign-ins, password changes, ...), newest first."""
+
+    @_abc_1.abstractmethod
+    def StartOAuth(
+        self,
+        request: _auth_pb2.StartOAuthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.StartOAuthResponse, _abc.Awaitable[_auth_pb2.StartOAuthResponse]]:
+        """Starts signing in with an identity provider (`google`, `github` or a configured OpenID
+        Connect provider). Returns the URL to send the browser to. Gatehouse keeps the state, a
+        PKCE verifier and (OIDC) a nonce, bound to the provider and redirect URI, for single use
+        within 10 minutes. `redirect_uri` must exactly equal one of the provider's configured
+        redirect URIs, or the call is INVALID_ARGUMENT. With a bearer session token, the flow
+        links the provider to that signed-in user instead of signing in. A provider that does
+        not answer is UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteOAuth(
+        self,
+        request: _auth_pb2.CompleteOAuthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CompleteOAuthResponse, _abc.Awaitable[_auth_pb2.CompleteOAuthResponse]]:
+        """Finishes a provider sign-in with what the provider sent to the redirect URI. The state
+        must exist, be unused and unexpired, and belong to the same provider and redirect URI,
+        or the call is INVALID_ARGUMENT (the state is spent either way). A provider that rejects
+        the code, or an ID token that fails validation, is UNAUTHENTICATED; an unreachable
+        provider is UNAVAILABLE. A known provider account signs its user in; a verified email
+        equal to a user's verified email links to that user; an email that matches a user but
+        is not verified on both sides is FAILED_PRECONDITION; otherwise a user is created. A
+        link flow must be finished with the bearer token of the user who started it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _auth_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListAccountsResponse, _abc.Awaitable[_auth_pb2.ListAccountsResponse]]:
+        """Lists the caller's linked provider accounts. Tokens are never returned."""
+
+    @_abc_1.abstractmethod
+    def UnlinkAccount(
+        self,
+        request: _auth_pb2.UnlinkAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UnlinkAccountResponse, _abc.Awaitable[_auth_pb2.UnlinkAccountResponse]]:
+        """Unlinks one of the caller's provider accounts. Removing the last way the user can sign
+        in (no password and no other linked account) is FAILED_PRECONDITION; an account the
+        caller does not have is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProviderAccessToken(
+        self,
+        request: _auth_pb2.GetProviderAccessTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.GetProviderAccessTokenResponse, _abc.Awaitable[_auth_pb2.GetProviderAccessTokenResponse]]:
+        """Returns a valid access token for the caller's account at a provider, refreshing it with
+        the stored refresh token when it has expired, for backends that call the provider's API.
+        No linked account is NOT_FOUND; an expired token that cannot be refreshed is
+        FAILED_PRECONDITION (the user must sign in with the provider again).
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
