@@ -26,7 +26,7 @@ _UNPRINTABLE_RE: Final = re.compile(r"[^\x20-\x7e]")
 
 #: RPCs that only read, so retrying them after UNAVAILABLE cannot apply a change twice.
 IDEMPOTENT_METHODS: Final = frozenset(
-    {"GetSession", "ListSessions", "GetProfile", "ListAuditEvents"}
+    {"GetSession", "ListSessions", "GetProfile", "ListAuditEvents", "ListAccounts"}
 )
 
 Metadata = tuple[tuple[str, str], ...]

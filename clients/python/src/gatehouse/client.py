@@ -373,6 +373,69 @@ class Client:
             page_token = page.next_page_token
             if not page_token:
                 return
+    def start_o_auth(
+        self,
+        provider: str,
+        redirect_uri: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.StartOAuthResponse:
+        """Where to send the browser to sign in with ``provider``; with ``token``, a link flow."""
+        metadata = call_metadata(token)
+        request = auth_pb2.StartOAuthRequest(provider=provider, redirect_uri=redirect_uri)
+        return self._call("StartOAuth", self._auth.StartOAuth, request, metadata, timeout)
+
+    def complete_o_auth(
+        self,
+        provider: str,
+        code: str,
+        state: str,
+        redirect_uri: str,
+        *,
+        token: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.CompleteOAuthResponse:
+        """Finishes a provider sign-in with the callback's ``code`` and ``state``."""
+        metadata = call_metadata(token, client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.CompleteOAuthRequest(
+            provider=provider, code=code, state=state, redirect_uri=redirect_uri
+        )
+        return self._call("CompleteOAuth", self._auth.CompleteOAuth, request, metadata, timeout)
+
+    def list_accounts(
+        self, *, token: str, timeout: float | None = None
+    ) -> list[auth_pb2.LinkedAccount]:
+        """The caller's linked provider accounts (retried after UNAVAILABLE)."""
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.ListAccountsRequest()
+        response = self._call("ListAccounts", self._auth.ListAccounts, request, metadata, timeout)
+        return list(response.accounts)
+
+    def unlink_account(
+        self, provider: str, account_id: str, *, token: str, timeout: float | None = None
+    ) -> None:
+        """Unlinks a provider account (never the last way to sign in: FAILED_PRECONDITION)."""
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.UnlinkAccountRequest(provider=provider, account_id=account_id)
+        self._call("UnlinkAccount", self._auth.UnlinkAccount, request, metadata, timeout)
+
+    def get_provider_access_token(
+        self,
+        provider: str,
+        account_id: str = "",
+        *,
+        token: str,
+        timeout: float | None = None,
+    ) -> auth_pb2.GetProviderAccessTokenResponse:
+        """A valid access token for the caller's account at ``provider``, refreshed if needed."""
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.GetProviderAccessTokenRequest(provider=provider, account_id=account_id)
+        return self._call(
+            "GetProviderAccessToken", self._auth.GetProviderAccessToken, request, metadata, timeout
+        )
 
     # ProfileService
 
@@ -789,6 +852,87 @@ class AsyncClient:
             page_token = page.next_page_token
             if not page_token:
                 return
+    async def start_o_auth(
+        self,
+        provider: str,
+        redirect_uri: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.StartOAuthResponse:
+        """Where to send the browser to sign in with ``provider``; with ``token``, a link flow."""
+        metadata = call_metadata(token)
+        request = auth_pb2.StartOAuthRequest(provider=provider, redirect_uri=redirect_uri)
+        response: auth_pb2.StartOAuthResponse = await self._call(
+            "StartOAuth", self._current().auth.StartOAuth, request, metadata, timeout
+        )
+        return response
+
+    async def complete_o_auth(
+        self,
+        provider: str,
+        code: str,
+        state: str,
+        redirect_uri: str,
+        *,
+        token: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.CompleteOAuthResponse:
+        """Finishes a provider sign-in with the callback's ``code`` and ``state``."""
+        metadata = call_metadata(token, client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.CompleteOAuthRequest(
+            provider=provider, code=code, state=state, redirect_uri=redirect_uri
+        )
+        response: auth_pb2.CompleteOAuthResponse = await self._call(
+            "CompleteOAuth", self._current().auth.CompleteOAuth, request, metadata, timeout
+        )
+        return response
+
+    async def list_accounts(
+        self, *, token: str, timeout: float | None = None
+    ) -> list[auth_pb2.LinkedAccount]:
+        """The caller's linked provider accounts (retried after UNAVAILABLE)."""
+        metadata = call_metadata(token, token_required=True)
+        response: auth_pb2.ListAccountsResponse = await self._call(
+            "ListAccounts",
+            self._current().auth.ListAccounts,
+            auth_pb2.ListAccountsRequest(),
+            metadata,
+            timeout,
+        )
+        return list(response.accounts)
+
+    async def unlink_account(
+        self, provider: str, account_id: str, *, token: str, timeout: float | None = None
+    ) -> None:
+        """Unlinks a provider account (never the last way to sign in: FAILED_PRECONDITION)."""
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.UnlinkAccountRequest(provider=provider, account_id=account_id)
+        await self._call(
+            "UnlinkAccount", self._current().auth.UnlinkAccount, request, metadata, timeout
+        )
+
+    async def get_provider_access_token(
+        self,
+        provider: str,
+        account_id: str = "",
+        *,
+        token: str,
+        timeout: float | None = None,
+    ) -> auth_pb2.GetProviderAccessTokenResponse:
+        """A valid access token for the caller's account at ``provider``, refreshed if needed."""
+        metadata = call_metadata(token, token_required=True)
+        request = auth_pb2.GetProviderAccessTokenRequest(provider=provider, account_id=account_id)
+        response: auth_pb2.GetProviderAccessTokenResponse = await self._call(
+            "GetProviderAccessToken",
+            self._current().auth.GetProviderAccessToken,
+            request,
+            metadata,
+            timeout,
+        )
+        return response
 
     # ProfileService
 
