@@ -386,6 +386,20 @@ async fn links_from_a_signed_in_session(env: &Env) {
     let again = env.sign_in("google").await.unwrap();
     assert_eq!(again.user.unwrap().id, up.user.clone().unwrap().id);
 
+    // The link and the sign-in are in the user's security history.
+    let history = env
+        .app
+        .auth()
+        .list_audit_events(bearer(pb::ListAuditEventsRequest { page_size: 50, page_token: String::new() }, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let linked = history.iter().find(|e| e.event == "oauth_linked").expect("oauth_linked audited");
+    assert_eq!(linked.ip_address, "203.0.113.7");
+    assert_eq!(linked.user_agent, "TestBrowser/1.0");
+    assert!(history.iter().any(|e| e.event == "sign_in" && e.outcome == "success" && e.ip_address == "203.0.113.7"));
+
     // A link flow must be finished by the user who started it.
     let started = env.start_flow("github", GITHUB_REDIRECT, Some(&token)).await.unwrap();
     let (code, state) = env.authorize(&started.authorization_url).await;
