@@ -10,7 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `sqlx::migrate!` embeds these files; a build script disables cargo's default tracking.
     println!("cargo:rerun-if-changed=migrations");
 
-    let protos = ["proto/gatehouse/v1/auth.proto", "proto/gatehouse/v1/profile.proto"];
+    let protos = [
+        "proto/gatehouse/v1/auth.proto",
+        "proto/gatehouse/v1/profile.proto",
+        "proto/gatehouse/v1/token.proto",
+        "proto/gatehouse/v1/admin.proto",
+    ];
     let fds = protox::Compiler::new(["proto"])?
         .include_imports(true)
         .include_source_info(true)

@@ -10,11 +10,13 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::{
     domain::{
+        keys::SigningAlgorithm,
         limits::Rate,
         oauth::{ProviderKind, ProviderSettings},
     },
     mail::SmtpTls,
     storage::DbOptions,
+    tls::TlsSettings,
 };
 
 /// Shortest server secret accepted in production.
@@ -39,6 +41,19 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage access-token signing keys.
+    Keys {
+        /// What to do with the keys.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `gatehouse keys ...`
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new current signing key; the old one stays published until its tokens expire.
+    Rotate,
 }
 
 /// Development or production.
@@ -278,6 +293,86 @@ pub struct Config {
     /// How long audit events are kept.
     #[arg(long, env = "GATEHOUSE_AUDIT_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
+
+    /// Address of the plain-HTTP side port: /.well-known/jwks.json,
+    /// /.well-known/openid-configuration and /metrics.
+    #[arg(long, env = "GATEHOUSE_HTTP_LISTEN", default_value = "127.0.0.1:50052")]
+    pub http_listen: SocketAddr,
+
+    /// Issuer of access tokens (`iss`); also the public base URL of the HTTP side port, where
+    /// verifiers find the keys.
+    #[arg(long, env = "GATEHOUSE_ISSUER", default_value = "http://127.0.0.1:50052")]
+    pub issuer: String,
+
+    /// Audiences access tokens may be issued for (comma-separated service names).
+    #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub access_token_audiences: Vec<String>,
+
+    /// Lifetime of an access token.
+    #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Signature algorithm of new signing keys: EdDSA, ES256 or RS256.
+    #[arg(long, env = "GATEHOUSE_SIGNING_ALGORITHM", default_value = "EdDSA")]
+    pub signing_algorithm: SigningAlgorithm,
+
+    /// A signing key older than this is replaced (the old one stays published until its
+    /// tokens expire).
+    #[arg(long, env = "GATEHOUSE_SIGNING_KEY_ROTATION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub signing_key_rotation: Duration,
+
+    /// How often each replica re-reads the signing keys (to pick up another replica's or
+    /// `gatehouse keys rotate`'s new key) and rotates by age.
+    #[arg(long, env = "GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub signing_key_check_interval: Duration,
+
+    /// Compatibility mode: sign access tokens with HS256 and the shared BETTER_AUTH_SECRET, for
+    /// existing code that verifies that way. Weaker: every verifier can also forge tokens.
+    #[arg(long, env = "GATEHOUSE_HS256_COMPAT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hs256_compat: bool,
+
+    /// The shared HS256 secret of the compatibility mode.
+    #[arg(long, env = "BETTER_AUTH_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub better_auth_secret: Option<SecretString>,
+
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key, turns TLS on.
+    #[arg(long, env = "GATEHOUSE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "GATEHOUSE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to: turns on mutual TLS.
+    #[arg(long, env = "GATEHOUSE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Under mutual TLS, refuse clients without a certificate.
+    #[arg(long, env = "GATEHOUSE_TLS_CLIENT_CERT_REQUIRED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_client_cert_required: bool,
+
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "GATEHOUSE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// In production, serve plaintext gRPC anyway: only on a loopback address, behind a mesh
+    /// sidecar that terminates TLS.
+    #[arg(long, env = "GATEHOUSE_ALLOW_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_plaintext: bool,
+
+    /// Service API keys for AdminService, IntrospectToken and WatchRevocations, as
+    /// NAME=SHA256HEX of the key (comma-separated); the keys themselves are never configured.
+    #[arg(long, env = "GATEHOUSE_ADMIN_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_api_keys: Vec<String>,
+
+    /// Client-certificate subject common names or SANs (DNS or URI, e.g. SPIFFE ids) allowed
+    /// to call the service APIs (comma-separated).
+    #[arg(long, env = "GATEHOUSE_ADMIN_CLIENT_NAMES", value_delimiter = ',')]
+    pub admin_client_names: Vec<String>,
+
+    /// How long revocation events are kept for watchers that resume.
+    #[arg(long, env = "GATEHOUSE_REVOCATION_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub revocation_retention: Duration,
 
     /// Log format.
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -716,6 +811,31 @@ impl Config {
                  set GATEHOUSE_SECRET_FILE or GATEHOUSE_SECRET"
             ),
             None => self.development_secret(),
+        }
+    }
+
+    /// TLS settings, when a certificate and key are configured.
+    pub fn tls(&self) -> anyhow::Result<Option<TlsSettings>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+                client_cert_required: self.tls_client_cert_required,
+            })),
+            (None, None) if self.tls_client_ca.is_some() => {
+                bail!("GATEHOUSE_TLS_CLIENT_CA needs GATEHOUSE_TLS_CERT and GATEHOUSE_TLS_KEY")
+            }
+            (None, None) => {
+                if self.is_production() && !(self.allow_plaintext && self.listen.ip().is_loopback()) {
+                    bail!(
+                        "production mode refuses plaintext gRPC: set GATEHOUSE_TLS_CERT and GATEHOUSE_TLS_KEY, or, behind a \
+                         mesh sidecar, listen on loopback with GATEHOUSE_ALLOW_PLAINTEXT=true"
+                    );
+                }
+                Ok(None)
+            }
+            _ => bail!("set both GATEHOUSE_TLS_CERT and GATEHOUSE_TLS_KEY"),
         }
     }
 

@@ -5,12 +5,15 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod proto;
 pub mod ratelimit;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use startup::Application;

@@ -1,8 +1,31 @@
-//! The `gatehouse` binary: parse configuration, start telemetry, then serve or migrate.
+//! The `gatehouse` binary: parse configuration, start telemetry, then serve, migrate or rotate
+//! keys.
 
 use std::{process::ExitCode, sync::Arc};
 
-use gatehouse::{Application, Config, config::Command, domain::SystemClock, storage, telemetry};
+use gatehouse::{
+    Application, Config,
+    config::{Command, KeysCommand},
+    domain::{SystemClock, cipher::SecretCipher},
+    startup::open_keys,
+    storage, telemetry,
+};
+use secrecy::ExposeSecret;
+
+/// `gatehouse keys rotate`: a new current signing key, published at once; running replicas pick
+/// it up at their next reload.
+async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
+    let secret = config.load_secret()?;
+    let store = storage::connect(&config.db_options()).await?;
+    let previous = config.load_previous_secrets()?;
+    let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
+    let cipher = Arc::new(SecretCipher::new(secret.expose_secret(), &previous)?);
+    let keys = open_keys(config, Arc::clone(&store), cipher, Arc::new(SystemClock)).await?;
+    let kid = keys.rotate().await?;
+    store.close().await;
+    println!("new signing key: {kid}");
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,6 +38,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match command.unwrap_or(Command::Serve) {
+        Command::Keys { action: KeysCommand::Rotate } => rotate_keys(&config).await,
         Command::Migrate => storage::migrate(&config.db_options())
             .await
             .map(|()| tracing::info!("migrations applied"))

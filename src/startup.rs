@@ -12,28 +12,39 @@ use crate::{
     config::Config,
     domain::{
         Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles,
+        admin::Admin,
         audit::AuditLog,
         cipher::SecretCipher,
+        keys::{AccessTokenConfig, KeyRing},
         limits::{Limiter, RateLimitBackend, Rates},
+        mesh::Mesh,
         notify::Notifier,
         oauth::{OAuthConfig, Provider, http_client},
         password::{HashParams, PasswordHasher, PasswordPolicy},
+        revocations::RevocationHub,
         token::TokenHasher,
     },
-    grpc::{self, GrpcSettings, health},
+    grpc::{self, GrpcSettings, ServiceAuth, Services, health},
+    http::HttpState,
     mail::{MailQueue, Outbox, Smtp, SmtpSettings, Transport},
     ratelimit::{MemoryLimits, RedisLimits},
     storage::{self, Store},
+    tls::ReloadingTls,
 };
 
 /// A built, bound, not yet serving Gatehouse.
 pub struct Application {
     config: Config,
     listener: TcpListener,
+    http_listener: TcpListener,
     store: Arc<dyn Store>,
     auth: Arc<Auth>,
     profiles: Arc<Profiles>,
     oauth: Arc<OAuth>,
+    mesh: Arc<Mesh>,
+    revocations: Arc<RevocationHub>,
+    service_auth: Arc<ServiceAuth>,
+    tls: Option<Arc<ReloadingTls>>,
 }
 
 impl Application {
@@ -46,6 +57,9 @@ impl Application {
             );
         }
         let secret = config.load_secret()?;
+        // Fail before anything starts if the transport security is not acceptable.
+        let tls = config.tls()?.map(ReloadingTls::new).transpose()?;
+        let service_auth = Arc::new(ServiceAuth::new(&config.admin_api_keys, &config.admin_client_names)?);
         let key = |purpose: &str| {
             TokenHasher::new(secret.expose_secret(), purpose).map_err(|e| anyhow::anyhow!("token key: {e}"))
         };
@@ -121,6 +135,11 @@ impl Application {
         let limiter_key = config.rate_limits.then(|| secret.expose_secret());
         let limiter = Arc::new(Limiter::new(backend, rates, limiter_key)?);
         let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
+        let revocations = RevocationHub::start(Arc::clone(&store)).await?;
+        let previous = config.load_previous_secrets()?;
+        let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
+        let cipher = Arc::new(SecretCipher::new(secret.expose_secret(), &previous)?);
+        let keys = Arc::new(open_keys(&config, Arc::clone(&store), Arc::clone(&cipher), Arc::clone(&clock)).await?);
         let deps = AuthDeps {
             store: Arc::clone(&store),
             hasher,
@@ -130,8 +149,10 @@ impl Application {
             audit,
             limiter,
             notifier,
+            revocations: Arc::clone(&revocations),
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
+        let mesh = Arc::new(Mesh::new(Arc::clone(&auth), keys));
         let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
 
         let http = http_client(config.oauth_http_timeout)?;
@@ -140,9 +161,6 @@ impl Application {
             .into_iter()
             .map(|p| Provider::new(p, http.clone()))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let previous = config.load_previous_secrets()?;
-        let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
-        let cipher = SecretCipher::new(secret.expose_secret(), &previous)?;
         let oauth = Arc::new(OAuth::new(
             Arc::clone(&store),
             Arc::clone(&auth),
@@ -160,7 +178,14 @@ impl Application {
         }
 
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { config, listener, store, auth, profiles, oauth })
+        let http_listener =
+            TcpListener::bind(config.http_listen).await.with_context(|| format!("binding {}", config.http_listen))?;
+        Ok(Self { config, listener, http_listener, store, auth, profiles, oauth, mesh, revocations, service_auth, tls })
+    }
+
+    /// The bound address of the HTTP side port (JWKS, discovery, metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener.local_addr().unwrap_or(self.config.http_listen)
     }
 
     /// The bound address (useful when listening on port 0).
@@ -175,15 +200,32 @@ impl Application {
         health::set_all(&reporter, ServingStatus::NotServing).await;
         let watcher =
             tokio::spawn(health::watch_store(Arc::clone(&self.store), reporter.clone(), self.config.health_interval));
-        let retention = delta(self.config.audit_retention)?;
+        let retention = Retention {
+            audit: delta(self.config.audit_retention)?,
+            revocations: delta(self.config.revocation_retention)?,
+        };
         let pruner = tokio::spawn(prune(
             Arc::clone(&self.auth),
             Arc::clone(&self.oauth),
             self.config.session_prune_interval,
             retention,
         ));
-
+        let follower = tokio::spawn(Arc::clone(&self.revocations).run(Duration::from_millis(500)));
+        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.signing_key_check_interval));
+        let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls_reload_interval)));
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http_state = HttpState {
+            keys: Arc::clone(self.mesh.keys()),
+            auth: Arc::clone(&self.auth),
+            store: Arc::clone(&self.store),
+        };
+        let http_addr = self.http_addr();
         let addr = self.local_addr();
+        let http = tokio::spawn(crate::http::serve(self.http_listener, http_state, async move {
+            let _ = http_stopped.await;
+        }));
+        tracing::info!(%http_addr, "HTTP side port listening (JWKS, discovery, metrics)");
+
         tracing::info!(%addr, backend = self.store.backend(), reflection = self.config.reflection_enabled(), "gatehouse listening");
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -201,9 +243,18 @@ impl Application {
             max_request_bytes: self.config.max_request_bytes,
             request_timeout: self.config.request_timeout,
             trusted_proxies: self.config.trusted_proxies.clone(),
+            tls: self.tls.clone(),
         };
-        let server =
-            grpc::serve(self.listener, settings, self.auth, self.profiles, self.oauth, health_service, on_shutdown);
+        let services = Services {
+            admin: Arc::new(Admin::new(Arc::clone(&self.auth))),
+            auth: self.auth,
+            profiles: self.profiles,
+            oauth: self.oauth,
+            mesh: self.mesh,
+            revocations: self.revocations,
+            service_auth: self.service_auth,
+        };
+        let server = grpc::serve(self.listener, settings, services, health_service, on_shutdown);
         let grace = self.config.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from),
@@ -214,14 +265,27 @@ impl Application {
         };
         watcher.abort();
         pruner.abort();
+        follower.abort();
+        rotator.abort();
+        if let Some(t) = tls_watch {
+            t.abort();
+        }
+        let _ = http_stop.send(());
+        let _ = http.await;
         self.store.close().await;
         tracing::info!("gatehouse stopped");
         result
     }
 }
 
+/// How long records are kept.
+struct Retention {
+    audit: TimeDelta,
+    revocations: TimeDelta,
+}
+
 /// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
-async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, audit_retention: TimeDelta) {
+async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, retention: Retention) {
     let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
     loop {
         ticker.tick().await;
@@ -232,10 +296,57 @@ async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, audit_retent
         };
         report("expired sessions", auth.prune_expired_sessions().await);
         report("stale email tokens", auth.prune_stale_tokens().await);
-        report("old audit events", auth.audit().prune(audit_retention).await);
+        report("old audit events", auth.audit().prune(retention.audit).await);
+        report("old revocation events", auth.prune_revocations(retention.revocations).await);
         report("expired provider sign-in states", oauth.prune_expired_states().await);
         auth.limiter().shrink();
     }
+}
+
+/// Re-reads the keys (another replica may have rotated) and rotates by age, every `every`.
+async fn rotate_keys(keys: Arc<KeyRing>, every: Duration) {
+    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(50)));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = keys.reload().await {
+            tracing::warn!(%error, "reloading signing keys failed");
+        }
+        if let Err(error) = keys.rotate_if_due().await {
+            tracing::warn!(%error, "rotating the signing key failed");
+        }
+    }
+}
+
+/// Opens the access-token key ring from configuration.
+pub async fn open_keys(
+    config: &Config,
+    store: Arc<dyn Store>,
+    cipher: Arc<SecretCipher>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<KeyRing> {
+    let hs256_secret = match (config.hs256_compat, &config.better_auth_secret) {
+        (false, _) => None,
+        (true, Some(secret)) if secret.expose_secret().len() >= crate::config::MIN_SECRET_BYTES => {
+            tracing::warn!("HS256 compatibility mode: access tokens are signed with the shared BETTER_AUTH_SECRET");
+            Some(secret.expose_secret().as_bytes().to_vec())
+        }
+        (true, _) => anyhow::bail!("GATEHOUSE_HS256_COMPAT needs BETTER_AUTH_SECRET of at least 32 bytes"),
+    };
+    let access = AccessTokenConfig {
+        issuer: config.issuer.trim_end_matches('/').to_owned(),
+        audiences: config
+            .access_token_audiences
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        ttl: delta(config.access_token_ttl)?,
+        algorithm: config.signing_algorithm,
+        rotate_after: delta(config.signing_key_rotation)?,
+        hs256_secret,
+    };
+    Ok(KeyRing::open(store, cipher, clock, access).await?)
 }
 
 fn delta(d: Duration) -> anyhow::Result<TimeDelta> {

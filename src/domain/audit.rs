@@ -41,6 +41,12 @@ pub enum Event {
     OAuthLinked,
     /// A provider account was unlinked.
     OAuthUnlinked,
+    /// An operator disabled the user.
+    UserDisabled,
+    /// An operator re-enabled the user.
+    UserEnabled,
+    /// An operator read the user's data.
+    AdminRead,
 }
 
 impl Event {
@@ -61,6 +67,9 @@ impl Event {
             Self::RateLimited => "rate_limited",
             Self::OAuthLinked => "oauth_linked",
             Self::OAuthUnlinked => "oauth_unlinked",
+            Self::UserDisabled => "user_disabled",
+            Self::UserEnabled => "user_enabled",
+            Self::AdminRead => "admin_read",
         }
     }
 }
@@ -109,7 +118,7 @@ impl AuditLog {
         user_id: Option<Uuid>,
         event: Event,
         outcome: Outcome,
-        reason: Option<&'static str>,
+        reason: Option<&str>,
         client: &ClientInfo,
     ) {
         self.record_detail(user_id, event, outcome, reason, client).await;
@@ -186,11 +195,13 @@ impl AuditLog {
     }
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+/// A page token for the position `(at, id)`.
+pub(crate) fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.timestamp_micros()))
 }
 
-fn decode_cursor(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+/// The position a page token names.
+pub(crate) fn decode_cursor(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
     let (micros, id) = raw.split_once(':')?;
     Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))

@@ -16,7 +16,11 @@ use super::{
     profile::Profile,
     token::{SessionToken, TokenHasher},
 };
-use crate::storage::{CredentialRow, NewSession, NewUser, SessionRow, Store, StoreError, UserRow};
+use crate::{
+    domain::revocations::RevocationHub,
+    metrics::METRICS,
+    storage::{CredentialRow, NewSession, NewUser, Revoked, SessionRow, Store, StoreError, UserRow},
+};
 
 /// Longest display name.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -81,6 +85,8 @@ pub struct AuthDeps {
     pub limiter: Arc<Limiter>,
     /// Outgoing mail.
     pub notifier: Arc<Notifier>,
+    /// The revocation feed's follower, woken after local revocations.
+    pub revocations: Arc<RevocationHub>,
 }
 
 /// The end user behind a call, as forwarded by the calling backend.
@@ -156,6 +162,7 @@ pub struct Auth {
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) notifier: Arc<Notifier>,
+    pub(crate) revocations: Arc<RevocationHub>,
     pub(crate) config: AuthConfig,
 }
 
@@ -171,6 +178,7 @@ impl Auth {
             audit: deps.audit,
             limiter: deps.limiter,
             notifier: deps.notifier,
+            revocations: deps.revocations,
             config,
         }
     }
@@ -306,12 +314,16 @@ impl Auth {
         let verdict = self.hasher.verify(password.clone(), stored_hash).await?;
         let client = &client;
         let fail = |user: Option<Uuid>, outcome: Outcome, reason: &'static str| async move {
+            METRICS.sign_in_failed();
             self.audit.record(user, Event::SignIn, outcome, Some(reason), client).await;
             Error::Unauthenticated(AuthFailure::InvalidCredentials)
         };
-        let Some(CredentialRow { user, locked_until, .. }) = found else {
+        let Some(CredentialRow { user, locked_until, disabled_at, .. }) = found else {
             return Err(fail(None, Outcome::Failure, "unknown_email").await);
         };
+        if disabled_at.is_some() {
+            return Err(fail(Some(user.id), Outcome::Denied, "disabled").await);
+        }
         if locked_until.is_some_and(|until| until > now) {
             return Err(fail(Some(user.id), Outcome::Denied, "locked").await);
         }
@@ -354,6 +366,7 @@ impl Auth {
     ) -> Result<(), Error> {
         match self.limiter.check(limit, parts).await {
             Err(e @ Error::RateLimited { .. }) => {
+                METRICS.rate_limited(limit.name());
                 self.audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), client).await;
                 Err(e)
             }
@@ -387,7 +400,8 @@ impl Auth {
     /// Revokes the calling session.
     #[tracing::instrument(skip_all)]
     pub async fn sign_out(&self, caller: &Authenticated, client: &ClientInfo) -> Result<(), Error> {
-        self.store.delete_session(caller.user.id, caller.session.row.id).await?;
+        self.store.delete_session(caller.user.id, caller.session.row.id, self.revoked("sign_out")).await?;
+        self.revocations.wake();
         self.audit.record(Some(caller.user.id), Event::SignOut, Outcome::Success, None, client).await;
         Ok(())
     }
@@ -418,9 +432,10 @@ impl Auth {
         let Ok(id) = Uuid::parse_str(session_id.trim()) else {
             return Err(Error::invalid("session_id", "must be a UUID"));
         };
-        if !self.store.delete_session(caller.user.id, id).await? {
+        if !self.store.delete_session(caller.user.id, id, self.revoked("revoked")).await? {
             return Err(Error::NotFound("session"));
         }
+        self.revocations.wake();
         self.audit.record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, None, client).await;
         Ok(())
     }
@@ -428,7 +443,11 @@ impl Auth {
     /// Revokes every session of the caller but the calling one.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_other_sessions(&self, caller: &Authenticated, client: &ClientInfo) -> Result<u64, Error> {
-        let n = self.store.delete_other_sessions(caller.user.id, caller.session.row.id).await?;
+        let n = self
+            .store
+            .delete_other_sessions(caller.user.id, caller.session.row.id, self.revoked("other_sessions"))
+            .await?;
+        self.revocations.wake();
         self.audit
             .record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, Some("other_sessions"), client)
             .await;
@@ -462,7 +481,12 @@ impl Auth {
         let hash = self.hasher.hash(new).await?;
         self.store.set_password_hash(caller.user.id, &hash, self.clock.now()).await?;
         let revoked = if revoke_others {
-            self.store.delete_other_sessions(caller.user.id, caller.session.row.id).await?
+            let n = self
+                .store
+                .delete_other_sessions(caller.user.id, caller.session.row.id, self.revoked("password_changed"))
+                .await?;
+            self.revocations.wake();
+            n
         } else {
             0
         };
@@ -482,7 +506,8 @@ impl Auth {
     ) -> Result<(), Error> {
         let password = Password::presented(password).map_err(|d| Error::invalid("password", d))?;
         self.check_password(caller, password, "password", client).await?;
-        self.store.delete_user(caller.user.id).await?;
+        self.store.delete_user(caller.user.id, self.revoked("user_deleted")).await?;
+        self.revocations.wake();
         self.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
         Ok(())
     }
@@ -559,11 +584,17 @@ impl Auth {
         Ok((self.view(row, true), token))
     }
 
-    fn is_live(&self, s: &SessionRow, now: DateTime<Utc>) -> bool {
+    /// A revocation record for `reason`, now.
+    pub(crate) fn revoked(&self, reason: &'static str) -> Revoked {
+        Revoked { reason, at: self.clock.now() }
+    }
+
+    /// Whether a stored session can still validate at `now`.
+    pub(crate) fn is_live(&self, s: &SessionRow, now: DateTime<Utc>) -> bool {
         now < s.expires_at && now < s.last_active_at + self.config.idle_timeout
     }
 
-    fn view(&self, row: SessionRow, current: bool) -> SessionView {
+    pub(crate) fn view(&self, row: SessionRow, current: bool) -> SessionView {
         let expires_at = row.expires_at.min(row.last_active_at + self.config.idle_timeout);
         SessionView { row, expires_at, current }
     }

@@ -1,18 +1,22 @@
 //! Business rules: accounts, credentials, sessions and profiles. Knows the storage traits,
 //! never tonic or sqlx.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cipher;
 pub mod clock;
 pub mod email;
 pub mod error;
+pub mod keys;
 pub mod limits;
+pub mod mesh;
 pub mod notify;
 pub mod oauth;
 pub mod password;
 pub mod profile;
 pub mod recovery;
+pub mod revocations;
 pub mod token;
 
 pub use auth::{Auth, AuthConfig, AuthDeps, ClientInfo, Lockout};

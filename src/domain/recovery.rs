@@ -187,6 +187,7 @@ impl Auth {
             return Err(bad_token());
         }
         let ended = self.store.reset_password(user.id, &password_hash, self.clock.now()).await?;
+        self.revocations.wake();
         self.audit.record(Some(user.id), Event::PasswordReset, Outcome::Success, None, client).await;
         tracing::info!(user_id = %user.id, sessions_ended = ended, "password reset");
         let vars = Vars { name: &user.name, email: &user.email, ..Default::default() };
@@ -240,6 +241,11 @@ impl Auth {
         self.notifier.send(Template::ChangeEmail, new_email.as_str(), vars);
         self.audit.record(Some(user.id), Event::VerificationSent, Outcome::Success, Some("email_change"), client).await;
         Ok(())
+    }
+
+    /// Deletes revocation events older than `retention`.
+    pub async fn prune_revocations(&self, retention: TimeDelta) -> Result<u64, Error> {
+        Ok(self.store.prune_revocations(self.clock.now() - retention).await?)
     }
 
     /// Deletes expired and used link tokens.

@@ -1,12 +1,15 @@
-//! Transport: tonic services, health, reflection and the per-RPC tracing layer. Knows proto
-//! and the domain; never SQL.
+//! Transport: tonic services, health, reflection, TLS, and the per-RPC tracing and metrics
+//! layers. Knows proto and the domain; never SQL.
 
+pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod health;
 pub mod metadata;
 pub mod profile;
+pub mod service_auth;
 pub mod status;
+pub mod token;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -15,16 +18,24 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tower_http::trace::TraceLayer;
 
+pub use admin::AdminApi;
 pub use auth::AuthApi;
 pub use profile::ProfileApi;
+pub use service_auth::ServiceAuth;
+pub use token::TokenApi;
 
 use crate::{
-    domain::{Auth, OAuth, Profiles},
+    domain::{Auth, OAuth, Profiles, admin::Admin, mesh::Mesh, revocations::RevocationHub},
+    metrics::RpcMetricsLayer,
     proto::{
         FILE_DESCRIPTOR_SET,
-        v1::{auth_service_server::AuthServiceServer, profile_service_server::ProfileServiceServer},
+        v1::{
+            admin_service_server::AdminServiceServer, auth_service_server::AuthServiceServer,
+            profile_service_server::ProfileServiceServer, token_service_server::TokenServiceServer,
+        },
     },
     telemetry,
+    tls::ReloadingTls,
 };
 
 /// What the gRPC server needs.
@@ -37,6 +48,26 @@ pub struct GrpcSettings {
     pub request_timeout: Duration,
     /// Peers whose forwarded client metadata is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// TLS, when configured.
+    pub tls: Option<Arc<ReloadingTls>>,
+}
+
+/// The domain services behind the gRPC ones.
+pub struct Services {
+    /// Accounts and sessions.
+    pub auth: Arc<Auth>,
+    /// Profiles.
+    pub profiles: Arc<Profiles>,
+    /// Sign-in with identity providers.
+    pub oauth: Arc<OAuth>,
+    /// Access tokens and introspection.
+    pub mesh: Arc<Mesh>,
+    /// Operator actions.
+    pub admin: Arc<Admin>,
+    /// The revocation feed.
+    pub revocations: Arc<RevocationHub>,
+    /// Service credentials.
+    pub service_auth: Arc<ServiceAuth>,
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then lets in-flight calls
@@ -44,17 +75,26 @@ pub struct GrpcSettings {
 pub async fn serve(
     listener: TcpListener,
     settings: GrpcSettings,
-    auth: Arc<Auth>,
-    profiles: Arc<Profiles>,
-    oauth: Arc<OAuth>,
+    services: Services,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let trusted: Arc<[IpNet]> = settings.trusted_proxies.into();
-    let auth_api = AuthServiceServer::new(AuthApi::new(Arc::clone(&auth), oauth, trusted))
-        .max_decoding_message_size(settings.max_request_bytes);
-    let profile_api = ProfileServiceServer::new(ProfileApi::new(auth, profiles))
-        .max_decoding_message_size(settings.max_request_bytes);
+    let limit = settings.max_request_bytes;
+    let auth_api =
+        AuthServiceServer::new(AuthApi::new(Arc::clone(&services.auth), services.oauth, Arc::clone(&trusted)))
+            .max_decoding_message_size(limit);
+    let profile_api = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&services.auth), services.profiles))
+        .max_decoding_message_size(limit);
+    let token_api = TokenServiceServer::new(TokenApi::new(
+        services.auth,
+        services.mesh,
+        services.revocations,
+        Arc::clone(&services.service_auth),
+    ))
+    .max_decoding_message_size(limit);
+    let admin_api = AdminServiceServer::new(AdminApi::new(services.admin, services.service_auth, trusted))
+        .max_decoding_message_size(limit);
 
     let (reflection_v1, reflection_v1alpha) = if settings.reflection {
         let builder = || {
@@ -81,14 +121,21 @@ pub async fn serve(
         })
         .on_failure(());
 
-    Server::builder()
+    let router = Server::builder()
         .timeout(settings.request_timeout)
+        .layer(RpcMetricsLayer)
         .layer(trace)
         .add_service(health)
         .add_service(auth_api)
         .add_service(profile_api)
+        .add_service(token_api)
+        .add_service(admin_api)
         .add_optional_service(reflection_v1)
-        .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
+        .add_optional_service(reflection_v1alpha);
+    match settings.tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+        }
+    }
 }

@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    AccountRow, AccountTokens, AuditRow, CredentialRow, NewAccount, NewOAuthUser, NewSession, NewUser,
-    NewVerificationToken, OAuthStateRow, ProfileRow, RedeemedToken, SessionRow, SessionUserRow, UserRow,
+    AccountRow, AccountTokens, AdminUserRow, AuditRow, CredentialRow, NewAccount, NewOAuthUser, NewSession, NewUser,
+    NewVerificationToken, OAuthStateRow, ProfileRow, RedeemedToken, RevocationRow, Revoked, SessionRow, SessionUserRow,
+    SigningKeyRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -57,9 +58,9 @@ pub trait UserStore: Send + Sync {
     async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
     /// Replaces a user's password hash.
     async fn set_password_hash(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Deletes a user; sessions, tokens, provider accounts and flows, and profile go with it.
-    /// False if there was no such user.
-    async fn delete_user(&self, user_id: Uuid) -> Result<bool, StoreError>;
+    /// Deletes a user; sessions (recorded as revoked), tokens, provider accounts and flows, and
+    /// profile go with it. False if there was no such user.
+    async fn delete_user(&self, user_id: Uuid, revoked: Revoked) -> Result<bool, StoreError>;
     /// A user by id.
     async fn find_user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
     /// Counts a failed sign-in and returns the new count of consecutive failures.
@@ -127,12 +128,13 @@ pub trait SessionStore: Send + Sync {
     async fn touch_session(&self, session_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// A user's sessions whose absolute expiry is after `now`, most recently used first.
     async fn list_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<SessionRow>, StoreError>;
-    /// Deletes one session of a user. False if the user has no such session.
-    async fn delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
-    /// Deletes every session of a user except `keep`; returns how many went.
-    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid) -> Result<u64, StoreError>;
-    /// Deletes every session of a user; returns how many went.
-    async fn delete_all_sessions(&self, user_id: Uuid) -> Result<u64, StoreError>;
+    /// Ends one session of a user, recording the revocation. False if the user has no such
+    /// session.
+    async fn delete_session(&self, user_id: Uuid, session_id: Uuid, revoked: Revoked) -> Result<bool, StoreError>;
+    /// Ends every session of a user except `keep`; returns how many went.
+    async fn delete_other_sessions(&self, user_id: Uuid, keep: Uuid, revoked: Revoked) -> Result<u64, StoreError>;
+    /// Ends every session of a user; returns how many went.
+    async fn delete_all_sessions(&self, user_id: Uuid, revoked: Revoked) -> Result<u64, StoreError>;
     /// Deletes sessions that can no longer validate; returns how many went.
     async fn delete_expired_sessions(
         &self,
@@ -216,11 +218,75 @@ pub trait OAuthStateStore: Send + Sync {
     async fn delete_expired_oauth_states(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
+/// The revocation feed, and session liveness for access-token introspection.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Feed entries after `after_id`, oldest first.
+    async fn revocations_after(&self, after_id: i64, limit: i64) -> Result<Vec<RevocationRow>, StoreError>;
+    /// The newest entry's id (0 when empty).
+    async fn last_revocation_id(&self) -> Result<i64, StoreError>;
+    /// Deletes entries older than `before`.
+    async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// A session that still exists and whose user is not disabled.
+    async fn live_session(&self, session_id: Uuid) -> Result<Option<SessionRow>, StoreError>;
+}
+
+/// Access-token signing keys.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    /// Every key, oldest first.
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError>;
+    /// Adds a key. With `retire`, only if that key is still current (it is retired in the same
+    /// transaction); without, only if there is no current key. False if another replica won.
+    async fn add_signing_key(&self, key: &SigningKeyRow, retire: Option<&str>) -> Result<bool, StoreError>;
+}
+
+/// Operator views of users.
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    /// Users after the cursor `(created_at, id)`, oldest first, whose email contains the text.
+    async fn list_users(
+        &self,
+        after: (DateTime<Utc>, Uuid),
+        email_contains: &str,
+        limit: i64,
+    ) -> Result<Vec<AdminUserRow>, StoreError>;
+    /// One user with the operator-only fields.
+    async fn admin_user(&self, user_id: Uuid) -> Result<Option<AdminUserRow>, StoreError>;
+    /// Sets or clears `disabled_at`. False if there is no such user.
+    async fn set_disabled(&self, user_id: Uuid, disabled_at: Option<DateTime<Utc>>) -> Result<bool, StoreError>;
+}
+
+/// Connection pool figures for metrics: open, idle, maximum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    /// Open connections.
+    pub size: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Configured maximum.
+    pub max: u32,
+}
+
 /// Everything Gatehouse stores.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + ProfileStore + TokenStore + AuditStore + AccountStore + OAuthStateStore
+    UserStore
+    + SessionStore
+    + ProfileStore
+    + TokenStore
+    + AuditStore
+    + AccountStore
+    + OAuthStateStore
+    + RevocationStore
+    + SigningKeyStore
+    + AdminStore
 {
+    /// Waits up to `timeout` for another replica to announce new revocations (PostgreSQL
+    /// LISTEN/NOTIFY); backends without cross-process notice just wait.
+    async fn wait_for_revocations(&self, timeout: Duration);
+    /// Pool usage.
+    fn pool_stats(&self) -> PoolStats;
     /// Checks that the database answers (used by the health reporter).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pool, waiting for connections in use to be returned.

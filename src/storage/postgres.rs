@@ -1,23 +1,30 @@
 //! PostgreSQL: the production backend, shared by any number of stateless replicas.
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
 };
 
 use super::{
-    DbOptions, Store, StoreError, classify,
+    DbOptions, PoolStats, Store, StoreError, classify,
     queries::{Backend, impl_queries},
 };
+
+/// The channel on which every replica announces new revocations.
+const REVOCATION_CHANNEL: &str = "gatehouse_revocations";
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    max_connections: u32,
+    /// A dedicated connection listening for revocations from other replicas; opened lazily and
+    /// reopened after a failure.
+    listener: tokio::sync::Mutex<Option<PgListener>>,
 }
 
 impl Backend for PgStore {
@@ -39,7 +46,13 @@ impl PgStore {
             .await
             .map_err(classify)?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Other(e.into()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, max_connections: opts.max_connections, listener: tokio::sync::Mutex::new(None) })
+    }
+
+    /// Announces new revocations to every replica when the transaction commits.
+    async fn notify_revocations(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')").bind(REVOCATION_CHANNEL).execute(&mut **tx).await.map_err(classify)?;
+        Ok(())
     }
 }
 
@@ -56,6 +69,36 @@ impl Store for PgStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn wait_for_revocations(&self, timeout: Duration) {
+        let mut guard = self.listener.lock().await;
+        if guard.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => {
+                    if listener.listen(REVOCATION_CHANNEL).await.is_ok() {
+                        *guard = Some(listener);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "revocation listener unavailable"),
+            }
+        }
+        match guard.as_mut() {
+            Some(listener) => match tokio::time::timeout(timeout, listener.recv()).await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(_)) => *guard = None,
+            },
+            None => {
+                drop(guard);
+                tokio::time::sleep(timeout).await;
+            }
+        }
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStats { size, idle, max: self.max_connections }
     }
 }
 

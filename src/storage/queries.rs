@@ -38,7 +38,7 @@ macro_rules! impl_queries {
                 &self,
                 email: &str,
             ) -> Result<Option<$crate::storage::CredentialRow>, $crate::storage::StoreError> {
-                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), ", password_hash, failed_sign_ins, locked_until FROM users WHERE email = $1"))
+                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), ", password_hash, failed_sign_ins, locked_until, disabled_at FROM users WHERE email = $1"))
                     .bind(email)
                     .fetch_optional(&self.pool)
                     .await
@@ -73,12 +73,26 @@ macro_rules! impl_queries {
             }
 
             #[tracing::instrument(skip_all)]
-            async fn delete_user(&self, user_id: uuid::Uuid) -> Result<bool, $crate::storage::StoreError> {
+            async fn delete_user(
+                &self,
+                user_id: uuid::Uuid,
+                revoked: $crate::storage::Revoked,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let ended: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 RETURNING id, user_id")
+                        .bind(user_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                record_revocations(&mut tx, &ended, revoked).await?;
                 let done = sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(user_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
-                    .map_err($crate::storage::classify)?;
+                    .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
                 Ok(done.rows_affected() > 0)
             }
             #[tracing::instrument(skip_all)]
@@ -178,13 +192,15 @@ macro_rules! impl_queries {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-                let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+                let ended: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 RETURNING id, user_id")
+                        .bind(user_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                record_revocations(&mut tx, &ended, $crate::storage::Revoked { reason: "password_reset", at: now }).await?;
                 tx.commit().await.map_err(classify)?;
-                Ok(ended.rows_affected())
+                Ok(ended.len() as u64)
             }
         }
 
@@ -220,7 +236,7 @@ macro_rules! impl_queries {
                      s.user_agent, u.email AS u_email, u.name AS u_name, u.image AS u_image, \
                      u.email_verified AS u_email_verified, u.created_at AS u_created_at, \
                      u.updated_at AS u_updated_at \
-                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.disabled_at IS NULL",
                 )
                 .bind(token_hash)
                 .fetch_optional(&self.pool)
@@ -267,14 +283,20 @@ macro_rules! impl_queries {
                 &self,
                 user_id: uuid::Uuid,
                 session_id: uuid::Uuid,
+                revoked: $crate::storage::Revoked,
             ) -> Result<bool, $crate::storage::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
-                    .bind(session_id)
-                    .bind(user_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::classify)?;
-                Ok(done.rows_affected() > 0)
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let ended: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id, user_id")
+                        .bind(session_id)
+                        .bind(user_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                record_revocations(&mut tx, &ended, revoked).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(!ended.is_empty())
             }
 
             #[tracing::instrument(skip_all)]
@@ -282,24 +304,39 @@ macro_rules! impl_queries {
                 &self,
                 user_id: uuid::Uuid,
                 keep: uuid::Uuid,
+                revoked: $crate::storage::Revoked,
             ) -> Result<u64, $crate::storage::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
-                    .bind(user_id)
-                    .bind(keep)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::classify)?;
-                Ok(done.rows_affected())
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let ended: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id, user_id")
+                        .bind(user_id)
+                        .bind(keep)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                record_revocations(&mut tx, &ended, revoked).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(ended.len() as u64)
             }
 
             #[tracing::instrument(skip_all)]
-            async fn delete_all_sessions(&self, user_id: uuid::Uuid) -> Result<u64, $crate::storage::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::classify)?;
-                Ok(done.rows_affected())
+            async fn delete_all_sessions(
+                &self,
+                user_id: uuid::Uuid,
+                revoked: $crate::storage::Revoked,
+            ) -> Result<u64, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let ended: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("DELETE FROM sessions WHERE user_id = $1 RETURNING id, user_id")
+                        .bind(user_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                record_revocations(&mut tx, &ended, revoked).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(ended.len() as u64)
             }
 
             #[tracing::instrument(skip_all)]
@@ -508,6 +545,190 @@ macro_rules! impl_queries {
                     .map_err($crate::storage::classify)?;
                 Ok(done.rows_affected())
             }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::RevocationStore for $store {
+            #[tracing::instrument(skip_all)]
+            async fn revocations_after(
+                &self,
+                after_id: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::storage::RevocationRow>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "SELECT id, session_id, user_id, reason, created_at FROM revocations WHERE id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn last_revocation_id(&self) -> Result<i64, $crate::storage::StoreError> {
+                let (id,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM revocations")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(id.unwrap_or(0))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn prune_revocations(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::storage::StoreError> {
+                let done = sqlx::query("DELETE FROM revocations WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn live_session(
+                &self,
+                session_id: uuid::Uuid,
+            ) -> Result<Option<$crate::storage::SessionRow>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_active_at, s.ip_address, s.user_agent \
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.disabled_at IS NULL",
+                )
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::SigningKeyStore for $store {
+            #[tracing::instrument(skip_all)]
+            async fn list_signing_keys(&self) -> Result<Vec<$crate::storage::SigningKeyRow>, $crate::storage::StoreError> {
+                sqlx::query_as(
+                    "SELECT kid, algorithm, private_key, cipher_key_id, public_jwk, created_at, retired_at \
+                     FROM signing_keys ORDER BY created_at",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn add_signing_key(
+                &self,
+                key: &$crate::storage::SigningKeyRow,
+                retire: Option<&str>,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                if let Some(kid) = retire {
+                    let done = sqlx::query("UPDATE signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL")
+                        .bind(kid)
+                        .bind(key.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    // Another replica rotated first: keep its key.
+                    if done.rows_affected() == 0 {
+                        return Ok(false);
+                    }
+                } else {
+                    let (current,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM signing_keys WHERE retired_at IS NULL")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    if current > 0 {
+                        return Ok(false);
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, cipher_key_id, public_jwk, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.private_key)
+                .bind(&key.cipher_key_id)
+                .bind(&key.public_jwk)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(true)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::AdminStore for $store {
+            #[tracing::instrument(skip_all)]
+            async fn list_users(
+                &self,
+                after: (chrono::DateTime<chrono::Utc>, uuid::Uuid),
+                email_contains: &str,
+                limit: i64,
+            ) -> Result<Vec<$crate::storage::AdminUserRow>, $crate::storage::StoreError> {
+                sqlx::query_as(concat!(
+                    "SELECT ", $crate::storage::queries::user_columns!(), ", disabled_at FROM users \
+                     WHERE (created_at > $1 OR (created_at = $1 AND id > $2)) AND email LIKE $3 \
+                     ORDER BY created_at, id LIMIT $4"
+                ))
+                .bind(after.0)
+                .bind(after.1)
+                .bind(format!("%{}%", email_contains.replace('\\', "").replace('%', "").replace('_', "").to_lowercase()))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn admin_user(&self, user_id: uuid::Uuid) -> Result<Option<$crate::storage::AdminUserRow>, $crate::storage::StoreError> {
+                sqlx::query_as(concat!("SELECT ", $crate::storage::queries::user_columns!(), ", disabled_at FROM users WHERE id = $1"))
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn set_disabled(
+                &self,
+                user_id: uuid::Uuid,
+                disabled_at: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                let done = sqlx::query("UPDATE users SET disabled_at = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(disabled_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        /// Appends the ended sessions to the revocation feed, in the caller's transaction, and
+        /// wakes the watchers of every replica when it commits.
+        async fn record_revocations(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::storage::queries::Backend>::Db>,
+            ended: &[(uuid::Uuid, uuid::Uuid)],
+            revoked: $crate::storage::Revoked,
+        ) -> Result<(), $crate::storage::StoreError> {
+            if ended.is_empty() {
+                return Ok(());
+            }
+            for (session_id, user_id) in ended {
+                sqlx::query("INSERT INTO revocations (session_id, user_id, reason, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(session_id)
+                    .bind(user_id)
+                    .bind(revoked.reason)
+                    .bind(revoked.at)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::storage::classify)?;
+            }
+            <$store>::notify_revocations(tx).await
         }
 
         async fn insert_profile<'e, E>(executor: E, p: &$crate::storage::ProfileRow) -> Result<(), $crate::storage::StoreError>

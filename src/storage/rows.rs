@@ -34,6 +34,8 @@ pub struct CredentialRow {
     pub failed_sign_ins: i32,
     /// Sign-in refused until then.
     pub locked_until: Option<DateTime<Utc>>,
+    /// Set while an operator has disabled the user.
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 /// A user to insert.
@@ -324,4 +326,58 @@ pub struct OAuthStateRow {
     pub expires_at: DateTime<Utc>,
     /// When it was redeemed.
     pub used_at: Option<DateTime<Utc>>,
+}
+
+/// Why and when sessions are being ended, for the revocation feed.
+#[derive(Debug, Clone, Copy)]
+pub struct Revoked {
+    /// `sign_out`, `revoked`, `other_sessions`, `password_changed`, `password_reset`,
+    /// `user_disabled`, `user_deleted` or `admin`.
+    pub reason: &'static str,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RevocationRow {
+    /// Increasing id.
+    pub id: i64,
+    /// The ended session.
+    pub session_id: Uuid,
+    /// Its user.
+    pub user_id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An access-token signing key as stored (private key encrypted).
+#[derive(Clone, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    /// Key id (`kid` header).
+    pub kid: String,
+    /// JWS algorithm.
+    pub algorithm: String,
+    /// Encrypted PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    /// Which derived key encrypted it.
+    pub cipher_key_id: String,
+    /// Public JWK (JSON).
+    pub public_jwk: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// When a newer key took over.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// A user with the operator-only fields.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AdminUserRow {
+    /// The user.
+    #[sqlx(flatten)]
+    pub user: UserRow,
+    /// Set while disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
 }

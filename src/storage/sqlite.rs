@@ -9,7 +9,7 @@ use sqlx::{
 };
 
 use super::{
-    DbOptions, Store, StoreError, classify,
+    DbOptions, PoolStats, Store, StoreError, classify,
     queries::{Backend, impl_queries},
 };
 
@@ -18,6 +18,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
+    max_connections: u32,
     /// The database file and its inode at start: if the file is deleted or replaced, the pool
     /// would go on writing into a file nobody can see, so health must fail.
     file: Option<(PathBuf, u64)>,
@@ -56,7 +57,13 @@ impl SqliteStore {
             let ino = std::fs::metadata(&path).map_err(|e| StoreError::Unavailable(e.into()))?.ino();
             Some((path, ino))
         };
-        Ok(Self { pool, file })
+        Ok(Self { pool, max_connections: opts.max_connections, file })
+    }
+
+    /// One process owns a SQLite file: its watchers are woken in-process, so there is nothing
+    /// to announce.
+    async fn notify_revocations(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -81,6 +88,16 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn wait_for_revocations(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolStats { size, idle, max: self.max_connections }
     }
 }
 

@@ -109,8 +109,13 @@ async fn list_services_v1alpha(app: &TestApp) -> Result<Vec<String>, tonic::Stat
 /// Production mode turns reflection off unless asked for (OWASP gRPC guidance).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_mode_hides_reflection() {
-    let app =
-        spawn_app_with(Backend::Sqlite, |c| c.environment = gatehouse::config::Environment::Production).await.unwrap();
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.environment = gatehouse::config::Environment::Production;
+        // Production refuses plaintext except on loopback behind a sidecar, which this is.
+        c.allow_plaintext = true;
+    })
+    .await
+    .unwrap();
     assert_eq!(list_services_v1(&app).await.unwrap_err().code(), Code::Unimplemented);
     assert_eq!(list_services_v1alpha(&app).await.unwrap_err().code(), Code::Unimplemented);
     app.finish().await;

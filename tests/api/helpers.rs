@@ -165,6 +165,10 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 /// A running Gatehouse and clients for it.
 pub struct TestApp {
     pub clock: ManualClock,
+    /// The gRPC port.
+    pub addr: std::net::SocketAddr,
+    /// The HTTP side port (JWKS, discovery, metrics).
+    pub http_addr: std::net::SocketAddr,
     /// Holds the outbox and development files; removed with the app.
     _data_dir: TempDir,
     pub db: Arc<TestDb>,
@@ -177,6 +181,7 @@ pub struct TestApp {
 pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     let mut config = Config::default_for_test();
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.http_listen = "127.0.0.1:0".parse().unwrap();
     config.database_url = Some(db.url());
     config.data_dir = data_dir.to_path_buf();
     config.secret = Some(SecretString::from("test-secret-test-secret-test-secret!".to_owned()));
@@ -198,11 +203,6 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config
 }
 
-/// Starts a server on a new database of `backend`; `None` if that backend is skipped.
-pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |_| {}).await
-}
-
 /// Starts a server on a new database, adjusting the configuration first.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let db = Arc::new(TestDb::create(backend).await?);
@@ -218,12 +218,13 @@ pub async fn spawn_on(db: Arc<TestDb>, tweak: impl FnOnce(&mut Config)) -> TestA
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap());
     let app = Application::build(config, Arc::new(clock.clone())).await.expect("build application");
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
-    TestApp { clock, _data_dir: data_dir, db, channel, shutdown: Some(tx), server: Some(server) }
+    TestApp { clock, addr, http_addr, _data_dir: data_dir, db, channel, shutdown: Some(tx), server: Some(server) }
 }
 
 /// Points a configuration's mail at the test SMTP server.
@@ -320,11 +321,22 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
+        $crate::both_backends_with!($crate::helpers::no_tweak; $($name),*);
+    };
+}
+
+/// The default configuration.
+pub fn no_tweak(_: &mut Config) {}
+
+/// [`both_backends!`] with a configuration tweak: `both_backends_with!(tweak; name, ...)`.
+#[macro_export]
+macro_rules! both_backends_with {
+    ($tweak:path; $($name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await {
+                    if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, $tweak).await {
                         super::$name(&app).await;
                         app.finish().await;
                     }
@@ -335,7 +347,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await {
+                    if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, $tweak).await {
                         super::$name(&app).await;
                         app.finish().await;
                     }

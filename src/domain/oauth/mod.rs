@@ -99,7 +99,7 @@ pub struct OAuth {
     auth: Arc<Auth>,
     clock: Arc<dyn Clock>,
     providers: Vec<Provider>,
-    cipher: SecretCipher,
+    cipher: Arc<SecretCipher>,
     state_key: Hmac<Sha256>,
     config: OAuthConfig,
 }
@@ -111,7 +111,7 @@ impl OAuth {
         auth: Arc<Auth>,
         clock: Arc<dyn Clock>,
         providers: Vec<Provider>,
-        cipher: SecretCipher,
+        cipher: Arc<SecretCipher>,
         server_secret: &[u8],
         config: OAuthConfig,
     ) -> anyhow::Result<Self> {
@@ -365,6 +365,12 @@ impl OAuth {
                 }
                 Err(ResolveError::Domain(e)) => return Err(e),
                 Ok((user, is_new_user)) => {
+                    // An operator disabled this user: no way in, by any method.
+                    if self.store.admin_user(user.id).await?.is_some_and(|u| u.disabled_at.is_some()) {
+                        let detail = format!("oauth:{provider}:disabled");
+                        self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;
+                        return Err(Error::Unauthenticated(crate::domain::error::AuthFailure::InvalidCredentials));
+                    }
                     if self.auth.requires_email_verification() && !user.email_verified {
                         let detail = format!("oauth:{provider}:email_not_verified");
                         self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;

@@ -1,0 +1,161 @@
+//! Operator actions on users, on behalf of an authenticated service.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    ClientInfo,
+    audit::{Event, Outcome, decode_cursor, encode_cursor},
+    auth::Auth,
+    error::Error,
+};
+use crate::storage::{AdminUserRow, AuditRow};
+
+/// Largest page of ListUsers.
+pub const MAX_USERS_PAGE: u32 = 200;
+
+/// The service calling the admin API, as its credentials prove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdentity(pub String);
+
+/// Admin operations.
+pub struct Admin {
+    auth: Arc<Auth>,
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(raw.trim()).map_err(|_| Error::invalid("user_id", "must be a UUID"))
+}
+
+impl Admin {
+    /// Admin operations over `auth`'s store.
+    pub fn new(auth: Arc<Auth>) -> Self {
+        Self { auth }
+    }
+
+    async fn audit(&self, user_id: Option<Uuid>, event: Event, who: &ServiceIdentity, client: &ClientInfo) {
+        let reason = format!("by {}", who.0);
+        self.auth.audit.record(user_id, event, Outcome::Success, Some(&reason), client).await;
+    }
+
+    /// A page of users, oldest first, and the next page's token.
+    pub async fn list_users(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        page_size: u32,
+        page_token: &str,
+        email_filter: &str,
+    ) -> Result<(Vec<AdminUserRow>, String), Error> {
+        let size = match page_size {
+            0 => 50,
+            n if n <= MAX_USERS_PAGE => n,
+            _ => return Err(Error::invalid("page_size", format!("must be at most {MAX_USERS_PAGE}"))),
+        };
+        let after = if page_token.is_empty() {
+            (DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default(), Uuid::nil())
+        } else {
+            decode_cursor(page_token)
+                .ok_or_else(|| Error::invalid("page_token", "is not a token from a previous page"))?
+        };
+        let mut rows = self.auth.store.list_users(after, email_filter.trim(), i64::from(size) + 1).await?;
+        let next = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last().map(|r| encode_cursor(r.user.created_at, r.user.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.audit(None, Event::AdminRead, who, client).await;
+        Ok((rows, next))
+    }
+
+    /// One user.
+    pub async fn get_user(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<AdminUserRow, Error> {
+        let id = parse_id(user_id)?;
+        let user = self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))?;
+        self.audit(Some(id), Event::AdminRead, who, client).await;
+        Ok(user)
+    }
+
+    /// Disables a user and ends their sessions.
+    pub async fn disable(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<AdminUserRow, Error> {
+        let id = parse_id(user_id)?;
+        if !self.auth.store.set_disabled(id, Some(self.auth.clock.now())).await? {
+            return Err(Error::NotFound("user"));
+        }
+        self.auth.store.delete_all_sessions(id, self.auth.revoked("user_disabled")).await?;
+        self.auth.revocations.wake();
+        self.audit(Some(id), Event::UserDisabled, who, client).await;
+        self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))
+    }
+
+    /// Re-enables a user.
+    pub async fn enable(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<AdminUserRow, Error> {
+        let id = parse_id(user_id)?;
+        if !self.auth.store.set_disabled(id, None).await? {
+            return Err(Error::NotFound("user"));
+        }
+        self.audit(Some(id), Event::UserEnabled, who, client).await;
+        self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))
+    }
+
+    /// Deletes a user.
+    pub async fn delete(&self, who: &ServiceIdentity, client: &ClientInfo, user_id: &str) -> Result<(), Error> {
+        let id = parse_id(user_id)?;
+        if !self.auth.store.delete_user(id, self.auth.revoked("user_deleted")).await? {
+            return Err(Error::NotFound("user"));
+        }
+        self.auth.revocations.wake();
+        self.audit(Some(id), Event::AccountDeleted, who, client).await;
+        Ok(())
+    }
+
+    /// Ends every session of a user.
+    pub async fn revoke_sessions(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<u64, Error> {
+        let id = parse_id(user_id)?;
+        if self.auth.store.admin_user(id).await?.is_none() {
+            return Err(Error::NotFound("user"));
+        }
+        let n = self.auth.store.delete_all_sessions(id, self.auth.revoked("admin")).await?;
+        self.auth.revocations.wake();
+        self.audit(Some(id), Event::SessionRevoked, who, client).await;
+        Ok(n)
+    }
+
+    /// A user's audit events.
+    pub async fn audit_events(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditRow>, String), Error> {
+        let id = parse_id(user_id)?;
+        let page = self.auth.audit.list(id, page_size, page_token).await?;
+        self.audit(Some(id), Event::AdminRead, who, client).await;
+        Ok(page)
+    }
+}

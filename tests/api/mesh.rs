@@ -1,0 +1,433 @@
+//! Identity for the service mesh: access tokens verified offline with an independent EdDSA
+//! implementation against the published JWKS, rotation, introspection, push revocation across
+//! replicas, the admin API's service authentication, TLS/mTLS and metrics.
+
+use std::time::{Duration, Instant};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::TimeDelta;
+use gatehouse::{
+    Config,
+    proto::v1::{self as pb, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient},
+};
+use serde_json::Value;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, transport::Channel};
+
+use crate::helpers::{Backend, PASSWORD, TestApp, bearer, spawn_app_with, spawn_on, violated_fields};
+
+const AUDIENCE: &str = "books-api";
+/// The admin API key of the tests, and its SHA-256 as configured.
+const API_KEY: &str = "test-service-key-0123456789abcdef";
+
+fn api_key_hash() -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(API_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mesh_config(c: &mut Config) {
+    c.access_token_audiences = vec![AUDIENCE.into(), "other-api".into()];
+    c.admin_api_keys = vec![format!("tests={}", api_key_hash())];
+    c.signing_key_check_interval = Duration::from_millis(100);
+}
+
+fn tokens(app: &TestApp) -> TokenServiceClient<Channel> {
+    TokenServiceClient::new(app.channel.clone())
+}
+
+fn admin(app: &TestApp) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(app.channel.clone())
+}
+
+fn with_key<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("x-api-key", API_KEY.parse().unwrap());
+    request
+}
+
+async fn issue(app: &TestApp, session: &str, audience: &str) -> Result<pb::IssueAccessTokenResponse, tonic::Status> {
+    tokens(app)
+        .issue_access_token(bearer(pb::IssueAccessTokenRequest { audience: audience.into() }, session))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn introspect(app: &TestApp, token: &str) -> pb::IntrospectTokenResponse {
+    tokens(app)
+        .introspect_token(with_key(pb::IntrospectTokenRequest { token: token.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn http_json(app: &TestApp, path: &str) -> Value {
+    reqwest::get(format!("http://{}{path}", app.http_addr)).await.unwrap().json().await.unwrap()
+}
+
+/// Verifies an EdDSA JWT with ed25519-dalek directly (not the library that signed it) against
+/// the JWK Set served over HTTP. Returns the claims.
+async fn verify_independently(app: &TestApp, jwt: &str) -> Option<Value> {
+    let jwks = http_json(app, "/.well-known/jwks.json").await;
+    let mut parts = jwt.split('.');
+    let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+    if header["alg"] != "EdDSA" {
+        return None;
+    }
+    let key = jwks["keys"].as_array()?.iter().find(|k| k["kid"] == header["kid"])?;
+    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+    let x: [u8; 32] = URL_SAFE_NO_PAD.decode(key["x"].as_str()?).ok()?.try_into().ok()?;
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&x).ok()?;
+    let signature = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
+    public.verify_strict(format!("{h}.{p}").as_bytes(), &signature).ok()?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()
+}
+
+fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+async fn access_tokens_verify_offline(app: &TestApp) {
+    let up = app.sign_up("mesh@example.com").await;
+    let issued = issue(app, &up.session_token, AUDIENCE).await.unwrap();
+    assert_eq!(issued.token_type, "Bearer");
+    let claims = verify_independently(app, &issued.access_token).await.expect("verifies with the published key");
+    let user = up.user.unwrap();
+    assert_eq!(claims["sub"], user.id.as_str());
+    assert_eq!(claims["aud"], AUDIENCE);
+    assert_eq!(claims["sid"], up.session.unwrap().id.as_str());
+    assert_eq!(claims["email"], "mesh@example.com");
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600, "ten minutes");
+    assert_eq!(claims["iss"], http_json(app, "/.well-known/openid-configuration").await["issuer"]);
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    let discovery = http_json(app, "/.well-known/openid-configuration").await;
+    assert!(discovery["jwks_uri"].as_str().unwrap().ends_with("/.well-known/jwks.json"));
+    assert_eq!(discovery["id_token_signing_alg_values_supported"][0], "EdDSA");
+    let grpc_jwks: Value =
+        serde_json::from_str(&tokens(app).get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner().jwks_json)
+            .unwrap();
+    assert_eq!(grpc_jwks, http_json(app, "/.well-known/jwks.json").await);
+
+    // Audiences are an allow-list; a session is needed.
+    assert_eq!(violated_fields(&issue(app, &up.session_token, "unknown-api").await.unwrap_err()), ["audience"]);
+    assert_eq!(
+        tokens(app)
+            .issue_access_token(pb::IssueAccessTokenRequest { audience: AUDIENCE.into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    let active = introspect(app, &issued.access_token).await;
+    assert!(active.active);
+    assert_eq!(
+        (active.token_type.as_str(), active.sub.as_str(), active.aud.as_str()),
+        ("access_token", user.id.as_str(), AUDIENCE)
+    );
+
+    // Rejected: tampered claims, alg none, a key that is not ours, HS256 keyed with the public key.
+    let mut parts = issued.access_token.split('.');
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let mut tampered = claims.clone();
+    tampered["sub"] = Value::String(uuid::Uuid::new_v4().to_string());
+    let signature = URL_SAFE_NO_PAD.decode(issued.access_token.rsplit('.').next().unwrap()).unwrap();
+    let forged_claims = forge(&header, &tampered, &signature);
+    let none = forge(&serde_json::json!({"alg": "none", "typ": "JWT"}), &claims, b"");
+    let stranger = {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let unsigned =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        use ed25519_dalek::Signer;
+        format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(key.sign(unsigned.as_bytes()).to_bytes()))
+    };
+    let hs256 = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let jwks = http_json(app, "/.well-known/jwks.json").await;
+        let public = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+        let h = serde_json::json!({"alg": "HS256", "kid": header["kid"], "typ": "JWT"});
+        let unsigned =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(h.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(public.as_bytes()).unwrap();
+        mac.update(unsigned.as_bytes());
+        format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    };
+    for (what, token) in
+        [("tampered", &forged_claims), ("alg none", &none), ("foreign key", &stranger), ("hs256", &hs256)]
+    {
+        assert!(verify_independently(app, token).await.is_none(), "{what} verified independently");
+        assert!(!introspect(app, token).await.active, "{what} introspected active");
+    }
+    // Another audience's token is still ours, but says so.
+    let other = issue(app, &up.session_token, "other-api").await.unwrap();
+    assert_eq!(introspect(app, &other.access_token).await.aud, "other-api");
+
+    // Expired after ten minutes (plus the one-minute leeway).
+    app.clock.advance(TimeDelta::minutes(11) + TimeDelta::seconds(1));
+    assert!(!introspect(app, &issued.access_token).await.active, "expired");
+}
+
+async fn introspection_follows_the_session(app: &TestApp) {
+    let up = app.sign_up("introspect@example.com").await;
+    let session = introspect(app, &up.session_token).await;
+    assert!(session.active);
+    assert_eq!(session.token_type, "session");
+    let access = issue(app, &up.session_token, AUDIENCE).await.unwrap().access_token;
+    assert!(introspect(app, &access).await.active);
+    app.auth().sign_out(bearer(pb::SignOutRequest {}, &up.session_token)).await.unwrap();
+    assert!(!introspect(app, &up.session_token).await.active);
+    assert!(!introspect(app, &access).await.active, "an access token dies with its session");
+    assert!(!introspect(app, "garbage").await.active);
+    // Introspection is for services.
+    let refused = tokens(app).introspect_token(pb::IntrospectTokenRequest { token: access }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+async fn rotation_keeps_old_tokens_until_they_expire(app: &TestApp) {
+    let token = app.sign_up("rotate@example.com").await.session_token;
+    let old = issue(app, &token, AUDIENCE).await.unwrap().access_token;
+    let old_kid = header_kid(&old);
+    // `gatehouse keys rotate` against the same database, as an operator would run it.
+    let mut config = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path());
+    mesh_config(&mut config);
+    rotate_offline(&config, app.clock.clone()).await;
+    // The running server picks the new key up at its next check.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        let candidate = issue(app, &token, AUDIENCE).await.unwrap().access_token;
+        if header_kid(&candidate) != old_kid {
+            break candidate;
+        }
+        assert!(Instant::now() < deadline, "the new key was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kids: Vec<String> = http_json(app, "/.well-known/jwks.json").await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(kids.contains(&old_kid) && kids.contains(&header_kid(&new)), "{kids:?}");
+    assert!(verify_independently(app, &old).await.is_some() && introspect(app, &old).await.active);
+    assert!(verify_independently(app, &new).await.is_some());
+    // Once every token of the old key has expired, it is no longer published.
+    app.clock.advance(TimeDelta::minutes(12));
+    let kids = http_json(app, "/.well-known/jwks.json").await["keys"].as_array().unwrap().len();
+    assert_eq!(kids, 1);
+    assert!(verify_independently(app, &old).await.is_none());
+}
+
+/// What `gatehouse keys rotate` does, with the test's clock (the CLI uses the system's).
+async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) {
+    use gatehouse::domain::cipher::SecretCipher;
+    use secrecy::ExposeSecret;
+    let secret = config.load_secret().unwrap();
+    let store = gatehouse::storage::connect(&config.db_options()).await.unwrap();
+    let cipher = std::sync::Arc::new(SecretCipher::new(secret.expose_secret(), &[]).unwrap());
+    let keys = gatehouse::startup::open_keys(config, std::sync::Arc::clone(&store), cipher, std::sync::Arc::new(clock))
+        .await
+        .unwrap();
+    keys.rotate().await.unwrap();
+    store.close().await;
+}
+
+fn header_kid(jwt: &str) -> String {
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+async fn admin_needs_service_credentials(app: &TestApp) {
+    let up = app.sign_up("managed@example.com").await;
+    let user_id = up.user.unwrap().id;
+    let list = pb::ListUsersRequest { page_size: 10, page_token: String::new(), email_filter: "managed".into() };
+    assert_eq!(admin(app).list_users(list.clone()).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        admin(app).list_users(bearer(list.clone(), &up.session_token)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut wrong = Request::new(list.clone());
+    wrong.metadata_mut().insert("x-api-key", "not-the-key".parse().unwrap());
+    assert_eq!(admin(app).list_users(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let users = admin(app).list_users(with_key(list)).await.unwrap().into_inner().users;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].user.as_ref().unwrap().email, "managed@example.com");
+
+    // A disabled user's session stops validating at once, and sign-in is refused.
+    let disabled = admin(app)
+        .disable_user(with_key(pb::DisableUserRequest { user_id: user_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(disabled.disabled_at.is_some());
+    assert_eq!(app.get_session(&up.session_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(app.sign_in("managed@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    admin(app).enable_user(with_key(pb::EnableUserRequest { user_id: user_id.clone() })).await.unwrap();
+    let again = app.sign_in("managed@example.com", PASSWORD).await.unwrap().session_token;
+
+    let revoked = admin(app)
+        .revoke_user_sessions(with_key(pb::RevokeUserSessionsRequest { user_id: user_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked_count, 1);
+    assert_eq!(app.get_session(&again).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let events = admin(app)
+        .list_user_audit_events(with_key(pb::ListUserAuditEventsRequest {
+            user_id: user_id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(events.iter().any(|e| e.event == "user_disabled"));
+    let stored =
+        app.db.query_texts("SELECT COALESCE(reason, '') FROM audit_events WHERE event = 'user_disabled'").await;
+    assert_eq!(stored, ["by api-key:tests"], "admin calls carry the service's identity");
+
+    let bad = admin(app).get_user(with_key(pb::GetUserRequest { user_id: "nope".into() })).await.unwrap_err();
+    assert_eq!(violated_fields(&bad), ["user_id"]);
+    admin(app).delete_user(with_key(pb::DeleteUserRequest { user_id: user_id.clone() })).await.unwrap();
+    let gone = admin(app).get_user(with_key(pb::GetUserRequest { user_id })).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+async fn metrics_count_the_traffic(app: &TestApp) {
+    app.sign_up("metrics@example.com").await;
+    app.sign_in("metrics@example.com", "not the password").await.unwrap_err();
+    app.sign_in("metrics@example.com", PASSWORD).await.unwrap();
+    let body = reqwest::get(format!("http://{}/metrics", app.http_addr)).await.unwrap().text().await.unwrap();
+    for needle in [
+        r#"gatehouse_rpc_requests_total{method="/gatehouse.v1.AuthService/SignIn",code="Ok"}"#,
+        r#"gatehouse_rpc_requests_total{method="/gatehouse.v1.AuthService/SignIn",code="Unauthenticated"}"#,
+        r#"gatehouse_rpc_duration_seconds_bucket{le="#,
+        "gatehouse_sign_in_failures_total",
+        "gatehouse_password_hash_queue_depth",
+        "gatehouse_db_pool_connections",
+        "gatehouse_db_pool_max_connections 5",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from\n{body}");
+    }
+}
+
+crate::both_backends_with!(
+    super::mesh_config;
+    access_tokens_verify_offline,
+    introspection_follows_the_session,
+    rotation_keeps_old_tokens_until_they_expire,
+    admin_needs_service_credentials,
+    metrics_count_the_traffic,
+);
+
+/// Revocations made on one replica reach a watcher on another within a second, and a watcher
+/// that reconnects resumes from its last id without losing any.
+async fn watch_across_replicas_on(backend: Backend) {
+    let Some(one) = spawn_app_with(backend, mesh_config).await else { return };
+    let two = spawn_on(one.db.clone(), mesh_config).await;
+    let mut sessions = Vec::new();
+    one.sign_up("watched@example.com").await;
+    for _ in 0..4 {
+        sessions.push(one.sign_in("watched@example.com", PASSWORD).await.unwrap());
+    }
+    let mut stream = tokens(&one)
+        .watch_revocations(with_key(pb::WatchRevocationsRequest { after_id: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    two.auth().sign_out(bearer(pb::SignOutRequest {}, &sessions[0].session_token)).await.unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(1), stream.next()).await.expect("within a second").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(first.session_id, sessions[0].session.as_ref().unwrap().id);
+    assert_eq!(first.reason, "sign_out");
+    drop(stream);
+
+    // While nobody watches, two more revocations happen on the other replica.
+    two.auth().sign_out(bearer(pb::SignOutRequest {}, &sessions[1].session_token)).await.unwrap();
+    two.auth()
+        .revoke_other_sessions(bearer(pb::RevokeOtherSessionsRequest {}, &sessions[3].session_token))
+        .await
+        .unwrap();
+    let mut resumed = tokens(&one)
+        .watch_revocations(with_key(pb::WatchRevocationsRequest { after_id: first.id }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(2), resumed.next())
+            .await
+            .expect("resumed events")
+            .unwrap()
+            .unwrap();
+        seen.push(event);
+    }
+    assert!(seen.windows(2).all(|w| w[0].id < w[1].id), "in order");
+    assert_eq!(seen[0].session_id, sessions[1].session.as_ref().unwrap().id);
+    let rest: Vec<&str> = seen[1..].iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(rest, ["other_sessions", "other_sessions"]);
+    // Watching needs service credentials.
+    let refused = tokens(&one).watch_revocations(pb::WatchRevocationsRequest { after_id: 0 }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut two = two;
+    two.stop().await;
+    one.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_across_replicas_sqlite() {
+    watch_across_replicas_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_across_replicas_postgres() {
+    watch_across_replicas_on(Backend::Postgres).await;
+}
+
+/// HS256 compatibility: existing code that checks an HMAC with the shared secret and reads
+/// `sub` keeps working.
+async fn hs256_compat_on(backend: Backend) {
+    const SHARED: &str = "better-auth-shared-secret-0123456789";
+    let Some(app) = spawn_app_with(backend, |c| {
+        mesh_config(c);
+        c.hs256_compat = true;
+        c.better_auth_secret = Some(secrecy::SecretString::from(SHARED.to_owned()));
+    })
+    .await
+    else {
+        return;
+    };
+    let up = app.sign_up("legacy@example.com").await;
+    let jwt = issue(&app, &up.session_token, AUDIENCE).await.unwrap().access_token;
+    let (unsigned, signature) = jwt.rsplit_once('.').unwrap();
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SHARED.as_bytes()).unwrap();
+    mac.update(unsigned.as_bytes());
+    mac.verify_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).expect("HMAC with the shared secret");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(unsigned.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["sub"], up.user.unwrap().id.as_str());
+    assert!(introspect(&app, &jwt).await.active);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hs256_compatibility_mode_sqlite() {
+    hs256_compat_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hs256_compatibility_mode_postgres() {
+    hs256_compat_on(Backend::Postgres).await;
+}
