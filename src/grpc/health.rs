@@ -7,7 +7,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::storage::Store;
 
 /// Services whose status follows the database ("" is the server as a whole).
-pub const SERVICES: [&str; 3] = ["", "gatehouse.v1.AuthService", "gatehouse.v1.ProfileService"];
+pub const SERVICES: [&str; 5] = [
+    "",
+    "gatehouse.v1.AuthService",
+    "gatehouse.v1.ProfileService",
+    "gatehouse.v1.TokenService",
+    "gatehouse.v1.AdminService",
+];
 
 /// Sets every service's status.
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
