@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -34,6 +35,16 @@ GENEROUS_RATE_LIMITS = {
         "REDEEM_PER_IP",
     )
 }
+#: The API key test servers accept as service credentials (``x-api-key``), and the audiences
+#: they issue access tokens for (see DEFAULT_ENV).
+SERVICE_API_KEY = "gh-py-tests-service-key-0123456789abcdef"
+ACCESS_TOKEN_AUDIENCES = ("books-api", "search-api")
+SERVICE_ENV = {
+    "GATEHOUSE_ADMIN_API_KEYS": "pytests=" + hashlib.sha256(SERVICE_API_KEY.encode()).hexdigest(),
+    "GATEHOUSE_ACCESS_TOKEN_AUDIENCES": ",".join(ACCESS_TOKEN_AUDIENCES),
+}
+#: The extra environment of a test server unless the test gives its own.
+DEFAULT_ENV = {**GENEROUS_RATE_LIMITS, **SERVICE_ENV}
 _LINK_TOKEN_RE = re.compile(r"token=(gatelink_[A-Za-z0-9_-]+)")
 
 
@@ -94,12 +105,20 @@ class GatehouseServer:
     process: subprocess.Popen[bytes] | None = None
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gh_py_")))
     database: str | None = None
-    #: Extra environment for the server; GENEROUS_RATE_LIMITS unless the test says otherwise.
-    env: dict[str, str] = field(default_factory=lambda: dict(GENEROUS_RATE_LIMITS))
+    #: Extra environment for the server; DEFAULT_ENV unless the test says otherwise.
+    env: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENV))
+    #: The plain-HTTP side port (JWKS, discovery, metrics); every server gets its own, so
+    #: servers never collide on the default 127.0.0.1:50052.
+    http_port: int = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_base(self) -> str:
+        """Base URL of the HTTP side port."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -159,9 +178,12 @@ class GatehouseServer:
         else:
             database_url = f"sqlite://{self.tmp}/gatehouse.db?mode=rwc"
         self.port = free_port()
+        self.http_port = free_port()
         env = {
             **_inherited_env(),
             "GATEHOUSE_LISTEN": self.target,
+            "GATEHOUSE_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "GATEHOUSE_ISSUER": self.http_base,
             "DATABASE_URL": database_url,
             "GATEHOUSE_DATA_DIR": str(self.data_dir),
             "GATEHOUSE_SECRET": "python-client-tests-secret-" + "x" * 16,
