@@ -176,8 +176,8 @@ def test_session_cache_ttl_and_eviction(monkeypatch: pytest.MonkeyPatch) -> None
 def test_every_rpc_has_a_facade_method_on_both_clients() -> None:
     import re
 
-    from gatehouse import AsyncClient, Client
-    from gatehouse._proto.gatehouse.v1 import auth_pb2
+    from gatehouse import AsyncClient, AsyncServiceClient, Client, ServiceClient
+    from gatehouse._proto.gatehouse.v1 import admin_pb2, auth_pb2, token_pb2
 
     services = [
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
@@ -185,12 +185,18 @@ def test_every_rpc_has_a_facade_method_on_both_clients() -> None:
     ]
     rpcs = [m.name for s in services for m in s.methods]
     assert "GetSession" in rpcs and "UpdateProfile" in rpcs
-    for rpc in rpcs:
-        method = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
-        assert callable(getattr(Client, method, None)), f"Client.{method} missing for {rpc}"
-        assert callable(getattr(AsyncClient, method, None)), (
-            f"AsyncClient.{method} missing for {rpc}"
-        )
+    user_token = token_pb2.DESCRIPTOR.services_by_name["TokenService"]
+    rpcs += ["IssueAccessToken", "GetJwks"]
+    service_rpcs = ["IntrospectToken", "WatchRevocations"] + [
+        m.name for m in admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods
+    ]
+    assert set(rpcs + service_rpcs) >= {m.name for m in user_token.methods}
+    pairs = ((rpcs, (Client, AsyncClient)), (service_rpcs, (ServiceClient, AsyncServiceClient)))
+    for names, clients in pairs:
+        for rpc in names:
+            method = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+            for cls in clients:
+                assert callable(getattr(cls, method, None)), f"{cls.__name__}.{method} missing"
 
 
 def test_query_field_errors_and_cache_clear() -> None:

@@ -25,7 +25,14 @@ from ._proto.gatehouse.v1.profile_pb2 import (
     Profile,
     ProgrammingLevel,
 )
+from ._proto.gatehouse.v1.admin_pb2 import AdminUser, ListUsersResponse
+from ._proto.gatehouse.v1.token_pb2 import (
+    IntrospectTokenResponse,
+    IssueAccessTokenResponse,
+    RevocationEvent,
+)
 from .client import AsyncClient, Client
+from .service import AsyncRevocationWatch, AsyncServiceClient, RevocationWatch, ServiceClient
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -42,6 +49,15 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "AdminUser",
+    "AsyncRevocationWatch",
+    "AsyncServiceClient",
+    "IntrospectTokenResponse",
+    "IssueAccessTokenResponse",
+    "ListUsersResponse",
+    "RevocationEvent",
+    "RevocationWatch",
+    "ServiceClient",
     "AiKnowledgeLevel",
     "AlreadyExists",
     "AsyncClient",

@@ -26,7 +26,18 @@ _UNPRINTABLE_RE: Final = re.compile(r"[^\x20-\x7e]")
 
 #: RPCs that only read, so retrying them after UNAVAILABLE cannot apply a change twice.
 IDEMPOTENT_METHODS: Final = frozenset(
-    {"GetSession", "ListSessions", "GetProfile", "ListAuditEvents", "ListAccounts"}
+    {
+        "GetSession",
+        "ListSessions",
+        "GetProfile",
+        "ListAuditEvents",
+        "ListAccounts",
+        "GetJwks",
+        "IntrospectToken",
+        "ListUsers",
+        "GetUser",
+        "ListUserAuditEvents",
+    }
 )
 
 Metadata = tuple[tuple[str, str], ...]
@@ -71,7 +82,8 @@ class RetryPolicy:
     """Bounded retries with exponential backoff and full jitter.
 
     Only the read-only RPCs (``GetSession``, ``ListSessions``, ``GetProfile``,
-    ``ListAuditEvents``) are retried, and
+    ``ListAuditEvents``, ``ListAccounts``, ``GetJwks``, ``IntrospectToken``, ``ListUsers``,
+    ``GetUser``, ``ListUserAuditEvents``) are retried, and
     only after ``UNAVAILABLE``. Every attempt stays within the call's one deadline.
     ``max_attempts=1`` turns retries off.
     """

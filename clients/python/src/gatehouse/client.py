@@ -9,6 +9,7 @@ call a deadline, retry only the read-only RPCs after ``UNAVAILABLE``, and raise
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -29,7 +30,15 @@ from ._common import (
     call_metadata,
     channel_options,
 )
-from ._proto.gatehouse.v1 import auth_pb2, auth_pb2_grpc, profile_pb2, profile_pb2_grpc
+from ._proto.gatehouse.v1 import (
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    profile_pb2,
+    profile_pb2_grpc,
+    token_pb2,
+    token_pb2_grpc,
+)
 from .errors import DeadlineExceeded, GatehouseError, Unavailable, error_from_rpc_error
 
 __all__ = ["AsyncClient", "Client"]
@@ -49,6 +58,11 @@ def _make_channel_args(
     return tls_config, channel_options(tls_config, options)
 
 
+def _jwks(response: token_pb2.GetJwksResponse) -> dict[str, Any]:
+    jwks: dict[str, Any] = json.loads(response.jwks_json)
+    return jwks
+
+
 def _should_retry(method: str, error: GatehouseError, attempt: int, policy: RetryPolicy) -> bool:
     return (
         method in IDEMPOTENT_METHODS
@@ -57,18 +71,8 @@ def _should_retry(method: str, error: GatehouseError, attempt: int, policy: Retr
     )
 
 
-class Client:
-    """Synchronous Gatehouse client.
-
-    >>> with Client("localhost:50051") as gatehouse:
-    ...     auth = gatehouse.sign_in("ada@example.com", "correct horse battery staple")
-    ...     me = gatehouse.get_session(token=auth.session_token)
-
-    ``target`` is ``host:port``. ``tls`` is ``False`` (plaintext, for loopback and
-    development), ``True`` (system roots) or a :class:`TlsConfig`. ``timeout`` is the default
-    deadline in seconds of every call, retries included; each method also takes ``timeout``.
-    ``interceptors`` are ``grpc`` client interceptors (e.g. for tracing).
-    """
+class _SyncBase:
+    """Channel, deadlines, retries and error mapping of the synchronous clients."""
 
     def __init__(
         self,
@@ -91,6 +95,8 @@ class Client:
         )
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._profile = profile_pb2_grpc.ProfileServiceStub(self._channel)
+        self._token = token_pb2_grpc.TokenServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -135,6 +141,20 @@ class Client:
                         time.sleep(delay)
                         continue
                 raise error from err
+
+
+class Client(_SyncBase):
+    """Synchronous Gatehouse client.
+
+    >>> with Client("localhost:50051") as gatehouse:
+    ...     auth = gatehouse.sign_in("ada@example.com", "correct horse battery staple")
+    ...     me = gatehouse.get_session(token=auth.session_token)
+
+    ``target`` is ``host:port``. ``tls`` is ``False`` (plaintext, for loopback and
+    development), ``True`` (system roots) or a :class:`TlsConfig`. ``timeout`` is the default
+    deadline in seconds of every call, retries included; each method also takes ``timeout``.
+    ``interceptors`` are ``grpc`` client interceptors (e.g. for tracing).
+    """
 
     # AuthService
 
@@ -437,6 +457,24 @@ class Client:
             "GetProviderAccessToken", self._auth.GetProviderAccessToken, request, metadata, timeout
         )
 
+    # TokenService
+
+    def issue_access_token(
+        self, audience: str, *, token: str, timeout: float | None = None
+    ) -> token_pb2.IssueAccessTokenResponse:
+        """Exchanges the session of ``token`` for a short-lived signed JWT for ``audience``
+        (one of the server's GATEHOUSE_ACCESS_TOKEN_AUDIENCES, else :class:`InvalidArgument`)."""
+        metadata = call_metadata(token, token_required=True)
+        request = token_pb2.IssueAccessTokenRequest(audience=audience)
+        return self._call("IssueAccessToken", self._token.IssueAccessToken, request, metadata, timeout)
+
+    def get_jwks(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The JWK Set (parsed JSON) that verifies access tokens (retried after UNAVAILABLE)."""
+        response = self._call(
+            "GetJwks", self._token.GetJwks, token_pb2.GetJwksRequest(), (), timeout
+        )
+        return _jwks(response)
+
     # ProfileService
 
     def get_profile(self, *, token: str, timeout: float | None = None) -> profile_pb2.Profile:
@@ -473,17 +511,12 @@ class _AsyncStubs:
     channel: grpc.aio.Channel
     auth: auth_pb2_grpc.AuthServiceAsyncStub
     profile: profile_pb2_grpc.ProfileServiceAsyncStub
+    token: token_pb2_grpc.TokenServiceAsyncStub
+    admin: admin_pb2_grpc.AdminServiceAsyncStub
 
 
-class AsyncClient:
-    """asyncio Gatehouse client (``grpc.aio``), with the same methods as :class:`Client`.
-
-    >>> async with AsyncClient("localhost:50051") as gatehouse:
-    ...     me = await gatehouse.get_session(token=token)
-
-    A ``grpc.aio`` channel belongs to one event loop, so the channel is opened lazily on first
-    use in the running loop (and a separate one in any other loop, as test clients create).
-    """
+class _AsyncBase:
+    """Per-loop channels, deadlines, retries and error mapping of the asyncio clients."""
 
     def __init__(
         self,
@@ -524,6 +557,8 @@ class AsyncClient:
                 channel,
                 auth_pb2_grpc.AuthServiceStub(channel),
                 profile_pb2_grpc.ProfileServiceStub(channel),
+                token_pb2_grpc.TokenServiceStub(channel),
+                admin_pb2_grpc.AdminServiceStub(channel),
             )
             self._stubs[loop] = stubs
         return stubs
@@ -571,6 +606,17 @@ class AsyncClient:
                         await asyncio.sleep(delay)
                         continue
                 raise error from err
+
+
+class AsyncClient(_AsyncBase):
+    """asyncio Gatehouse client (``grpc.aio``), with the same methods as :class:`Client`.
+
+    >>> async with AsyncClient("localhost:50051") as gatehouse:
+    ...     me = await gatehouse.get_session(token=token)
+
+    A ``grpc.aio`` channel belongs to one event loop, so the channel is opened lazily on first
+    use in the running loop (and a separate one in any other loop, as test clients create).
+    """
 
     # AuthService
 
@@ -933,6 +979,27 @@ class AsyncClient:
             timeout,
         )
         return response
+
+    # TokenService
+
+    async def issue_access_token(
+        self, audience: str, *, token: str, timeout: float | None = None
+    ) -> token_pb2.IssueAccessTokenResponse:
+        """Exchanges the session of ``token`` for a short-lived signed JWT for ``audience``
+        (one of the server's GATEHOUSE_ACCESS_TOKEN_AUDIENCES, else :class:`InvalidArgument`)."""
+        metadata = call_metadata(token, token_required=True)
+        request = token_pb2.IssueAccessTokenRequest(audience=audience)
+        response: token_pb2.IssueAccessTokenResponse = await self._call(
+            "IssueAccessToken", self._current().token.IssueAccessToken, request, metadata, timeout
+        )
+        return response
+
+    async def get_jwks(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The JWK Set (parsed JSON) that verifies access tokens (retried after UNAVAILABLE)."""
+        response: token_pb2.GetJwksResponse = await self._call(
+            "GetJwks", self._current().token.GetJwks, token_pb2.GetJwksRequest(), (), timeout
+        )
+        return _jwks(response)
 
     # ProfileService
 
