@@ -68,9 +68,10 @@ impl Run {
         f64::from(self.latencies_us[idx]) / 1000.0
     }
 
-    fn print(&self, name: &str) {
+    fn print(&self, name: &str, pid: u32) {
+        let rss = peak_rss_kib(pid).map_or(0.0, |(_, now)| now as f64 / 1024.0);
         println!(
-            "{name:<34} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors)",
+            "{name:<34} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors)   RSS {rss:.0} MiB",
             self.rate(),
             self.percentile(0.50),
             self.percentile(0.99),
@@ -236,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
     };
-    health.print("Health/Check (empty RPC floor)");
+    health.print("Health/Check (empty RPC floor)", pid);
 
     let get_session = |streams: usize| {
         let channels = Arc::clone(&channels);
@@ -248,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let quiet = get_session(args.concurrency).await;
-    quiet.print("GetSession");
+    quiet.print("GetSession", pid);
 
     let sign_in = |streams: usize| {
         let channels = Arc::clone(&channels);
@@ -265,14 +266,14 @@ async fn main() -> anyhow::Result<()> {
     })
     .await??;
     let sign_ins = sign_in(args.concurrency).await;
-    sign_ins.print("SignIn");
+    sign_ins.print("SignIn", pid);
     println!("{:<34} {:>9.1} verifications/s (all cores, no server)", "raw Argon2id", raw);
 
     let probe_quiet = get_session(args.probe_concurrency).await;
-    probe_quiet.print(&format!("GetSession x{} quiet", args.probe_concurrency));
+    probe_quiet.print(&format!("GetSession x{} quiet", args.probe_concurrency), pid);
     let (probe_storm, storm) = tokio::join!(get_session(args.probe_concurrency), sign_in(args.concurrency));
-    probe_storm.print(&format!("GetSession x{} during storm", args.probe_concurrency));
-    storm.print(&format!("  SignIn x{} (the storm)", args.concurrency));
+    probe_storm.print(&format!("GetSession x{} during storm", args.probe_concurrency), pid);
+    storm.print(&format!("  SignIn x{} (the storm)", args.concurrency), pid);
 
     let (peak, now) = peak_rss_kib(pid).unwrap_or_default();
     println!(
