@@ -16,14 +16,12 @@ Run beside Gatehouse (see README.md)::
 
 import os
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
-from gatehouse import AsyncClient
+from gatehouse import AsyncClient, AsyncServiceClient
 from gatehouse.fastapi import CurrentUser, Gatehouse, ProfileIn, ProfileOut
 
 PASSAGES: tuple[tuple[str, str], ...] = (
@@ -111,21 +109,31 @@ def compose(question: str, passages: list[tuple[str, str]], pitch: str | None) -
 
 
 def create_app(
-    target: str | None = None, *, cookie_secure: bool | None = None, cache_ttl: float = 0.0
+    target: str | None = None,
+    *,
+    cookie_secure: bool | None = None,
+    cache_ttl: float | None = None,
+    service_api_key: str | None = None,
 ) -> FastAPI:
     """Builds the app. ``target`` defaults to ``$GATEHOUSE_TARGET`` or ``localhost:50051``;
-    ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``)."""
+    ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``);
+    ``cache_ttl`` (seconds, 0 = no session cache) to ``$GATEHOUSE_CACHE_TTL``;
+    ``service_api_key`` (a Gatehouse service API key: the cache then follows the revocation
+    stream and drops revoked sessions at once) to ``$GATEHOUSE_SERVICE_API_KEY``."""
     target = target or os.environ.get("GATEHOUSE_TARGET", "localhost:50051")
     if cookie_secure is None:
         cookie_secure = os.environ.get("GATEHOUSE_COOKIE_SECURE", "true").lower() != "false"
-    gatehouse = Gatehouse(AsyncClient(target), cookie_secure=cookie_secure, cache_ttl=cache_ttl)
+    if cache_ttl is None:
+        cache_ttl = float(os.environ.get("GATEHOUSE_CACHE_TTL", "0"))
+    service_api_key = service_api_key or os.environ.get("GATEHOUSE_SERVICE_API_KEY") or None
+    service = AsyncServiceClient(target, api_key=service_api_key) if service_api_key else None
+    gatehouse = Gatehouse(
+        AsyncClient(target), cookie_secure=cookie_secure, cache_ttl=cache_ttl, service=service
+    )
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await gatehouse.client.close()
-
-    app = FastAPI(title="Physical AI book backend (Gatehouse example)", lifespan=lifespan)
+    app = FastAPI(
+        title="Physical AI book backend (Gatehouse example)", lifespan=gatehouse.lifespan
+    )
     app.state.gatehouse = gatehouse
     gatehouse.install(app)
     app.include_router(gatehouse.router(), prefix="/auth")

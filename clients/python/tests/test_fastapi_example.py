@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.cookies import SimpleCookie
@@ -10,7 +12,7 @@ from types import ModuleType
 import httpx
 import pytest
 from conftest import BACKENDS, BROWSER_UA, PASSWORD, browser, start_server
-from gatehouse_server import GENEROUS_RATE_LIMITS, GatehouseServer
+from gatehouse_server import GENEROUS_RATE_LIMITS, SERVICE_API_KEY, GatehouseServer
 
 from gatehouse import Client
 
@@ -273,6 +275,47 @@ async def test_session_cache_trade_off_and_local_eviction(
             await web.get("/auth/session", headers={"authorization": f"Bearer {token}"})
         ).status_code == 401
     await app.state.gatehouse.client.close()
+
+
+async def test_access_token_endpoint(web: httpx.AsyncClient, email: str) -> None:
+    assert (await web.post("/auth/access-token", json={"audience": "books-api"})).status_code == 401
+    assert (await sign_up(web, email)).status_code == 201
+    issued = await web.post("/auth/access-token", json={"audience": "books-api"})
+    assert issued.status_code == 200, issued.text
+    body = issued.json()
+    assert body["access_token"].count(".") == 2 and body["token_type"] == "Bearer"
+    assert body["expires_at"]
+    wrong = await web.post("/auth/access-token", json={"audience": "payroll"})
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "audience"]
+
+
+async def test_session_cache_follows_revocations_pushed_by_gatehouse(
+    server: GatehouseServer, example: ModuleType, email: str
+) -> None:
+    app = example.create_app(server.target, cache_ttl=300.0, service_api_key=SERVICE_API_KEY)
+    gh = app.state.gatehouse
+    async with browser(app) as web:
+        assert (await sign_up(web, email)).status_code == 201
+        token = web.cookies[COOKIE]
+        assert (await web.get("/auth/session")).status_code == 200  # starts the watch
+        assert gh.watch is not None
+        await asyncio.wait_for(gh.watch.connected.wait(), 5)
+        assert (await web.get("/auth/session")).status_code == 200
+        assert len(gh.cache) == 1, "answered from the cache from now on"
+
+        # Signed out through another path (not this app's router): the pushed revocation
+        # evicts the cached session at once, although its TTL has minutes left.
+        with Client(server.target) as direct:
+            direct.sign_out(token=token)
+        deadline = time.monotonic() + 1.0
+        while (status := (await web.get("/auth/session")).status_code) == 200:
+            assert time.monotonic() < deadline, "cached session still accepted after 1 s"
+            await asyncio.sleep(0.02)
+        assert status == 401
+        assert len(gh.cache) == 0
+    await gh.aclose()
+    assert gh.watch.connected.is_set() is False
 
 
 async def test_gatehouse_stopped_gives_503_not_500(

@@ -295,6 +295,22 @@ class RequestEmailChangeIn(BaseModel):
     current_password: str
 
 
+class AccessTokenIn(BaseModel):
+    """Which service the access token is for (one of Gatehouse's configured audiences)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audience: str = Field(min_length=1, max_length=256)
+
+
+class AccessTokenOut(BaseModel):
+    """A short-lived signed JWT for one audience; send it as ``Authorization: Bearer``."""
+
+    access_token: str
+    token_type: str
+    expires_at: datetime | None
+
+
 class MessageOut(BaseModel):
     """A human-readable confirmation."""
 

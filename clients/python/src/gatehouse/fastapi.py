@@ -26,23 +26,36 @@ anything else        502 (an upstream failure: never 500)
 ==================== ==========================================================
 
 Session cache (``cache_ttl``, off by default): ``GetSession`` results are kept in this
-process for at most ``cache_ttl`` seconds. The trade-off: a session revoked elsewhere (another
-process, another device's "sign out everywhere", a password change) is still accepted here
-until its entry expires. Sign-out, password change, revoke and delete through this router
-evict locally at once, and a password reset through it empties the cache (the reset link does
-not say whose sessions ended). Keep the TTL short (a few seconds) or leave the cache off.
+process for at most ``cache_ttl`` seconds (never past the session's own expiry).
+
+- Without service credentials (TTL only), the trade-off: a session revoked elsewhere (another
+  process, another device's "sign out everywhere", a password change, an operator disabling
+  the user) is still accepted here until its entry expires. Sign-out, password change, revoke
+  and delete through this router evict locally at once, and a password reset through it
+  empties the cache (the reset link does not say whose sessions ended). Keep the TTL short (a
+  few seconds) or leave the cache off.
+- With service credentials (``service=AsyncServiceClient(target, api_key=...)``), the cache
+  subscribes to ``WatchRevocations`` in the background and drops a session the moment any
+  replica revokes it, whatever the path. The cache only answers while the stream is open;
+  while it is down, every request asks Gatehouse, and when it reconnects the cache starts
+  empty. A longer TTL (minutes) is then safe; what remains is that a cached answer is not
+  re-read, so profile-independent user fields (name, email verification) may be up to
+  ``cache_ttl`` old, and the session's sliding expiry is only renewed by uncached calls.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the route annotations,
 # which use aliases local to Gatehouse.router().
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypedDict
@@ -51,6 +64,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse
 
 from ._models import (
+    AccessTokenIn,
+    AccessTokenOut,
     AuditEventOut,
     AuditEventsOut,
     AuthOut,
@@ -71,9 +86,11 @@ from ._models import (
     UserOut,
     VerifyEmailIn,
     field_location,
+    timestamp,
 )
 from ._proto.gatehouse.v1 import auth_pb2
 from .client import AsyncClient
+from .service import AsyncRevocationWatch, AsyncServiceClient
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -89,6 +106,8 @@ from .errors import (
 )
 
 __all__ = [
+    "AccessTokenIn",
+    "AccessTokenOut",
     "AuditEventOut",
     "AuditEventsOut",
     "AuthOut",
@@ -103,6 +122,10 @@ __all__ = [
 ]
 
 DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
+#: Revoked session ids remembered so that a GetSession answer racing its own revocation event
+#: is never cached.
+_RECENTLY_REVOKED: Final = 10_000
+_log = logging.getLogger("gatehouse.fastapi")
 _RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
@@ -214,6 +237,7 @@ class SessionCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, auth_pb2.GetSessionResponse]] = OrderedDict()
+        self._revoked: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -242,6 +266,8 @@ class SessionCache:
         if lifetime <= 0:
             return
         with self._lock:
+            if response.session.id in self._revoked:
+                return
             self._entries[self._key(token)] = (time.monotonic() + lifetime, response)
             self._entries.move_to_end(self._key(token))
             while len(self._entries) > self.max_entries:
@@ -251,6 +277,15 @@ class SessionCache:
         """Forgets ``token``."""
         with self._lock:
             self._entries.pop(self._key(token), None)
+
+    def evict_session(self, session_id: str) -> None:
+        """Forgets the session ``session_id`` and refuses to cache it again (it was revoked)."""
+        with self._lock:
+            self._revoked[session_id] = None
+            while len(self._revoked) > _RECENTLY_REVOKED:
+                self._revoked.popitem(last=False)
+            for key in [k for k, (_, r) in self._entries.items() if r.session.id == session_id]:
+                del self._entries[key]
 
     def evict_user(self, user_id: str) -> None:
         """Forgets every cached session of ``user_id``."""
@@ -276,7 +311,11 @@ class Gatehouse:
     ``cookie_secure`` should stay ``True`` outside plain-http tests (browsers accept Secure
     cookies on ``http://localhost``). ``cache_ttl`` (seconds, ``0`` = off) enables the
     :class:`SessionCache` trade-off described in the module docstring. ``expose_token`` also
-    returns the token in sign-up/sign-in bodies, for non-browser clients.
+    returns the token in sign-up/sign-in bodies, for non-browser clients. ``service`` (an
+    :class:`AsyncServiceClient` with an API key or client certificate) makes the cache follow
+    Gatehouse's revocation stream (see the module docstring); start it with :meth:`start` or
+    ``FastAPI(lifespan=gatehouse.lifespan)`` (it also starts on the first request), stop it
+    with :meth:`aclose`.
 
     The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
     ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
@@ -293,8 +332,13 @@ class Gatehouse:
         cache_ttl: float = 0.0,
         cache_max_entries: int = 10_000,
         expose_token: bool = False,
+        service: AsyncServiceClient | None = None,
     ) -> None:
         self.client = AsyncClient(client) if isinstance(client, str) else client
+        self.service = service
+        self.watch: AsyncRevocationWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._cache_generation = 0
         self.cookie_name = cookie_name
         self.cookie_secure = cookie_secure
         self.cookie_domain = cookie_domain
@@ -358,15 +402,77 @@ class Gatehouse:
             samesite="lax",
         )
 
+    # Revocation watch
+
+    async def start(self) -> None:
+        """Starts following the revocation stream (when there is a cache and ``service``)."""
+        if self.cache is None or self.service is None:
+            return
+        if self._watch_task is None or self._watch_task.done():
+            self.watch = self.service.watch_revocations()
+            self._watch_task = asyncio.create_task(self._follow(self.watch))
+
+    async def _follow(self, watch: AsyncRevocationWatch) -> None:
+        try:
+            async for event in watch:
+                if self.cache is not None:
+                    self.cache.evict_session(event.session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # credentials refused: no push, so the cache stays bypassed
+            _log.exception("revocation watch stopped; the session cache is bypassed")
+
+    async def aclose(self) -> None:
+        """Stops the revocation watch and closes the clients' channels of this loop."""
+        if self.watch is not None:
+            self.watch.close()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+            self._watch_task = None
+        await self.client.close()
+        if self.service is not None:
+            await self.service.close()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        """A FastAPI lifespan that starts the watch and closes everything at shutdown."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    def _cache_usable(self) -> bool:
+        """Whether the cache may answer now: always with TTL only; with a watch, only while
+        the stream is open, emptied whenever it has reconnected (events may have been
+        missed in between)."""
+        if self.cache is None:
+            return False
+        if self.service is None:
+            return True
+        watch = self.watch
+        if watch is None or not watch.connected.is_set():
+            self.cache.clear()
+            return False
+        if watch.reconnects != self._cache_generation:
+            self.cache.clear()
+            self._cache_generation = watch.reconnects
+        return True
+
     # Dependencies
 
     async def _session(self, token: str) -> auth_pb2.GetSessionResponse:
-        if self.cache is not None:
+        if self.cache is not None and self.service is not None and self._watch_task is None:
+            await self.start()
+        usable = self._cache_usable()
+        if usable and self.cache is not None:
             cached = self.cache.get(token)
             if cached is not None:
                 return cached
         response = await self.client.get_session(token=token)
-        if self.cache is not None:
+        if usable and self.cache is not None:
             self.cache.put(token, response)
         return response
 
@@ -406,7 +512,8 @@ class Gatehouse:
         ``POST /change-password``, ``POST /delete-account``, ``GET /profile``,
         ``PATCH /profile``; email and recovery: ``POST /send-verification``,
         ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
-        ``POST /request-email-change``; history: ``GET /audit-events``.
+        ``POST /request-email-change``; history: ``GET /audit-events``; service mesh:
+        ``POST /access-token``.
         """
         router = APIRouter(tags=list(tags or ["auth"]))
         gh = self
@@ -603,6 +710,18 @@ class Gatehouse:
                     body.new_email, body.current_password, token=user.token, **meta(request)
                 )
             return MessageOut(message="A confirmation link was sent to the new address.")
+
+        @router.post("/access-token")
+        async def access_token(body: AccessTokenIn, user: User) -> AccessTokenOut:
+            """A short-lived signed JWT for another service (``audience``), for the signed-in
+            caller; an audience Gatehouse is not configured for is 422 on ``audience``."""
+            with _http_errors():
+                issued = await gh.client.issue_access_token(body.audience, token=user.token)
+            return AccessTokenOut(
+                access_token=issued.access_token,
+                token_type=issued.token_type or "Bearer",
+                expires_at=timestamp(issued, "expires_at"),
+            )
 
         @router.get("/audit-events")
         async def audit_events(
