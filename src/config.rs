@@ -300,9 +300,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
 
     /// Issuer of access tokens (`iss`); also the public base URL of the HTTP side port, where
-    /// verifiers find the keys.
-    #[arg(long, env = "GATEHOUSE_ISSUER", default_value = "http://127.0.0.1:50052")]
-    pub issuer: String,
+    /// verifiers find the keys [default: http://<http-listen>].
+    #[arg(long, env = "GATEHOUSE_ISSUER")]
+    pub issuer: Option<String>,
 
     /// Audiences access tokens may be issued for (comma-separated service names).
     #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_AUDIENCES", value_delimiter = ',')]
@@ -812,6 +812,11 @@ impl Config {
             ),
             None => self.development_secret(),
         }
+    }
+
+    /// The access-token issuer: as configured, or the HTTP side port's address.
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.http_listen)).trim_end_matches('/').to_owned()
     }
 
     /// TLS settings, when a certificate and key are configured.

@@ -334,7 +334,7 @@ pub async fn open_keys(
         (true, _) => anyhow::bail!("GATEHOUSE_HS256_COMPAT needs BETTER_AUTH_SECRET of at least 32 bytes"),
     };
     let access = AccessTokenConfig {
-        issuer: config.issuer.trim_end_matches('/').to_owned(),
+        issuer: config.issuer(),
         audiences: config
             .access_token_audiences
             .iter()

@@ -155,7 +155,15 @@ impl PasswordHasher {
         );
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
-        let dummy_hash = hash_phc(&argon2, &params, &random).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // Computed on a throwaway thread, so its Argon2 memory is freed with it rather than kept
+        // by whichever runtime thread started the server.
+        let dummy_hash = {
+            let argon2 = argon2.clone();
+            thread::spawn(move || hash_phc(&argon2, &params, &random))
+                .join()
+                .map_err(|_| anyhow::anyhow!("argon2 thread panicked"))?
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        };
 
         let (tx, rx) = mpsc::sync_channel::<Job>(queue_limit);
         let rx = Arc::new(Mutex::new(rx));

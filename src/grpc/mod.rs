@@ -123,6 +123,9 @@ pub async fn serve(
 
     let router = Server::builder()
         .timeout(settings.request_timeout)
+        // Long-lived streams (WatchRevocations) notice a dead peer.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(RpcMetricsLayer)
         .layer(trace)
         .add_service(health)

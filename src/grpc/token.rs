@@ -144,6 +144,12 @@ impl TokenService for TokenApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as EventStream);
+        // Where the stream starts: a watcher that has seen no event yet can still resume from
+        // here without a gap.
+        if let Ok(value) = after.to_string().parse() {
+            response.metadata_mut().insert("gatehouse-revocation-cursor", value);
+        }
+        Ok(response)
     }
 }
