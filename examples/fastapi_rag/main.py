@@ -114,12 +114,16 @@ def create_app(
     cookie_secure: bool | None = None,
     cache_ttl: float | None = None,
     service_api_key: str | None = None,
+    oauth_base_url: str | None = None,
 ) -> FastAPI:
     """Builds the app. ``target`` defaults to ``$GATEHOUSE_TARGET`` or ``localhost:50051``;
     ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``);
     ``cache_ttl`` (seconds, 0 = no session cache) to ``$GATEHOUSE_CACHE_TTL``;
     ``service_api_key`` (a Gatehouse service API key: the cache then follows the revocation
-    stream and drops revoked sessions at once) to ``$GATEHOUSE_SERVICE_API_KEY``."""
+    stream and drops revoked sessions at once) to ``$GATEHOUSE_SERVICE_API_KEY``;
+    ``oauth_base_url`` (this app's public URL: provider sign-in then calls back to
+    ``<url>/auth/oauth/{provider}/callback``, which must be in Gatehouse's
+    ``GATEHOUSE_*_REDIRECT_URIS``) to ``$GATEHOUSE_OAUTH_BASE_URL``."""
     target = target or os.environ.get("GATEHOUSE_TARGET", "localhost:50051")
     if cookie_secure is None:
         cookie_secure = os.environ.get("GATEHOUSE_COOKIE_SECURE", "true").lower() != "false"
@@ -127,8 +131,13 @@ def create_app(
         cache_ttl = float(os.environ.get("GATEHOUSE_CACHE_TTL", "0"))
     service_api_key = service_api_key or os.environ.get("GATEHOUSE_SERVICE_API_KEY") or None
     service = AsyncServiceClient(target, api_key=service_api_key) if service_api_key else None
+    oauth_base_url = oauth_base_url or os.environ.get("GATEHOUSE_OAUTH_BASE_URL") or None
     gatehouse = Gatehouse(
-        AsyncClient(target), cookie_secure=cookie_secure, cache_ttl=cache_ttl, service=service
+        AsyncClient(target),
+        cookie_secure=cookie_secure,
+        cache_ttl=cache_ttl,
+        service=service,
+        oauth_base_url=oauth_base_url,
     )
 
     app = FastAPI(

@@ -47,21 +47,33 @@ process for at most ``cache_ttl`` seconds (never past the session's own expiry).
 # which use aliases local to Gatehouse.router().
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import hmac
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypedDict
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from ._models import (
     AccessTokenIn,
@@ -122,6 +134,11 @@ __all__ = [
 ]
 
 DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
+DEFAULT_OAUTH_STATE_COOKIE: Final = "gatehouse_oauth_state"
+DEFAULT_OAUTH_CALLBACK_PATH: Final = "/auth/oauth/{provider}/callback"
+#: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
+_OAUTH_STATE_MAX_AGE: Final = 600
+_REDIRECT_TO_MAX: Final = 2048
 #: Revoked session ids remembered so that a GetSession answer racing its own revocation event
 #: is never cached.
 _RECENTLY_REVOKED: Final = 10_000
@@ -139,6 +156,18 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
     (Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
     (DeadlineExceeded, status.HTTP_504_GATEWAY_TIMEOUT),
 )
+
+
+def _safe_redirect(target: str) -> bool:
+    """Whether ``target`` is a same-site relative path (``/books?x=1``): no scheme, host,
+    protocol-relative ``//`` or ``/\\``, backslash or control character."""
+    return (
+        0 < len(target) <= _REDIRECT_TO_MAX
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and "\\" not in target
+        and all(ch >= " " and ch != "\x7f" for ch in target)
+    )
 
 
 def _violation_detail(
@@ -317,6 +346,13 @@ class Gatehouse:
     ``FastAPI(lifespan=gatehouse.lifespan)`` (it also starts on the first request), stop it
     with :meth:`aclose`.
 
+    Provider sign-in (``GET /oauth/{provider}/start`` and ``/callback``) needs each provider's
+    callback URL, exactly as listed in Gatehouse's ``GATEHOUSE_*_REDIRECT_URIS``: from
+    ``oauth_redirect_uris`` (provider -> URL), else ``oauth_base_url`` + ``oauth_callback_path``
+    (``/auth/oauth/{provider}/callback``, for a router mounted at ``/auth``). A provider with
+    neither is 404. The flow's state travels in the short-lived cookie
+    ``oauth_state_cookie_name`` (HttpOnly, SameSite=Lax, Secure as ``cookie_secure``).
+
     The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
     ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
     """
@@ -333,8 +369,16 @@ class Gatehouse:
         cache_max_entries: int = 10_000,
         expose_token: bool = False,
         service: AsyncServiceClient | None = None,
+        oauth_redirect_uris: Mapping[str, str] | None = None,
+        oauth_base_url: str | None = None,
+        oauth_callback_path: str = DEFAULT_OAUTH_CALLBACK_PATH,
+        oauth_state_cookie_name: str = DEFAULT_OAUTH_STATE_COOKIE,
     ) -> None:
         self.client = AsyncClient(client) if isinstance(client, str) else client
+        self.oauth_redirect_uris = dict(oauth_redirect_uris or {})
+        self.oauth_base_url = oauth_base_url.rstrip("/") if oauth_base_url else None
+        self.oauth_callback_path = oauth_callback_path
+        self.oauth_state_cookie_name = oauth_state_cookie_name
         self.service = service
         self.watch: AsyncRevocationWatch | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -395,6 +439,63 @@ class Gatehouse:
         """Expires the session cookie."""
         response.delete_cookie(
             self.cookie_name,
+            path=self.cookie_path,
+            domain=self.cookie_domain,
+            secure=self.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+
+    # Provider sign-in (OAuth / OpenID Connect)
+
+    def oauth_redirect_uri(self, provider: str) -> str | None:
+        """The callback URL configured for ``provider``, or None."""
+        uri = self.oauth_redirect_uris.get(provider)
+        if uri:
+            return uri
+        if self.oauth_base_url is None:
+            return None
+        return self.oauth_base_url + self.oauth_callback_path.format(provider=provider)
+
+    def set_oauth_state_cookie(
+        self, response: Response, state: str, redirect_to: str | None, max_age: int
+    ) -> None:
+        """Keeps the flow's ``state`` (and where to go afterwards) in a short-lived HttpOnly,
+        SameSite=Lax cookie: Lax still sends it on the provider's top-level redirect back."""
+        value = state
+        if redirect_to:
+            value += "." + base64.urlsafe_b64encode(redirect_to.encode()).decode().rstrip("=")
+        response.set_cookie(
+            self.oauth_state_cookie_name,
+            value,
+            max_age=max_age,
+            path=self.cookie_path,
+            domain=self.cookie_domain,
+            secure=self.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+
+    def oauth_state_from_request(self, request: Request) -> tuple[str, str | None] | None:
+        """(state, redirect_to) from the state cookie, or None if absent or malformed."""
+        value = request.cookies.get(self.oauth_state_cookie_name)
+        if not value:
+            return None
+        state, _, encoded = value.partition(".")
+        redirect_to: str | None = None
+        if encoded:
+            try:
+                redirect_to = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except ValueError:
+                return None
+            if not _safe_redirect(redirect_to):
+                return None
+        return (state, redirect_to) if state else None
+
+    def clear_oauth_state_cookie(self, response: Response) -> None:
+        """Expires the state cookie."""
+        response.delete_cookie(
+            self.oauth_state_cookie_name,
             path=self.cookie_path,
             domain=self.cookie_domain,
             secure=self.cookie_secure,
@@ -513,7 +614,8 @@ class Gatehouse:
         ``PATCH /profile``; email and recovery: ``POST /send-verification``,
         ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
         ``POST /request-email-change``; history: ``GET /audit-events``; service mesh:
-        ``POST /access-token``.
+        ``POST /access-token``; provider sign-in: ``GET /oauth/{provider}/start``,
+        ``GET /oauth/{provider}/callback``.
         """
         router = APIRouter(tags=list(tags or ["auth"]))
         gh = self
@@ -735,6 +837,110 @@ class Gatehouse:
                     token=user.token, page_size=page_size or 0, page_token=page_token
                 )
             return AuditEventsOut.from_proto(page)
+
+        # Provider sign-in. The browser goes to /oauth/{provider}/start, is redirected to the
+        # provider, comes back to /oauth/{provider}/callback with code and state, and leaves
+        # signed in (the session cookie) to redirect_to.
+
+        def redirect_uri_for(provider: str) -> str:
+            uri = gh.oauth_redirect_uri(provider)
+            if uri is None:
+                raise HTTPException(
+                    status_code=status.HTTP_404_NOT_FOUND,
+                    detail=f"sign-in with {provider!r} is not configured here",
+                )
+            return uri
+
+        def bad_state(detail: str) -> JSONResponse:
+            return JSONResponse({"detail": detail}, status_code=status.HTTP_400_BAD_REQUEST)
+
+        @router.get("/oauth/{provider}/start", response_model=None)
+        async def oauth_start(
+            provider: Annotated[str, Path(min_length=1, max_length=64)],
+            request: Request,
+            redirect_to: Annotated[str | None, Query(max_length=_REDIRECT_TO_MAX)] = None,
+        ) -> Response:
+            """302 to the provider's sign-in page. ``redirect_to`` (a same-site path such as
+            ``/books``; anything else is 422) is where the callback sends the browser after."""
+            if redirect_to is not None and not _safe_redirect(redirect_to):
+                raise HTTPException(
+                    status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    detail=[
+                        {
+                            "loc": ["query", "redirect_to"],
+                            "msg": "must be a path on this site, starting with a single /",
+                            "type": "gatehouse.redirect_to",
+                        }
+                    ],
+                )
+            redirect_uri = redirect_uri_for(provider)
+            with _http_errors(location="query"):
+                started = await gh.client.start_o_auth(provider, redirect_uri)
+            max_age = _OAUTH_STATE_MAX_AGE
+            if started.HasField("expires_at"):
+                expires = started.expires_at.ToDatetime(tzinfo=UTC)
+                left = int((expires - datetime.now(UTC)).total_seconds())
+                max_age = max(1, min(left, _OAUTH_STATE_MAX_AGE))
+            response = RedirectResponse(started.authorization_url, status_code=status.HTTP_302_FOUND)
+            response.headers["Cache-Control"] = "no-store"
+            gh.set_oauth_state_cookie(response, started.state, redirect_to, max_age)
+            return response
+
+        @router.get("/oauth/{provider}/callback", response_model=None)
+        async def oauth_callback(
+            provider: Annotated[str, Path(min_length=1, max_length=64)],
+            request: Request,
+            code: Annotated[str, Query(max_length=4096)] = "",
+            state: Annotated[str, Query(max_length=1024)] = "",
+            error: Annotated[str | None, Query(max_length=256)] = None,
+        ) -> Response:
+            """Where the provider sends the browser back. The ``state`` must equal the state
+            cookie set by ``start`` (else 400, and Gatehouse is not asked); then the session
+            cookie is set and the browser goes to ``redirect_to`` (302), or, without one, the
+            answer is JSON like sign-in's."""
+            kept = gh.oauth_state_from_request(request)
+            if kept is None:
+                return bad_state("no sign-in in progress in this browser (state cookie missing)")
+            expected, redirect_to = kept
+            if not state or not hmac.compare_digest(expected.encode(), state.encode()):
+                return bad_state("the state does not match this browser's sign-in")
+            if error is not None or not code:
+                refused = bad_state(
+                    f"the provider did not sign you in: {error}" if error else "code is missing"
+                )
+                gh.clear_oauth_state_cookie(refused)
+                return refused
+            redirect_uri = redirect_uri_for(provider)
+            try:
+                result = await gh.client.complete_o_auth(
+                    provider, code, state, redirect_uri, **meta(request)
+                )
+            except GatehouseError as exc:
+                http = http_exception(exc, location="query")
+                failed = JSONResponse(
+                    {"detail": http.detail}, status_code=http.status_code, headers=http.headers
+                )
+                gh.clear_oauth_state_cookie(failed)  # the state is spent either way
+                return failed
+            response: Response
+            if redirect_to:
+                response = RedirectResponse(redirect_to, status_code=status.HTTP_302_FOUND)
+            else:
+                out = auth_out(
+                    auth_pb2.AuthResponse(
+                        user=result.user,
+                        session=result.session,
+                        session_token=result.session_token,
+                    )
+                )
+                response = JSONResponse(
+                    {**out.model_dump(mode="json"), "is_new_user": result.is_new_user}
+                )
+            response.headers["Cache-Control"] = "no-store"
+            if result.HasField("session") and result.session_token:
+                gh.set_session_cookie(response, result.session_token, result.session)
+            gh.clear_oauth_state_cookie(response)
+            return response
 
         return router
 
