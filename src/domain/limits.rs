@@ -164,10 +164,9 @@ impl Limiter {
         let key: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         match self.backend.hit(limit, self.rates.of(limit), &key).await? {
             None => Ok(()),
-            Some(retry_after) => {
-                tracing::info!(target: "audit", limit = limit.name(), "rate limit hit");
-                Err(Error::RateLimited { retry_after })
-            }
+            // The caller audits the hit (with the user and client it knows), which also emits
+            // the tracing event.
+            Some(retry_after) => Err(Error::RateLimited { retry_after }),
         }
     }
 
