@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // `sqlx::migrate!` embeds these files; a build script disables cargo's default tracking.
     println!("cargo:rerun-if-changed=migrations");
+    test_backends();
 
     let protos = [
         "proto/gatehouse/v1/auth.proto",
@@ -27,4 +28,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
+}
+
+/// The integration tests' PostgreSQL and Redis twins are marked ignored, not silently passed,
+/// when no server is configured. CI=true keeps them on, so a missing URL fails there.
+fn test_backends() {
+    let ci = env::var("CI").is_ok_and(|v| v == "true");
+    for (var, cfg) in [("TEST_POSTGRES_URL", "gatehouse_test_postgres"), ("TEST_REDIS_URL", "gatehouse_test_redis")] {
+        println!("cargo:rerun-if-env-changed={var}");
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if ci || env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+    println!("cargo:rerun-if-env-changed=CI");
 }

@@ -654,9 +654,14 @@ impl Config {
         (cli.command, cli.config)
     }
 
-    /// Defaults with no flags or environment: what tests start from.
+    /// The built-in defaults, ignoring flags and the `GATEHOUSE_*` environment: what tests
+    /// start from, so a developer's shell cannot change a test's configuration.
     pub fn default_for_test() -> Self {
-        Cli::parse_from(["gatehouse"]).config
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["gatehouse"]);
+        #[allow(clippy::expect_used)]
+        Cli::from_arg_matches(&matches).expect("the defaults parse").config
     }
 
     /// The configured identity providers: Google and GitHub when their client ids are set,

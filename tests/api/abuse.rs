@@ -210,6 +210,7 @@ async fn limits_trip_and_recover_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn limits_trip_and_recover_postgres() {
     limits_trip_and_recover_on(Backend::Postgres).await;
 }
@@ -259,11 +260,14 @@ async fn replicas_share_one_limit_on(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
 async fn replicas_share_one_limit_through_redis_sqlite() {
     replicas_share_one_limit_on(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn replicas_share_one_limit_through_redis_postgres() {
     replicas_share_one_limit_on(Backend::Postgres).await;
 }

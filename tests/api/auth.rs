@@ -5,7 +5,7 @@ use tonic::Code;
 
 use crate::{
     both_backends,
-    helpers::{Backend, PASSWORD, TestApp, bearer, spawn_app_with, spawn_on, violated_fields},
+    helpers::{Backend, PASSWORD, TestApp, bearer, production_hashing, spawn_app_with, spawn_on, violated_fields},
 };
 use gatehouse::proto::v1 as pb;
 
@@ -18,7 +18,6 @@ both_backends!(
     sign_in_rejects_bad_input,
     password_rules,
     passwords_are_normalized_and_never_truncated,
-    passwords_are_stored_as_argon2id,
     change_password,
     delete_account,
     sign_in_issues_a_new_token_each_time,
@@ -261,17 +260,24 @@ async fn passwords_are_normalized_and_never_truncated(app: &TestApp) {
     assert!(app.sign_in("long@example.com", &long).await.is_ok());
 }
 
-async fn passwords_are_stored_as_argon2id(app: &TestApp) {
-    app.sign_up("one@example.com").await;
-    app.sign_up("two@example.com").await;
-    let hashes = app.db.query_texts("SELECT password_hash FROM users ORDER BY email").await;
-    assert_eq!(hashes.len(), 2);
-    for h in &hashes {
-        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(!h.contains(PASSWORD));
+/// What is stored, with the production Argon2 parameters (the suite's default is cheap).
+mod stored_hashes {
+    use super::*;
+
+    crate::both_backends_with!(crate::helpers::production_hashing; passwords_are_stored_as_argon2id);
+
+    async fn passwords_are_stored_as_argon2id(app: &TestApp) {
+        app.sign_up("one@example.com").await;
+        app.sign_up("two@example.com").await;
+        let hashes = app.db.query_texts("SELECT password_hash FROM users ORDER BY email").await;
+        assert_eq!(hashes.len(), 2);
+        for h in &hashes {
+            assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+            assert!(!h.contains(PASSWORD));
+        }
+        // Same password, different salts.
+        assert_ne!(hashes[0], hashes[1]);
     }
-    // Same password, different salts.
-    assert_ne!(hashes[0], hashes[1]);
 }
 
 async fn change_password(app: &TestApp) {
@@ -435,6 +441,7 @@ async fn old_hash_parameters_are_upgraded_at_sign_in_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn old_hash_parameters_are_upgraded_at_sign_in_postgres() {
     upgrade_on(Backend::Postgres).await;
 }
@@ -453,7 +460,7 @@ async fn upgrade_on(backend: Backend) {
     assert!(before[0].starts_with("$argon2id$v=19$m=8192,t=3,p=1$"), "{}", before[0]);
     old.stop().await;
 
-    let new = spawn_on(old.db.clone(), |_| {}).await;
+    let new = spawn_on(old.db.clone(), production_hashing).await;
     assert!(new.sign_in("upgrade@example.com", PASSWORD).await.is_ok());
     let after = new.db.query_texts("SELECT password_hash FROM users").await;
     assert!(after[0].starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", after[0]);

@@ -3,7 +3,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
 
@@ -37,13 +37,16 @@ pub enum TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database for one test; `None` when PostgreSQL is not configured
-    /// outside CI.
+    /// Creates a migrated database for one test, cloned from a template that is migrated once
+    /// per test run; `None` when PostgreSQL is not configured (such tests are marked ignored at
+    /// build time, see `build.rs`).
     pub async fn create(backend: Backend) -> Option<Self> {
         match backend {
             Backend::Sqlite => {
+                let template = tokio::task::spawn_blocking(sqlite_template).await.expect("template thread");
                 let dir = tempfile::tempdir().expect("temp dir");
                 let path = dir.path().join("gatehouse.db");
+                std::fs::copy(template, &path).expect("copy the SQLite template");
                 Some(TestDb::Sqlite { _dir: dir, path })
             }
             Backend::Postgres => {
@@ -54,9 +57,10 @@ impl TestDb {
                     eprintln!("notice: TEST_POSTGRES_URL is not set; skipping the PostgreSQL run of this test");
                     return None;
                 };
+                let template = tokio::task::spawn_blocking(postgres_template).await.expect("template thread");
                 let name = format!("gh_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect TEST_POSTGRES_URL");
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")))
                     .execute(&mut conn)
                     .await
                     .expect("create test database");
@@ -143,6 +147,79 @@ impl TestDb {
     }
 }
 
+/// A digest of one backend's migration files: a template is reused only while they are unchanged.
+fn migrations_digest(backend: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("migrations folder").map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file).unwrap().hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// Runs the server's own migrations on `url`, as a server start would.
+fn migrate_blocking(url: String) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let opts = gatehouse::storage::DbOptions { url, max_connections: 1, acquire_timeout: Duration::from_secs(30) };
+        gatehouse::storage::migrate(&opts).await.expect("migrate the template database");
+    });
+}
+
+/// A migrated SQLite file that each test copies (migrating every test's file costs more).
+fn sqlite_template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    &TEMPLATE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("template dir");
+            let path = dir.path().join("template.db");
+            migrate_blocking(format!("sqlite://{}?mode=rwc", path.display()));
+            (dir, path)
+        })
+        .1
+}
+
+/// The name of a migrated PostgreSQL database that tests clone with `CREATE DATABASE ... TEMPLATE`.
+/// It is named by the migrations' digest and kept between runs; an advisory lock makes
+/// concurrent test processes build it once.
+fn postgres_template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let admin_url = std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL");
+        let name = format!("gh_template_{}", migrations_digest("postgres"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect TEST_POSTGRES_URL");
+            sqlx::query("SELECT pg_advisory_lock(7316482)").execute(&mut conn).await.unwrap();
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if !exists {
+                // Built under another name and renamed, so no process ever clones a half-migrated one.
+                let building = format!("gh_building_{}", uuid::Uuid::new_v4().simple());
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{building}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let url = with_database(&admin_url, &building);
+                tokio::task::spawn_blocking(move || migrate_blocking(url)).await.unwrap();
+                sqlx::raw_sql(AssertSqlSafe(format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("SELECT pg_advisory_unlock(7316482)").execute(&mut conn).await.unwrap();
+        });
+        name
+    })
+}
+
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_end = base.find("://").map_or(0, |i| i + 3);
@@ -189,6 +266,10 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.db_acquire_timeout = Duration::from_secs(1);
     config.db_max_connections = 5;
     config.hash_threads = Some(2);
+    // Cheap hashing: the suite tests behaviour, not Argon2's cost (tests of the stored
+    // parameters use [`production_hashing`]).
+    config.argon2_memory_kib = 256;
+    config.argon2_iterations = 1;
     // Generous limits: the rate-limit tests set their own.
     let generous: gatehouse::domain::limits::Rate = "10000/1m".parse().unwrap();
     config.rate_sign_in_per_account = generous;
@@ -325,8 +406,16 @@ macro_rules! both_backends {
     };
 }
 
-/// The default configuration.
+/// The default test configuration.
 pub fn no_tweak(_: &mut Config) {}
+
+/// The production Argon2 parameters, for tests of what is stored.
+pub fn production_hashing(config: &mut Config) {
+    let defaults = Config::default_for_test();
+    config.argon2_memory_kib = defaults.argon2_memory_kib;
+    config.argon2_iterations = defaults.argon2_iterations;
+    config.argon2_parallelism = defaults.argon2_parallelism;
+}
 
 /// [`both_backends!`] with a configuration tweak: `both_backends_with!(tweak; name, ...)`.
 #[macro_export]
@@ -346,6 +435,7 @@ macro_rules! both_backends_with {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
                 async fn $name() {
                     if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, $tweak).await {
                         super::$name(&app).await;
@@ -378,6 +468,7 @@ macro_rules! mail_backends {
         mod postgres_mail {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
                 async fn $name() {
                     $crate::helpers::run_with_mail($crate::helpers::Backend::Postgres, super::$tweak, |app, smtp| {
                         Box::pin(super::$name(app, smtp))

@@ -391,6 +391,7 @@ async fn watch_across_replicas_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn watch_across_replicas_postgres() {
     watch_across_replicas_on(Backend::Postgres).await;
 }
@@ -428,6 +429,7 @@ async fn hs256_compatibility_mode_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn hs256_compatibility_mode_postgres() {
     hs256_compat_on(Backend::Postgres).await;
 }

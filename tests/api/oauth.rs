@@ -205,6 +205,7 @@ macro_rules! oauth_tests {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
                 async fn $name() {
                     if let Some(env) = super::Env::start($crate::helpers::Backend::Postgres).await {
                         super::$name(&env).await;

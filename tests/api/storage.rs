@@ -47,6 +47,7 @@ async fn user_and_profile_are_one_transaction_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn user_and_profile_are_one_transaction_postgres() {
     user_and_profile_are_one_transaction(Backend::Postgres).await;
 }

@@ -113,6 +113,7 @@ async fn mutual_tls_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn mutual_tls_postgres() {
     mutual_tls_on(Backend::Postgres).await;
 }
@@ -154,6 +155,7 @@ async fn certificates_reload_without_restart_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn certificates_reload_without_restart_postgres() {
     certificates_reload_on(Backend::Postgres).await;
 }
