@@ -176,6 +176,12 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How long, within the grace period, the server keeps accepting calls after a stop signal
+    /// while health answers NOT_SERVING, so load balancers move traffic away before the port
+    /// closes. Open `Health.Watch` and `WatchRevocations` streams end when it starts.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_DRAIN", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+
     /// Refuse sign-in until the email address is verified; sign-up then returns no session and
     /// answers a duplicate address exactly like a new one.
     #[arg(long, env = "GATEHOUSE_REQUIRE_EMAIL_VERIFICATION", default_value_t = false, action = clap::ArgAction::Set)]

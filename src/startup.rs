@@ -196,7 +196,9 @@ impl Application {
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, gives
     /// in-flight calls the grace period, and closes the database pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (reporter, _) = tonic_health::server::health_reporter();
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let health_service = health::StoppingHealth::new(reporter.clone(), stopping_rx);
         health::set_all(&reporter, ServingStatus::NotServing).await;
         let watcher =
             tokio::spawn(health::watch_store(Arc::clone(&self.store), reporter.clone(), self.config.health_interval));
@@ -228,14 +230,25 @@ impl Application {
 
         tracing::info!(%addr, backend = self.store.backend(), reflection = self.config.reflection_enabled(), "gatehouse listening");
 
+        let grace = self.config.shutdown_grace;
+        let drain = self.config.shutdown_drain.min(grace);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let on_shutdown = {
             let reporter = reporter.clone();
+            let revocations = Arc::clone(&self.revocations);
+            let watcher = watcher.abort_handle();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                health::set_all(&reporter, ServingStatus::NotServing).await;
+                // The grace period counts from the signal; draining is part of it.
                 let _ = stop_tx.send(());
+                tracing::info!(?drain, ?grace, "shutting down: health is NOT_SERVING while traffic drains");
+                // The store watcher must not turn health back to SERVING.
+                watcher.abort();
+                health::set_all(&reporter, ServingStatus::NotServing).await;
+                stopping.send_replace(true);
+                revocations.stop();
+                tokio::time::sleep(drain).await;
+                tracing::info!("shutting down: no new calls; finishing in-flight requests");
             }
         };
         let settings = GrpcSettings {
@@ -255,7 +268,6 @@ impl Application {
             service_auth: self.service_auth,
         };
         let server = grpc::serve(self.listener, settings, services, health_service, on_shutdown);
-        let grace = self.config.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from),
             () = async { let _ = stop_rx.await; tokio::time::sleep(grace).await } => {
@@ -270,13 +282,23 @@ impl Application {
         if let Some(t) = tls_watch {
             t.abort();
         }
+        // The follower holds the revocation listener; wait until it has let go of it.
+        let _ = follower.await;
         let _ = http_stop.send(());
-        let _ = http.await;
-        self.store.close().await;
+        // Nothing after the grace period may hold the process: bound every last step.
+        if tokio::time::timeout(CLOSE_BOUND, http).await.is_err() {
+            tracing::warn!("the HTTP side port did not stop in time");
+        }
+        if tokio::time::timeout(CLOSE_BOUND, self.store.close()).await.is_err() {
+            tracing::warn!("closing the database pool did not finish in time");
+        }
         tracing::info!("gatehouse stopped");
         result
     }
 }
+
+/// The longest each closing step after the grace period may take.
+const CLOSE_BOUND: Duration = Duration::from_millis(400);
 
 /// How long records are kept.
 struct Retention {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::error::Error;
 use crate::storage::{RevocationRow, Store};
@@ -29,6 +29,8 @@ pub struct RevocationHub {
     wake: Notify,
     /// Every id up to this one has been broadcast (or given up on).
     cursor: AtomicI64,
+    /// True once the server is stopping: watchers end their streams so shutdown is not held.
+    stopping: watch::Sender<bool>,
 }
 
 impl RevocationHub {
@@ -36,7 +38,19 @@ impl RevocationHub {
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, Error> {
         let cursor = store.last_revocation_id().await?;
         let (tx, _) = broadcast::channel(4096);
-        Ok(Arc::new(Self { store, tx, wake: Notify::new(), cursor: AtomicI64::new(cursor) }))
+        let (stopping, _) = watch::channel(false);
+        Ok(Arc::new(Self { store, tx, wake: Notify::new(), cursor: AtomicI64::new(cursor), stopping }))
+    }
+
+    /// Tells every watcher that the server is stopping.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`RevocationHub::stop`] has been called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Wakes the follower after a local revocation, so local watchers hear at once.

@@ -1,8 +1,18 @@
 //! Keeps the gRPC health service truthful: SERVING only while the database answers.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
-use tonic_health::{ServingStatus, server::HealthReporter};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_health::{
+    ServingStatus,
+    pb::{
+        HealthCheckRequest, HealthCheckResponse,
+        health_server::{Health, HealthServer},
+    },
+    server::{HealthReporter, HealthService},
+};
 
 use crate::storage::Store;
 
@@ -41,5 +51,41 @@ pub async fn watch_store(store: Arc<dyn Store>, reporter: HealthReporter, interv
             set_all(&reporter, status).await;
             last = Some(status);
         }
+    }
+}
+
+/// The standard health service, except that open `Watch` streams end when the server starts
+/// stopping (one open watcher would otherwise hold shutdown for the whole grace period).
+pub struct StoppingHealth {
+    inner: HealthService,
+    stopping: watch::Receiver<bool>,
+}
+
+impl StoppingHealth {
+    /// Serves `reporter`'s statuses; `stopping` turns true when the server stops.
+    pub fn new(reporter: HealthReporter, stopping: watch::Receiver<bool>) -> HealthServer<Self> {
+        HealthServer::new(Self { inner: HealthService::from_health_reporter(reporter), stopping })
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for StoppingHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            // The watcher sees NOT_SERVING first (it is set before the stop signal), then the end.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(Response::new(Box::pin(statuses.take_until(stopped)) as WatchStream))
     }
 }

@@ -121,8 +121,22 @@ impl TokenService for TokenApi {
                 }
             }
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = hub.stopped() => {
+                        // Ending the stream lets shutdown finish; the watcher resumes on another
+                        // replica (or this one, restarted) from its last id without a gap.
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "the server is shutting down; reconnect with after_id = {last}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                match received {
                     Ok(row) if row.id > after && sent.insert(row.id) => {
+                        last = last.max(row.id);
                         if tx.send(Ok(event(row))).await.is_err() {
                             return;
                         }

@@ -22,8 +22,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 pub struct PgStore {
     pool: PgPool,
     max_connections: u32,
-    /// A dedicated connection listening for revocations from other replicas; opened lazily and
-    /// reopened after a failure.
+    /// A one-connection pool of its own for the revocation listener: a listener holds its
+    /// connection for good, and one taken from `pool` would make `pool.close()` wait forever.
+    listener_pool: PgPool,
+    /// Listens for revocations from other replicas; opened lazily and reopened after a failure.
     listener: tokio::sync::Mutex<Option<PgListener>>,
 }
 
@@ -42,11 +44,17 @@ impl PgStore {
             // A ping per checkout would double the round trips of GetSession. A connection that
             // died is discarded on its first error, which surfaces as UNAVAILABLE, never as OK.
             .test_before_acquire(false)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(classify)?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Other(e.into()))?;
-        Ok(Self { pool, max_connections: opts.max_connections, listener: tokio::sync::Mutex::new(None) })
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(connect);
+        Ok(Self { pool, max_connections: opts.max_connections, listener_pool, listener: tokio::sync::Mutex::new(None) })
     }
 
     /// Announces new revocations to every replica when the transaction commits.
@@ -64,6 +72,9 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        // Drop the listener first: its connection goes back to (and closes with) its own pool.
+        drop(self.listener.lock().await.take());
+        self.listener_pool.close().await;
         self.pool.close().await;
     }
 
@@ -74,7 +85,7 @@ impl Store for PgStore {
     async fn wait_for_revocations(&self, timeout: Duration) {
         let mut guard = self.listener.lock().await;
         if guard.is_none() {
-            match PgListener::connect_with(&self.pool).await {
+            match PgListener::connect_with(&self.listener_pool).await {
                 Ok(mut listener) => {
                     if listener.listen(REVOCATION_CHANNEL).await.is_ok() {
                         *guard = Some(listener);

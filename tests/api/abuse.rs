@@ -266,8 +266,10 @@ async fn replicas_share_one_limit_through_redis_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+#[cfg_attr(
+    not(all(gatehouse_test_redis, gatehouse_test_postgres)),
+    ignore = "TEST_REDIS_URL or TEST_POSTGRES_URL is not set"
+)]
 async fn replicas_share_one_limit_through_redis_postgres() {
     replicas_share_one_limit_on(Backend::Postgres).await;
 }

@@ -266,6 +266,8 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.db_acquire_timeout = Duration::from_secs(1);
     config.db_max_connections = 5;
     config.hash_threads = Some(2);
+    // Nothing balances traffic in front of a test server: stop at once.
+    config.shutdown_drain = Duration::ZERO;
     // Cheap hashing: the suite tests behaviour, not Argon2's cost (tests of the stored
     // parameters use [`production_hashing`]).
     config.argon2_memory_kib = 256;

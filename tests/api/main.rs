@@ -13,5 +13,6 @@ mod oauth;
 mod profile;
 mod recovery;
 mod sessions;
+mod shutdown;
 mod storage;
 mod tls;
