@@ -5,7 +5,7 @@ A cookie-authenticated state-changing request is refused (403) unless the browse
 same-origin (``Sec-Fetch-Site``) or its ``Origin`` is the app's own or a trusted one; a Bearer
 request is not subject to it (a page on another site cannot attach that header)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must resolve add_note's local alias.
 
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
