@@ -239,7 +239,11 @@ async def test_host_prefixed_cookie(server: GatehouseServer, email: str) -> None
         ({"cookie_secure": False}, "cookie_secure"),
         ({"cookie_domain": "example.com"}, "cookie_domain"),
         ({"cookie_path": "/auth"}, "cookie_path"),
-        ({"cookie_host_prefix": False, "cookie_name": "__Host-sid", "cookie_path": "/a"}, "cookie_path"),
+        # A __Host- name given directly is held to the same rules.
+        (
+            {"cookie_host_prefix": False, "cookie_name": "__Host-sid", "cookie_path": "/a"},
+            "cookie_path",
+        ),
     ],
 )
 def test_host_prefix_refuses_contradictory_config(options: dict[str, Any], complaint: str) -> None:
@@ -251,7 +255,14 @@ def test_host_prefix_refuses_contradictory_config(options: dict[str, Any], compl
 
 @pytest.mark.parametrize(
     "origin",
-    ["book.example.org", "https://book.example.org/path", "ftp://book.example.org", "*", "https://"],
+    [
+        "book.example.org",
+        "https://book.example.org/path",
+        "ftp://book.example.org",
+        "*",
+        "https://",
+        "https://*.example.org",
+    ],
 )
 def test_malformed_trusted_origin_is_refused(origin: str) -> None:
     with pytest.raises(ValueError, match="trusted_origins"):

@@ -196,6 +196,8 @@ def _origin(url: str) -> str | None:
     ):
         return None
     host = parts.hostname
+    if "*" in host:  # no wildcards: each trusted front end is listed
+        return None
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
@@ -1042,7 +1044,9 @@ class Gatehouse:
                 expires = started.expires_at.ToDatetime(tzinfo=UTC)
                 left = int((expires - datetime.now(UTC)).total_seconds())
                 max_age = max(1, min(left, _OAUTH_STATE_MAX_AGE))
-            response = RedirectResponse(started.authorization_url, status_code=status.HTTP_302_FOUND)
+            response = RedirectResponse(
+                started.authorization_url, status_code=status.HTTP_302_FOUND
+            )
             response.headers["Cache-Control"] = "no-store"
             gh.set_oauth_state_cookie(response, started.state, redirect_to, max_age)
             return response
