@@ -267,3 +267,20 @@ def test_host_prefix_refuses_contradictory_config(options: dict[str, Any], compl
 def test_malformed_trusted_origin_is_refused(origin: str) -> None:
     with pytest.raises(ValueError, match="trusted_origins"):
         Gatehouse("localhost:1", trusted_origins=[origin])
+
+
+async def test_example_app_takes_trusted_origins(
+    server: GatehouseServer, example: Any, email: str
+) -> None:
+    app = example.create_app(server.target, cookie_secure=True, trusted_origins=[BOOK])
+    try:
+        async with browser(app, origin=BOOK) as web:
+            body = {"email": email, "password": PASSWORD, "name": "Ada Reader"}
+            assert (await web.post("/auth/sign-up", json=body)).status_code == 201
+            updated = await web.post("/api/v1/profile", json={"role": "teacher"})
+            assert updated.status_code == 200, updated.text
+            assert_refused(await web.post("/api/v1/profile", json={}, headers={"origin": EVIL}))
+            query = {"question": "What is a humanoid?"}
+            assert_refused(await web.post("/api/v1/query", json=query, headers={"origin": EVIL}))
+    finally:
+        await app.state.gatehouse.client.close()
