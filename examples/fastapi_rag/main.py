@@ -115,6 +115,8 @@ def create_app(
     cache_ttl: float | None = None,
     service_api_key: str | None = None,
     oauth_base_url: str | None = None,
+    trusted_origins: list[str] | None = None,
+    cookie_host_prefix: bool | None = None,
 ) -> FastAPI:
     """Builds the app. ``target`` defaults to ``$GATEHOUSE_TARGET`` or ``localhost:50051``;
     ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``);
@@ -123,7 +125,10 @@ def create_app(
     stream and drops revoked sessions at once) to ``$GATEHOUSE_SERVICE_API_KEY``;
     ``oauth_base_url`` (this app's public URL: provider sign-in then calls back to
     ``<url>/auth/oauth/{provider}/callback``, which must be in Gatehouse's
-    ``GATEHOUSE_*_REDIRECT_URIS``) to ``$GATEHOUSE_OAUTH_BASE_URL``."""
+    ``GATEHOUSE_*_REDIRECT_URIS``) to ``$GATEHOUSE_OAUTH_BASE_URL``;
+    ``trusted_origins`` (front ends on other origins allowed to send cookie requests that
+    change state) to ``$GATEHOUSE_TRUSTED_ORIGINS`` (comma-separated);
+    ``cookie_host_prefix`` (the ``__Host-`` cookie) to ``$GATEHOUSE_COOKIE_HOST_PREFIX``."""
     target = target or os.environ.get("GATEHOUSE_TARGET", "localhost:50051")
     if cookie_secure is None:
         cookie_secure = os.environ.get("GATEHOUSE_COOKIE_SECURE", "true").lower() != "false"
@@ -132,12 +137,19 @@ def create_app(
     service_api_key = service_api_key or os.environ.get("GATEHOUSE_SERVICE_API_KEY") or None
     service = AsyncServiceClient(target, api_key=service_api_key) if service_api_key else None
     oauth_base_url = oauth_base_url or os.environ.get("GATEHOUSE_OAUTH_BASE_URL") or None
+    if trusted_origins is None:
+        listed = os.environ.get("GATEHOUSE_TRUSTED_ORIGINS", "").split(",")
+        trusted_origins = [o.strip() for o in listed if o.strip()]
+    if cookie_host_prefix is None:
+        cookie_host_prefix = os.environ.get("GATEHOUSE_COOKIE_HOST_PREFIX", "").lower() == "true"
     gatehouse = Gatehouse(
         AsyncClient(target),
         cookie_secure=cookie_secure,
         cache_ttl=cache_ttl,
         service=service,
         oauth_base_url=oauth_base_url,
+        trusted_origins=trusted_origins,
+        cookie_host_prefix=cookie_host_prefix,
     )
 
     app = FastAPI(

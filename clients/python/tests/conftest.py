@@ -88,15 +88,17 @@ def unique_ip() -> str:
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) RagTest/1.0"
 
 
-def browser(app: object, ip: str | None = None) -> httpx.AsyncClient:
+def browser(
+    app: object, ip: str | None = None, origin: str | None = "https://testserver"
+) -> httpx.AsyncClient:
     """An httpx client talking to the ASGI app over https (so Secure cookies are kept), from
     ``ip`` (default: a unique one, as ``client.browser_ip``) with BROWSER_UA, keeping cookies
-    like a browser."""
+    like a browser. Every request carries ``Origin: <origin>`` as a page of the app's own
+    origin would (``None``: no Origin, as a script outside a browser)."""
     ip = ip or unique_ip()
     transport = httpx.ASGITransport(app=app, client=(ip, 51234))  # type: ignore[arg-type]
-    client = httpx.AsyncClient(
-        transport=transport, base_url="https://testserver", headers={"user-agent": BROWSER_UA}
-    )
+    headers = {"user-agent": BROWSER_UA} | ({"origin": origin} if origin else {})
+    client = httpx.AsyncClient(transport=transport, base_url="https://testserver", headers=headers)
     client.browser_ip = ip  # type: ignore[attr-defined]
     return client
 

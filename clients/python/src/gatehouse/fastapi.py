@@ -56,11 +56,12 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, TypedDict
+from urllib.parse import urlsplit
 
 from fastapi import (
     APIRouter,
@@ -136,6 +137,11 @@ __all__ = [
 DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
 DEFAULT_OAUTH_STATE_COOKIE: Final = "gatehouse_oauth_state"
 DEFAULT_OAUTH_CALLBACK_PATH: Final = "/auth/oauth/{provider}/callback"
+HOST_PREFIX: Final = "__Host-"
+_SECURE_PREFIX: Final = "__Secure-"
+#: Methods that must not change state, so a forged one gains an attacker nothing.
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 #: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
 _OAUTH_STATE_MAX_AGE: Final = 600
 _REDIRECT_TO_MAX: Final = 2048
@@ -168,6 +174,49 @@ def _safe_redirect(target: str) -> bool:
         and "\\" not in target
         and all(ch >= " " and ch != "\x7f" for ch in target)
     )
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url`` as browsers serialise an Origin (lower case, no
+    default port), or None when ``url`` is not an http(s) origin, possibly with a trailing
+    ``/``."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    host = parts.hostname
+    if "*" in host:  # no wildcards: each trusted front end is listed
+        return None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}"
+
+
+def _host_of(origin: str) -> str:
+    """The ``host[:port]`` of a normalised origin."""
+    return origin.partition("://")[2]
+
+
+def _normal_host(host: str, scheme: str) -> str:
+    """A Host header without the scheme's default port, lower case."""
+    host = host.strip().lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and host.endswith(f":{default}"):
+        host = host[: -len(f":{default}")]
+    return host
 
 
 def _violation_detail(
@@ -332,6 +381,35 @@ class SessionCache:
             return len(self._entries)
 
 
+def _with_prefix(name: str) -> str:
+    return name if name.startswith(HOST_PREFIX) else HOST_PREFIX + name
+
+
+def _check_cookie_prefix(name: str, secure: bool, domain: str | None, path: str) -> None:
+    """Refuses settings a browser would silently drop the cookie for (RFC 6265bis 4.1.3):
+    better a clear error at startup than a sign-in that never sticks."""
+    problems: list[str] = []
+    if name.startswith(HOST_PREFIX):
+        if not secure:
+            problems.append("cookie_secure must be True")
+        if domain:
+            problems.append(f"cookie_domain must be unset (is {domain!r})")
+        if path != "/":
+            problems.append(f"cookie_path must be '/' (is {path!r})")
+        prefix = HOST_PREFIX
+    elif name.startswith(_SECURE_PREFIX):
+        if not secure:
+            problems.append("cookie_secure must be True")
+        prefix = _SECURE_PREFIX
+    if problems:
+        raise ValueError(
+            f"cookie {name!r}: a {prefix} cookie is only accepted by browsers when Secure"
+            + (", with Path=/ and no Domain" if prefix == HOST_PREFIX else "")
+            + ": "
+            + "; ".join(problems)
+        )
+
+
 class Gatehouse:
     """Gatehouse for a FastAPI app.
 
@@ -353,6 +431,23 @@ class Gatehouse:
     neither is 404. The flow's state travels in the short-lived cookie
     ``oauth_state_cookie_name`` (HttpOnly, SameSite=Lax, Secure as ``cookie_secure``).
 
+    Cross-site request forgery: a state-changing request (any method but GET, HEAD and
+    OPTIONS) that is not authenticated by ``Authorization: Bearer`` is refused with 403 when
+    it comes from a page of another origin: on every route of :meth:`router` and wherever
+    :meth:`current_user` / :meth:`optional_user` (or :meth:`check_origin`) is a dependency.
+    The browser's ``Sec-Fetch-Site`` decides when present (``same-origin``/``none`` pass,
+    ``same-site``/``cross-site`` only with an ``Origin`` in ``trusted_origins``); otherwise
+    ``Origin`` must be the app's own (its host equals the request's ``Host``) or trusted.
+    A request with neither header carrying the session cookie is refused too (browsers send
+    them on every such request; a script should use Bearer); without the cookie it passes.
+    ``trusted_origins`` (``https://book.example.org``, exact scheme, host and port) adds
+    front ends on other origins; ``oauth_base_url``'s origin is trusted as well.
+
+    ``cookie_host_prefix`` names the cookies ``__Host-<name>``: the browser then only accepts
+    them Secure, with Path=/ and no Domain, so a sibling subdomain cannot set or shadow them.
+    Settings that contradict that (``cookie_secure=False``, a ``cookie_domain``, another
+    ``cookie_path``) raise ValueError here, as does a malformed trusted origin.
+
     The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
     ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
     """
@@ -373,7 +468,27 @@ class Gatehouse:
         oauth_base_url: str | None = None,
         oauth_callback_path: str = DEFAULT_OAUTH_CALLBACK_PATH,
         oauth_state_cookie_name: str = DEFAULT_OAUTH_STATE_COOKIE,
+        trusted_origins: Iterable[str] = (),
+        cookie_host_prefix: bool = False,
     ) -> None:
+        if cookie_host_prefix:
+            cookie_name = _with_prefix(cookie_name)
+            oauth_state_cookie_name = _with_prefix(oauth_state_cookie_name)
+        _check_cookie_prefix(cookie_name, cookie_secure, cookie_domain, cookie_path)
+        _check_cookie_prefix(oauth_state_cookie_name, cookie_secure, cookie_domain, cookie_path)
+        origins: set[str] = set()
+        for entry in [*trusted_origins, *([oauth_base_url] if oauth_base_url else [])]:
+            origin = _origin(entry)
+            if origin is None:
+                setting = "oauth_base_url" if entry == oauth_base_url else "trusted_origins"
+                raise ValueError(
+                    f"{setting}: {entry!r} is not an origin; write scheme://host[:port] "
+                    "(http or https, no path), e.g. https://book.example.org"
+                )
+            origins.add(origin)
+        #: Origins, besides the app's own, whose pages may send cookie-authenticated
+        #: state-changing requests (``trusted_origins`` and ``oauth_base_url``'s origin).
+        self.trusted_origins: frozenset[str] = frozenset(origins)
         self.client = AsyncClient(client) if isinstance(client, str) else client
         self.oauth_redirect_uris = dict(oauth_redirect_uris or {})
         self.oauth_base_url = oauth_base_url.rstrip("/") if oauth_base_url else None
@@ -562,6 +677,51 @@ class Gatehouse:
             self._cache_generation = watch.reconnects
         return True
 
+    # Cross-site request forgery
+
+    def cross_site_refusal(self, request: Request) -> str | None:
+        """Why ``request`` must be refused as a possible cross-site forgery, or None."""
+        if request.method.upper() in _SAFE_METHODS:
+            return None
+        found = self.token_from_request(request)
+        if found is not None and found[1] == "header":
+            return None  # a page on another site cannot attach this header
+        site = request.headers.get("sec-fetch-site", "").strip().lower()
+        origin_header = request.headers.get("origin")
+        if site in ("same-origin", "none"):
+            return None  # set by the browser itself; pages cannot forge it
+        if not site and origin_header is None:
+            if found is None:
+                return None  # no browser and no cookie: nothing ambient to abuse
+            return (
+                "cross-site request refused: a cookie-authenticated request must carry an "
+                "Origin or Sec-Fetch-Site header (browsers send them); "
+                "a client outside a browser should use Authorization: Bearer"
+            )
+        if origin_header is None:
+            return f"cross-site request refused: a {site} request without an Origin header"
+        origin = _origin(origin_header)
+        if origin is not None and origin in self.trusted_origins:
+            return None
+        if not site and origin is not None:
+            host = request.headers.get("host", "")
+            if host and _normal_host(host, origin.partition(":")[0]) == _host_of(origin):
+                return None
+        return (
+            f"cross-site request refused: origin {origin_header!r} is not this site's "
+            "nor a trusted origin (Gatehouse trusted_origins)"
+        )
+
+    def check_origin(self, request: Request) -> None:
+        """Dependency: 403 for a state-changing cookie request from another origin (see the
+        class docstring); every route of :meth:`router` and :meth:`current_user` apply it."""
+        refusal = self.cross_site_refusal(request)
+        if refusal is not None:
+            _log.warning(
+                "refused %s %s: %s", request.method, request.url.path, refusal.partition(": ")[2]
+            )
+            raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=refusal)
+
     # Dependencies
 
     async def _session(self, token: str) -> auth_pb2.GetSessionResponse:
@@ -578,7 +738,9 @@ class Gatehouse:
         return response
 
     async def current_user(self, request: Request) -> CurrentUser:
-        """Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable)."""
+        """Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable; 403
+        for a state-changing cookie request from another origin)."""
+        self.check_origin(request)
         found = self.token_from_request(request)
         if found is None:
             raise http_exception(Unauthenticated("not signed in"))
@@ -615,9 +777,10 @@ class Gatehouse:
         ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
         ``POST /request-email-change``; history: ``GET /audit-events``; service mesh:
         ``POST /access-token``; provider sign-in: ``GET /oauth/{provider}/start``,
-        ``GET /oauth/{provider}/callback``.
+        ``GET /oauth/{provider}/callback``. Every state-changing route applies
+        :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
         """
-        router = APIRouter(tags=list(tags or ["auth"]))
+        router = APIRouter(tags=list(tags or ["auth"]), dependencies=[Depends(self.check_origin)])
         gh = self
         User = Annotated[CurrentUser, Depends(self.current_user)]
         meta = self.client_meta
@@ -881,7 +1044,9 @@ class Gatehouse:
                 expires = started.expires_at.ToDatetime(tzinfo=UTC)
                 left = int((expires - datetime.now(UTC)).total_seconds())
                 max_age = max(1, min(left, _OAUTH_STATE_MAX_AGE))
-            response = RedirectResponse(started.authorization_url, status_code=status.HTTP_302_FOUND)
+            response = RedirectResponse(
+                started.authorization_url, status_code=status.HTTP_302_FOUND
+            )
             response.headers["Cache-Control"] = "no-store"
             gh.set_oauth_state_cookie(response, started.state, redirect_to, max_age)
             return response
