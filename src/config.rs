@@ -176,6 +176,11 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// For an account without a password (created through a provider), a sign-in at most this
+    /// old stands in for the password that DeleteAccount and RequestEmailChange re-check.
+    #[arg(long, env = "GATEHOUSE_REAUTH_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub reauth_max_age: Duration,
+
     /// How long, within the grace period, the server keeps accepting calls after a stop signal
     /// while health answers NOT_SERVING, so load balancers move traffic away before the port
     /// closes. Open `Health.Watch` and `WatchRevocations` streams end when it starts.

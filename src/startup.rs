@@ -91,6 +91,7 @@ impl Application {
                 base: delta(config.lockout_base)?,
                 max: delta(config.lockout_max)?,
             },
+            reauth_max_age: delta(config.reauth_max_age)?,
         };
         let transport: Arc<dyn Transport> = match &config.smtp_host {
             Some(host) => {

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::revocations::RevocationHub,
     metrics::METRICS,
-    storage::{CredentialRow, NewSession, NewUser, Revoked, SessionRow, Store, StoreError, UserRow},
+    storage::{AttemptState, CredentialRow, NewSession, NewUser, Revoked, SessionRow, Store, StoreError, UserRow},
 };
 
 /// Longest display name.
@@ -44,7 +44,22 @@ pub struct AuthConfig {
     pub reset_ttl: TimeDelta,
     /// How repeated failed sign-ins slow an account down.
     pub lockout: Lockout,
+    /// For an account without a password, a sign-in at most this old stands in for the password
+    /// where one is re-checked (deleting the account, changing its address).
+    pub reauth_max_age: TimeDelta,
 }
+
+/// What a re-check of the signed-in user accepted.
+pub(crate) enum Proof {
+    /// The password, matching this stored hash (the compare-and-swap value for a change).
+    Password(String),
+    /// A recent sign-in, for an account that has no password.
+    RecentSignIn,
+}
+
+/// Most times one attempt re-reads the lock state after losing a race for a slot; each race
+/// is lost only to an attempt that took a slot, so a burst of n loses at most n - 1.
+const MAX_ATTEMPT_RACES: usize = 256;
 
 /// Failed sign-ins in a row beyond `threshold` lock the account for `base`, doubling with each
 /// further failure up to `max`. A lock always expires, and a success or a reset clears it.
@@ -310,30 +325,44 @@ impl Auth {
 
         let found = self.store.find_credentials_by_email(email.as_str()).await?;
         let now = self.clock.now();
-        let stored_hash = found.as_ref().and_then(|c| c.password_hash.clone());
-        let verdict = self.hasher.verify(password.clone(), stored_hash).await?;
+        // The slot is taken before hashing: a guess that finds the account locked (or that
+        // comes after the threshold's worth of parallel guesses) is never evaluated, and is
+        // hashed against the dummy so that it costs the same.
+        let evaluate = match &found {
+            Some(c) if c.disabled_at.is_none() && c.password_hash.is_some() => {
+                let seen = AttemptState { failed_sign_ins: c.failed_sign_ins, locked_until: c.locked_until };
+                self.take_attempt(c.user.id, seen, now).await?
+            }
+            _ => false,
+        };
+        let stored_hash = found.as_ref().and_then(|c| c.password_hash.clone()).filter(|_| evaluate);
+        let verdict = self.hasher.verify(password.clone(), stored_hash.clone()).await?;
         let client = &client;
         let fail = |user: Option<Uuid>, outcome: Outcome, reason: &'static str| async move {
             METRICS.sign_in_failed();
             self.audit.record(user, Event::SignIn, outcome, Some(reason), client).await;
             Error::Unauthenticated(AuthFailure::InvalidCredentials)
         };
-        let Some(CredentialRow { user, locked_until, disabled_at, .. }) = found else {
+        let Some(CredentialRow { user, password_hash, disabled_at, .. }) = found else {
             return Err(fail(None, Outcome::Failure, "unknown_email").await);
         };
         if disabled_at.is_some() {
             return Err(fail(Some(user.id), Outcome::Denied, "disabled").await);
         }
-        if locked_until.is_some_and(|until| until > now) {
+        if password_hash.is_none() {
+            return Err(fail(Some(user.id), Outcome::Failure, "no_password").await);
+        }
+        if !evaluate {
             return Err(fail(Some(user.id), Outcome::Denied, "locked").await);
         }
         if !verdict.valid {
-            self.count_failure(user.id, now).await?;
             return Err(fail(Some(user.id), Outcome::Failure, "wrong_password").await);
         }
         self.store.clear_failed_sign_ins(user.id).await?;
-        if verdict.needs_rehash {
-            self.upgrade_hash(user.id, password).await;
+        if verdict.needs_rehash
+            && let Some(stored) = stored_hash
+        {
+            self.upgrade_hash(user.id, &stored, password).await;
         }
         if self.config.require_email_verification && !user.email_verified {
             self.audit.record(Some(user.id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client).await;
@@ -346,14 +375,29 @@ impl Auth {
         Ok(SignedIn { user, session, token })
     }
 
-    /// Counts a failed sign-in and locks the account once failures pass the threshold.
-    async fn count_failure(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<(), Error> {
-        let failures = self.store.record_failed_sign_in(user_id).await?;
-        if let Some(lock) = self.config.lockout.duration(failures) {
-            self.store.lock_user(user_id, now + lock).await?;
-            tracing::info!(user_id = %user_id, failures, lock_seconds = lock.num_seconds(), "account temporarily locked");
+    /// Takes a password-attempt slot for `user_id`: true if this guess may be evaluated, false
+    /// while the account is locked. The attempt that reaches the threshold sets the lock as it
+    /// takes its slot (a success then lifts it), so parallel guesses cannot slip in between
+    /// the count and the lock, on one server or many.
+    async fn take_attempt(&self, user_id: Uuid, mut seen: AttemptState, now: DateTime<Utc>) -> Result<bool, Error> {
+        for _ in 0..MAX_ATTEMPT_RACES {
+            if seen.locked_until.is_some_and(|until| until > now) {
+                return Ok(false);
+            }
+            let attempts = seen.failed_sign_ins.saturating_add(1);
+            let lock = self.config.lockout.duration(attempts);
+            if self.store.take_attempt(user_id, &seen, now, lock.map(|d| now + d)).await? {
+                if let Some(lock) = lock {
+                    tracing::info!(user_id = %user_id, attempts, lock_seconds = lock.num_seconds(), "account temporarily locked unless this attempt is right");
+                }
+                return Ok(true);
+            }
+            match self.store.attempt_state(user_id).await? {
+                Some(state) => seen = state,
+                None => return Ok(false),
+            }
         }
-        Ok(())
+        Err(Error::Unavailable(anyhow::anyhow!("password attempts on one account kept conflicting")))
     }
 
     /// Counts an event against a rate limit; over it, audits and refuses.
@@ -472,14 +516,37 @@ impl Auth {
         let (Some(current), Some(new)) = (current, new) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed password change lost a field")));
         };
-        if let Err(e) = self.check_password(caller, current, "current_password", client).await {
-            self.audit
-                .record(Some(caller.user.id), Event::PasswordChanged, Outcome::Failure, Some("wrong_password"), client)
-                .await;
-            return Err(e);
-        }
+        let stored = match self.check_password(caller, Some(current), "current_password", client).await {
+            Ok(Proof::Password(stored)) => stored,
+            Ok(Proof::RecentSignIn) => return Err(Error::FailedPrecondition("this account has no password".into())),
+            Err(e) => {
+                self.audit
+                    .record(
+                        Some(caller.user.id),
+                        Event::PasswordChanged,
+                        Outcome::Failure,
+                        Some("wrong_password"),
+                        client,
+                    )
+                    .await;
+                return Err(e);
+            }
+        };
         let hash = self.hasher.hash(new).await?;
-        self.store.set_password_hash(caller.user.id, &hash, self.clock.now()).await?;
+        // Of concurrent changes checked against one current password, exactly one lands; for
+        // the others the current password no longer matches.
+        if !self.store.replace_password_hash(caller.user.id, &stored, &hash, self.clock.now()).await? {
+            self.audit
+                .record(
+                    Some(caller.user.id),
+                    Event::PasswordChanged,
+                    Outcome::Failure,
+                    Some("changed_meanwhile"),
+                    client,
+                )
+                .await;
+            return Err(Error::invalid("current_password", "no longer matches: the password was just changed"));
+        }
         let revoked = if revoke_others {
             let n = self
                 .store
@@ -504,7 +571,7 @@ impl Auth {
         password: &str,
         client: &ClientInfo,
     ) -> Result<(), Error> {
-        let password = Password::presented(password).map_err(|d| Error::invalid("password", d))?;
+        let password = optional_password(password, "password")?;
         self.check_password(caller, password, "password", client).await?;
         self.store.delete_user(caller.user.id, self.revoked("user_deleted")).await?;
         self.revocations.wake();
@@ -519,46 +586,57 @@ impl Auth {
     }
 
     /// Re-checks a signed-in user's password (before sensitive changes). Guesses share the
-    /// sign-in rate limit and count towards the lockout, so a stolen session cannot be used to
-    /// guess the password without limit.
+    /// sign-in rate limit, count towards the lockout and are refused while it applies, so a
+    /// stolen session cannot be used to guess the password without limit. An account without
+    /// a password passes with a sign-in younger than `reauth_max_age` instead.
     pub(crate) async fn check_password(
         &self,
         caller: &Authenticated,
-        password: Password,
+        password: Option<Password>,
         field: &str,
         client: &ClientInfo,
-    ) -> Result<(), Error> {
+    ) -> Result<Proof, Error> {
         let user_id = caller.user.id;
         self.limit(Limit::SignInPerAccountIp, &[caller.user.email.as_str(), client_ip(client)], Some(user_id), client)
             .await?;
-        let stored = self.store.password_hash(user_id).await?;
-        if stored.is_none() {
-            return Err(Error::FailedPrecondition("this account has no password".into()));
-        }
-        let verdict = self.hasher.verify(password.clone(), stored).await?;
-        if !verdict.valid {
-            self.count_failure(user_id, self.clock.now()).await?;
+        let Some(stored) = self.store.password_hash(user_id).await? else {
+            let signed_in = self.clock.now() - caller.session.row.created_at;
+            if signed_in <= self.config.reauth_max_age {
+                return Ok(Proof::RecentSignIn);
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "this account has no password: sign in again (a sign-in within the last {} minutes stands in for it) and retry",
+                self.config.reauth_max_age.num_minutes().max(1)
+            )));
+        };
+        let Some(password) = password else {
+            return Err(Error::invalid(field, "is required"));
+        };
+        let now = self.clock.now();
+        let seen = self.store.attempt_state(user_id).await?.ok_or(Error::NotFound("user"))?;
+        let evaluate = self.take_attempt(user_id, seen, now).await?;
+        // A locked account is answered exactly like a wrong password, at the same cost.
+        let verdict = self.hasher.verify(password, Some(stored.clone()).filter(|_| evaluate)).await?;
+        if !evaluate || !verdict.valid {
             return Err(Error::invalid(field, "is incorrect"));
         }
-        if verdict.needs_rehash {
-            self.upgrade_hash(user_id, password).await;
-        }
-        Ok(())
+        self.store.clear_failed_sign_ins(user_id).await?;
+        Ok(Proof::Password(stored))
     }
 
-    /// Re-hashes with the current parameters; a failure only delays the upgrade.
-    async fn upgrade_hash(&self, user_id: Uuid, password: Password) {
+    /// Re-hashes with the current parameters, unless the hash changed meanwhile; a failure only
+    /// delays the upgrade.
+    async fn upgrade_hash(&self, user_id: Uuid, stored: &str, password: Password) {
         let result = match self.hasher.hash(password).await {
-            Ok(hash) => self.store.set_password_hash(user_id, &hash, self.clock.now()).await.map_err(Error::from),
+            Ok(hash) => {
+                self.store.replace_password_hash(user_id, stored, &hash, self.clock.now()).await.map_err(Error::from)
+            }
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
-                tracing::info!(user_id = %user_id, "password hash upgraded to current parameters")
-            }
-            Err(error) => {
-                tracing::warn!(user_id = %user_id, %error, "password hash upgrade failed")
-            }
+            Ok(true) => tracing::info!(user_id = %user_id, "password hash upgraded to current parameters"),
+            Ok(false) => tracing::debug!(user_id = %user_id, "password changed meanwhile; no upgrade"),
+            Err(error) => tracing::warn!(user_id = %user_id, %error, "password hash upgrade failed"),
         }
     }
 
@@ -615,6 +693,14 @@ fn parse_name(raw: &str) -> Result<String, String> {
 }
 
 /// The key part for per-IP limits.
+/// A password field that may be left empty by an account without a password.
+pub(crate) fn optional_password(raw: &str, field: &str) -> Result<Option<Password>, Error> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    Password::presented(raw).map(Some).map_err(|d| Error::invalid(field, d))
+}
+
 pub(crate) fn client_ip(client: &ClientInfo) -> &str {
     client.ip.as_deref().unwrap_or("unknown")
 }

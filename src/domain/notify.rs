@@ -49,10 +49,12 @@ pub enum Template {
     AccountLinked,
     /// "Someone tried to sign up with your email".
     SignUpAttempt,
+    /// "Sign-in methods added before you proved the address were removed".
+    AccessRemoved,
 }
 
 impl Template {
-    const ALL: [Template; 7] = [
+    const ALL: [Template; 8] = [
         Self::VerifyEmail,
         Self::ChangeEmail,
         Self::EmailChangeNotice,
@@ -60,6 +62,7 @@ impl Template {
         Self::PasswordChanged,
         Self::AccountLinked,
         Self::SignUpAttempt,
+        Self::AccessRemoved,
     ];
 
     fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Template {
             Self::PasswordChanged => "password_changed",
             Self::AccountLinked => "account_linked",
             Self::SignUpAttempt => "sign_up_attempt",
+            Self::AccessRemoved => "access_removed",
         }
     }
 
@@ -92,6 +96,7 @@ impl Template {
             Self::PasswordChanged => pair!("password_changed"),
             Self::AccountLinked => pair!("account_linked"),
             Self::SignUpAttempt => pair!("sign_up_attempt"),
+            Self::AccessRemoved => pair!("access_removed"),
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct Vars<'a> {
     pub new_email: Option<&'a str>,
     /// The provider name (account linked).
     pub provider: Option<&'a str>,
+    /// Providers whose links were removed (access removed).
+    pub removed: &'a [String],
 }
 
 impl Notifier {
@@ -167,6 +174,7 @@ impl Notifier {
             expires_in => vars.expires_in.map(human),
             new_email => vars.new_email,
             provider => vars.provider,
+            removed => vars.removed,
         };
         let text = self.templates.get_template(&format!("{}.txt", template.name()))?.render(&ctx)?;
         let html = self.templates.get_template(&format!("{}.html", template.name()))?.render(&ctx)?;

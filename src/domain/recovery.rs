@@ -110,8 +110,9 @@ impl Auth {
                 Err(e) => Err(e.into()),
             },
             _ => {
-                self.store.mark_email_verified(redeemed.user_id, now).await?;
+                let removed = self.store.mark_email_verified(redeemed.user_id, now).await?;
                 self.audit.record(Some(redeemed.user_id), Event::EmailVerified, Outcome::Success, None, client).await;
+                self.tell_removed(redeemed.user_id, &removed).await?;
                 Ok(())
             }
         }
@@ -186,12 +187,31 @@ impl Auth {
         if self.store.redeem_token(&hash, purposes, self.clock.now()).await?.is_none() {
             return Err(bad_token());
         }
-        let ended = self.store.reset_password(user.id, &password_hash, self.clock.now()).await?;
+        let recovered = self.store.reset_password(user.id, &password_hash, self.clock.now()).await?;
         self.revocations.wake();
         self.audit.record(Some(user.id), Event::PasswordReset, Outcome::Success, None, client).await;
-        tracing::info!(user_id = %user.id, sessions_ended = ended, "password reset");
+        tracing::info!(
+            user_id = %user.id,
+            sessions_ended = recovered.sessions_ended,
+            links_removed = recovered.removed_providers.len(),
+            "password reset"
+        );
         let vars = Vars { name: &user.name, email: &user.email, ..Default::default() };
         self.notifier.send(Template::PasswordChanged, &user.email, vars);
+        self.tell_removed(user.id, &recovered.removed_providers).await?;
+        Ok(())
+    }
+
+    /// Tells the owner which provider links made before they proved the mailbox were removed.
+    async fn tell_removed(&self, user_id: uuid::Uuid, removed: &[String]) -> Result<(), Error> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(user_id = %user_id, providers = ?removed, "removed provider links made before the address was proven");
+        if let Some(user) = self.store.find_user(user_id).await? {
+            let vars = Vars { name: &user.name, email: &user.email, removed, ..Default::default() };
+            self.notifier.send(Template::AccessRemoved, &user.email, vars);
+        }
         Ok(())
     }
 
@@ -207,7 +227,12 @@ impl Auth {
     ) -> Result<(), Error> {
         let mut v = Violations::default();
         let new_email = v.check("new_email", Email::parse(new_email));
-        let password = v.check("current_password", Password::presented(current_password));
+        // Empty is allowed: an account without a password offers a recent sign-in instead.
+        let password = if current_password.is_empty() {
+            Some(None)
+        } else {
+            v.check("current_password", Password::presented(current_password)).map(Some)
+        };
         if new_email.as_ref().is_some_and(|e| e.as_str() == caller.user.email) {
             v.add("new_email", "is already the account's address");
         }

@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    AccountRow, AccountTokens, AdminUserRow, AuditRow, CredentialRow, NewAccount, NewOAuthUser, NewSession, NewUser,
-    NewVerificationToken, OAuthStateRow, ProfileRow, RedeemedToken, RevocationRow, Revoked, SessionRow, SessionUserRow,
-    SigningKeyRow, UserRow,
+    AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, CredentialRow, NewAccount, NewOAuthUser,
+    NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow, Recovered, RedeemedToken, RevocationRow,
+    Revoked, SessionRow, SessionUserRow, SigningKeyRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -56,25 +56,43 @@ pub trait UserStore: Send + Sync {
     async fn find_credentials_by_email(&self, email: &str) -> Result<Option<CredentialRow>, StoreError>;
     /// The password hash of a user (`None` if they have none or do not exist).
     async fn password_hash(&self, user_id: Uuid) -> Result<Option<String>, StoreError>;
-    /// Replaces a user's password hash.
-    async fn set_password_hash(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Replaces a user's password hash if it is still `expected` (compare-and-swap: of
+    /// concurrent changes checked against one hash, one wins). False if it had changed.
+    async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        expected: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Deletes a user; sessions (recorded as revoked), tokens, provider accounts and flows, and
     /// profile go with it. False if there was no such user.
     async fn delete_user(&self, user_id: Uuid, revoked: Revoked) -> Result<bool, StoreError>;
     /// A user by id.
     async fn find_user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
-    /// Counts a failed sign-in and returns the new count of consecutive failures.
-    async fn record_failed_sign_in(&self, user_id: Uuid) -> Result<i32, StoreError>;
-    /// Refuses sign-in for the user until `until`.
-    async fn lock_user(&self, user_id: Uuid, until: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The user's consecutive password attempts and lock, if the user exists.
+    async fn attempt_state(&self, user_id: Uuid) -> Result<Option<AttemptState>, StoreError>;
+    /// Takes one password attempt slot: counts it and sets `lock`, but only if the state is
+    /// still `seen` and the account is not locked at `now`. False if another attempt came first
+    /// or a lock applies; the caller re-reads. This is what bounds a parallel burst.
+    async fn take_attempt(
+        &self,
+        user_id: Uuid,
+        seen: &AttemptState,
+        now: DateTime<Utc>,
+        lock: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
     /// Forgets failed sign-ins and any lock.
     async fn clear_failed_sign_ins(&self, user_id: Uuid) -> Result<(), StoreError>;
-    /// Marks the user's email verified.
-    async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Marks the user's email verified (the owner proved the mailbox) and removes provider links
+    /// made before that proof; returns the removed links' provider names.
+    async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
     /// Switches the user to a new, verified email. `Conflict` if another account has it.
     async fn change_email(&self, user_id: Uuid, new_email: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Sets a new password hash, clears any lock and deletes every session, in one transaction.
-    async fn reset_password(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// The owner proved the mailbox with a reset link: sets a new password hash, marks the
+    /// address verified, clears any lock, deletes every session and removes provider links made
+    /// before the proof, in one transaction.
+    async fn reset_password(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<Recovered, StoreError>;
 }
 
 /// Single-use email tokens (verification, email change, password reset).

@@ -56,20 +56,24 @@ macro_rules! impl_queries {
             }
 
             #[tracing::instrument(skip_all)]
-            async fn set_password_hash(
+            async fn replace_password_hash(
                 &self,
                 user_id: uuid::Uuid,
+                expected: &str,
                 hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::storage::StoreError> {
-                let done = sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(hash)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::classify)?;
-                if done.rows_affected() == 0 { Err($crate::storage::StoreError::NotFound) } else { Ok(()) }
+            ) -> Result<bool, $crate::storage::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(user_id)
+                .bind(expected)
+                .bind(hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected() == 1)
             }
 
             #[tracing::instrument(skip_all)]
@@ -105,30 +109,39 @@ macro_rules! impl_queries {
             }
 
             #[tracing::instrument(skip_all)]
-            async fn record_failed_sign_in(&self, user_id: uuid::Uuid) -> Result<i32, $crate::storage::StoreError> {
-                let (count,): (i32,) = sqlx::query_as(
-                    "UPDATE users SET failed_sign_ins = failed_sign_ins + 1 WHERE id = $1 RETURNING failed_sign_ins",
-                )
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::classify)?;
-                Ok(count)
+            async fn attempt_state(
+                &self,
+                user_id: uuid::Uuid,
+            ) -> Result<Option<$crate::storage::AttemptState>, $crate::storage::StoreError> {
+                sqlx::query_as("SELECT failed_sign_ins, locked_until FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)
             }
 
             #[tracing::instrument(skip_all)]
-            async fn lock_user(
+            async fn take_attempt(
                 &self,
                 user_id: uuid::Uuid,
-                until: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::storage::StoreError> {
-                sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(until)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::storage::classify)?;
-                Ok(())
+                seen: &$crate::storage::AttemptState,
+                now: chrono::DateTime<chrono::Utc>,
+                lock: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                // One statement: the count moves only from the value this attempt saw, so of
+                // parallel attempts exactly one takes each slot, on one database or many replicas.
+                let done = sqlx::query(
+                    "UPDATE users SET failed_sign_ins = failed_sign_ins + 1, locked_until = COALESCE($4, locked_until) \
+                     WHERE id = $1 AND failed_sign_ins = $2 AND (locked_until IS NULL OR locked_until <= $3)",
+                )
+                .bind(user_id)
+                .bind(seen.failed_sign_ins)
+                .bind(now)
+                .bind(lock)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected() == 1)
             }
 
             #[tracing::instrument(skip_all)]
@@ -146,14 +159,18 @@ macro_rules! impl_queries {
                 &self,
                 user_id: uuid::Uuid,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::storage::StoreError> {
+            ) -> Result<Vec<String>, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
                 sqlx::query("UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1")
                     .bind(user_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
-                    .map_err($crate::storage::classify)?;
-                Ok(())
+                    .map_err(classify)?;
+                let removed = remove_unproven_links(&mut tx, user_id).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(removed)
             }
 
             #[tracing::instrument(skip_all)]
@@ -179,12 +196,12 @@ macro_rules! impl_queries {
                 user_id: uuid::Uuid,
                 hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<u64, $crate::storage::StoreError> {
+            ) -> Result<$crate::storage::Recovered, $crate::storage::StoreError> {
                 use $crate::storage::classify;
                 let mut tx = self.pool.begin().await.map_err(classify)?;
                 sqlx::query(
-                    "UPDATE users SET password_hash = $2, failed_sign_ins = 0, locked_until = NULL, \
-                     updated_at = $3 WHERE id = $1",
+                    "UPDATE users SET password_hash = $2, email_verified = true, failed_sign_ins = 0, \
+                     locked_until = NULL, updated_at = $3 WHERE id = $1",
                 )
                 .bind(user_id)
                 .bind(hash)
@@ -199,8 +216,9 @@ macro_rules! impl_queries {
                         .await
                         .map_err(classify)?;
                 record_revocations(&mut tx, &ended, $crate::storage::Revoked { reason: "password_reset", at: now }).await?;
+                let removed_providers = remove_unproven_links(&mut tx, user_id).await?;
                 tx.commit().await.map_err(classify)?;
-                Ok(ended.len() as u64)
+                Ok($crate::storage::Recovered { sessions_ended: ended.len() as u64, removed_providers })
             }
         }
 
@@ -708,6 +726,21 @@ macro_rules! impl_queries {
             }
         }
 
+        /// Removes the user's provider links made before the owner proved the mailbox; returns
+        /// their providers.
+        async fn remove_unproven_links(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::storage::queries::Backend>::Db>,
+            user_id: uuid::Uuid,
+        ) -> Result<Vec<String>, $crate::storage::StoreError> {
+            let removed: Vec<(String,)> =
+                sqlx::query_as("DELETE FROM accounts WHERE user_id = $1 AND NOT proven RETURNING provider")
+                    .bind(user_id)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err($crate::storage::classify)?;
+            Ok(removed.into_iter().map(|(p,)| p).collect())
+        }
+
         /// Appends the ended sessions to the revocation feed, in the caller's transaction, and
         /// wakes the watchers of every replica when it commits.
         async fn record_revocations(
@@ -932,8 +965,8 @@ macro_rules! impl_queries {
         {
             sqlx::query_as(concat!("INSERT INTO accounts (id, user_id, provider, provider_account_id, email, \
                  email_verified, access_token_enc, refresh_token_enc, id_token_enc, token_key_id, \
-                 access_token_expires_at, scopes, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING ",
+                 access_token_expires_at, scopes, created_at, updated_at, proven) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14) RETURNING ",
                  $crate::storage::queries::account_columns!()))
             .bind(a.id)
             .bind(a.user_id)
@@ -948,6 +981,7 @@ macro_rules! impl_queries {
             .bind(a.tokens.access_token_expires_at)
             .bind(&a.tokens.scopes)
             .bind(a.now)
+            .bind(a.proven)
             .fetch_one(executor)
             .await
             .map_err($crate::storage::classify)

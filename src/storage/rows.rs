@@ -38,6 +38,24 @@ pub struct CredentialRow {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
+/// A user's consecutive password attempts and lock.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AttemptState {
+    /// Consecutive password attempts not followed by a success.
+    pub failed_sign_ins: i32,
+    /// Password attempts refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// What a password reset by link removed.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Sessions ended.
+    pub sessions_ended: u64,
+    /// Providers whose links were made before the owner proved the mailbox, now removed.
+    pub removed_providers: Vec<String>,
+}
+
 /// A user to insert.
 #[derive(Debug, Clone)]
 pub struct NewUser {
@@ -286,6 +304,10 @@ pub struct NewAccount {
     pub email: Option<String>,
     /// Whether the provider said it is verified.
     pub email_verified: bool,
+    /// Whether whoever linked had proved control of the user's address: the provider asserted
+    /// that verified address, or the user's address was verified when linking. Links that had
+    /// not are removed when the owner proves the mailbox.
+    pub proven: bool,
     /// Encrypted tokens.
     pub tokens: AccountTokens,
     /// Creation time.

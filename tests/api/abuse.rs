@@ -16,6 +16,8 @@ use crate::{
 both_backends!(
     lockout_grows_and_expires,
     password_rechecks_count_towards_the_lockout,
+    locked_accounts_refuse_password_rechecks,
+    racing_password_changes_have_one_winner,
     audit_log_lists_the_callers_events
 );
 mail_backends!(password_reset_works_while_locked => defaults);
@@ -64,6 +66,151 @@ async fn password_rechecks_count_towards_the_lockout(app: &TestApp) {
     assert_eq!(app.sign_in("stolen@example.com", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
     app.clock.advance(TimeDelta::seconds(31));
     assert!(app.sign_in("stolen@example.com", PASSWORD).await.is_ok());
+}
+
+/// Every sign-in attempt's recorded reason (the outcome for a success).
+async fn sign_in_reasons(app: &TestApp) -> Vec<String> {
+    app.db.query_texts("SELECT COALESCE(reason, outcome) FROM audit_events WHERE event = 'sign_in'").await
+}
+
+/// After threshold - 1 failures, fires `wrong` wrong guesses and the right password in
+/// parallel from distinct forwarded IPs, spread over `apps`; returns how many got a session.
+async fn burst(apps: &[&TestApp], email: &str, wrong: usize) -> usize {
+    let mut calls = Vec::new();
+    for i in 0..=wrong {
+        let mut client = apps[i % apps.len()].auth();
+        let password = if i == wrong / 2 { PASSWORD.to_owned() } else { format!("wrong guess {i}") };
+        let request = from_ip(pb::SignInRequest { email: email.into(), password }, &format!("198.51.100.{}", i + 1));
+        calls.push(tokio::spawn(async move { client.sign_in(request).await }));
+    }
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        }
+    }
+    ok
+}
+
+/// Parallel guesses against one account (ZITADEL GHSA-7h8m-vrxx-vr4m: the lock must not be
+/// read before hashing and trusted after). A pool with room for the whole burst, so that what
+/// is measured is the lock, not connection waits.
+mod bursts {
+    use super::*;
+
+    pub fn roomy_pool(c: &mut Config) {
+        c.db_max_connections = 16;
+        c.db_acquire_timeout = std::time::Duration::from_secs(10);
+    }
+
+    crate::both_backends_with!(
+        super::roomy_pool;
+        a_parallel_burst_gets_no_more_guesses_than_the_threshold,
+        a_burst_split_over_two_replicas_gets_no_more_guesses
+    );
+
+    async fn a_parallel_burst_gets_no_more_guesses_than_the_threshold(app: &TestApp) {
+        burst_outcome(&[app], app).await;
+    }
+
+    async fn a_burst_split_over_two_replicas_gets_no_more_guesses(app: &TestApp) {
+        let second = spawn_on(app.db.clone(), roomy_pool).await;
+        burst_outcome(&[app, &second], app).await;
+        second.stop_only().await;
+    }
+}
+
+async fn burst_outcome(apps: &[&TestApp], app: &TestApp) {
+    let email = "burst@example.com";
+    app.sign_up(email).await;
+    for i in 0..4 {
+        app.sign_in(email, &format!("earlier wrong guess {i}")).await.unwrap_err();
+    }
+    let sessions = burst(apps, email, 29).await;
+    let burst_reasons = sign_in_reasons(app).await;
+    assert_eq!(burst_reasons.len(), 34, "{burst_reasons:?}");
+    // Four of the wrong_password records are the earlier failures.
+    let evaluated_wrong = burst_reasons.iter().filter(|r| *r == "wrong_password").count() - 4;
+    let locked = burst_reasons.iter().filter(|r| *r == "locked").count();
+    // Threshold 5, four failures before: exactly one more guess is evaluated. If it was the
+    // right one it may sign in; every other guess is refused as locked, unevaluated.
+    assert_eq!(sessions + evaluated_wrong, 1, "one evaluated guess: {burst_reasons:?}");
+    assert_eq!(locked, 29, "{burst_reasons:?}");
+    if sessions == 0 {
+        // The lock applies to the owner's right password too, until it expires.
+        assert_eq!(app.sign_in(email, PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+        app.clock.advance(TimeDelta::seconds(31));
+    }
+    assert!(app.sign_in(email, PASSWORD).await.is_ok());
+}
+
+/// ChangePassword, DeleteAccount and RequestEmailChange refuse a locked account exactly as
+/// sign-in does, even with the right password.
+async fn locked_accounts_refuse_password_rechecks(app: &TestApp) {
+    let email = "recheck@example.com";
+    let token = app.sign_up(email).await.session_token;
+    for i in 0..5 {
+        app.sign_in(email, &format!("wrong guess {i}")).await.unwrap_err();
+    }
+    let change = pb::ChangePasswordRequest {
+        current_password: PASSWORD.into(),
+        new_password: "a brand new passphrase".into(),
+        revoke_other_sessions: false,
+    };
+    let refused = app.auth().change_password(bearer(change.clone(), &token)).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["current_password"]);
+    let wrong = pb::ChangePasswordRequest { current_password: "not the password".into(), ..change.clone() };
+    let wrong = app.auth().change_password(bearer(wrong, &token)).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (wrong.code(), wrong.message()), "locked looks like wrong");
+    let delete = pb::DeleteAccountRequest { password: PASSWORD.into() };
+    let refused = app.auth().delete_account(bearer(delete.clone(), &token)).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["password"]);
+    let move_to =
+        pb::RequestEmailChangeRequest { new_email: "moved@example.com".into(), current_password: PASSWORD.into() };
+    let refused = app.auth().request_email_change(bearer(move_to, &token)).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["current_password"]);
+    assert_eq!(app.db.count("users").await, 1);
+
+    app.clock.advance(TimeDelta::minutes(30));
+    app.auth().change_password(bearer(change, &token)).await.expect("allowed once the lock expired");
+}
+
+/// 50 concurrent changes with the right current password: exactly one wins, one mail, one
+/// audit event; the others learn the current password no longer matches.
+async fn racing_password_changes_have_one_winner(app: &TestApp) {
+    let token = app.sign_up("racer@example.com").await.session_token;
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let mut client = app.auth();
+        let request = bearer(
+            pb::ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: format!("new passphrase number {i}"),
+                revoke_other_sessions: false,
+            },
+            &token,
+        );
+        calls.push(tokio::spawn(async move { (i, client.change_password(request).await) }));
+    }
+    let mut winners = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            (i, Ok(_)) => winners.push(i),
+            (_, Err(status)) => assert_eq!(violated_fields(&status), ["current_password"], "{status:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one change wins: {winners:?}");
+    let winner = format!("new passphrase number {}", winners[0]);
+    assert!(app.sign_in("racer@example.com", &winner).await.is_ok(), "the winner's password works");
+    assert!(app.sign_in("racer@example.com", PASSWORD).await.is_err());
+    let changed = app
+        .db
+        .query_texts("SELECT outcome FROM audit_events WHERE event = 'password_changed' AND outcome = 'success'")
+        .await;
+    assert_eq!(changed.len(), 1);
+    let mails = app.outbox_count("racer@example.com", "Subject: Your password was changed").await;
+    assert_eq!(mails, 1);
 }
 
 async fn password_reset_works_while_locked(app: &TestApp, smtp: &mut SmtpServer) {

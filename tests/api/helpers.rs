@@ -352,6 +352,54 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Signs up `email` and verifies it through the link mailed to the outbox, as its owner would.
+    pub async fn sign_up_verified(&self, email: &str) -> pb::AuthResponse {
+        let up = self.sign_up(email).await;
+        let link = self.outbox_link(email, "verify-email?token=").await;
+        self.auth().verify_email(pb::VerifyEmailRequest { token: link }).await.expect("verify the address");
+        up
+    }
+
+    /// The token of the newest link containing `marker` mailed to `to` through the outbox
+    /// (waits up to 5 s for the mail queue).
+    pub async fn outbox_link(&self, to: &str, marker: &str) -> String {
+        let dir = self._data_dir.path().join("outbox");
+        for _ in 0..100 {
+            let mut found: Vec<(String, String)> = Vec::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "txt")
+                    && let Ok(text) = std::fs::read_to_string(&path)
+                    && text.starts_with(&format!("To: {to}\n"))
+                    && let Some(at) = text.find(marker)
+                {
+                    let token: String = text[at + marker.len()..].chars().take_while(|c| !c.is_whitespace()).collect();
+                    found.push((path.file_name().unwrap().to_string_lossy().into_owned(), token));
+                }
+            }
+            found.sort();
+            if let Some((_, token)) = found.pop() {
+                return token;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no mail to {to} with {marker} in the outbox");
+    }
+
+    /// How many outbox mails to `to` contain `text`, once the mail queue has been given a moment.
+    pub async fn outbox_count(&self, to: &str, text: &str) -> usize {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dir = self._data_dir.path().join("outbox");
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|t| t.starts_with(&format!("To: {to}\n")) && t.contains(text))
+            .count()
+    }
+
     /// Signs in `email` with `password`.
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
         self.auth()
@@ -369,6 +417,11 @@ impl TestApp {
     pub async fn finish(mut self) {
         self.stop().await;
         self.db.drop_database().await;
+    }
+
+    /// Stops a second server on a shared database (the first one drops it).
+    pub async fn stop_only(mut self) {
+        self.stop().await;
     }
 
     /// Stops the server, keeping the database.

@@ -224,7 +224,7 @@ oauth_tests!(
     generic_oidc_provider_reads_userinfo,
     links_by_verified_email,
     refuses_to_link_an_unverified_email,
-    unverified_email_without_a_user_creates_an_unverified_user,
+    unverified_provider_email_creates_no_account,
     links_from_a_signed_in_session,
     unlink_keeps_the_last_way_to_sign_in,
     state_cannot_be_replayed,
@@ -238,6 +238,13 @@ oauth_tests!(
     database_holds_no_plaintext_provider_token,
     unknown_provider_and_missing_fields,
     delete_account_erases_linked_accounts,
+    linking_to_an_unverified_account_is_refused,
+    owners_reset_removes_pre_proof_links_sessions_and_password,
+    owners_verification_removes_pre_proof_links,
+    classic_federated_merge_waits_for_the_owners_proof,
+    asserted_links_survive_the_owners_reset,
+    linking_tells_the_owner,
+    provider_only_accounts_reauthenticate_by_a_recent_sign_in,
 );
 
 async fn google_sign_in_creates_a_verified_user(env: &Env) {
@@ -363,17 +370,21 @@ async fn refuses_to_link_an_unverified_email(env: &Env) {
     assert_eq!(env.app.db.count("users").await, 1);
 }
 
-async fn unverified_email_without_a_user_creates_an_unverified_user(env: &Env) {
+/// Pre-account hijacking, non-verifying IdP: an address the provider did not verify creates no
+/// account that the real owner would later collide with.
+async fn unverified_provider_email_creates_no_account(env: &Env) {
     env.google.with(|s| s.user = person("g-2002", "new@example.com", false));
-    let done = env.sign_in("google").await.unwrap();
-    assert!(done.is_new_user);
-    let user = done.user.unwrap();
-    assert_eq!(user.email, "new@example.com");
-    assert!(!user.email_verified);
+    let err = env.sign_in("google").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("has not verified this email address"), "{err:?}");
+    assert_eq!(env.app.db.count("users").await, 0);
+    assert_eq!(env.app.db.count("accounts").await, 0);
+    // The owner signs up with the address as usual.
+    env.app.sign_up("new@example.com").await;
 }
 
 async fn links_from_a_signed_in_session(env: &Env) {
-    let up = env.app.sign_up("reader@example.com").await;
+    let up = env.app.sign_up_verified("reader@example.com").await;
     let token = up.session_token.clone();
     // The provider's email differs: linking from a session does not depend on it.
     let linked = env.flow("google", Some(&token)).await.unwrap();
@@ -409,7 +420,7 @@ async fn links_from_a_signed_in_session(env: &Env) {
     assert_eq!(env.app.db.count("accounts").await, 1);
 
     // A provider account linked to someone else cannot be linked again.
-    let other = env.app.sign_up("other@example.com").await;
+    let other = env.app.sign_up_verified("other@example.com").await;
     let err = env.flow("google", Some(&other.session_token)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(env.accounts(&other.session_token).await.is_empty());
@@ -439,7 +450,7 @@ async fn unlink_keeps_the_last_way_to_sign_in(env: &Env) {
     assert_eq!(err.code(), Code::NotFound);
 
     // A user with a password may unlink their only account.
-    let up = env.app.sign_up("reader@example.com").await;
+    let up = env.app.sign_up_verified("reader@example.com").await;
     env.acme.with(|s| s.user = person("acme|88", "x@acme.example", true));
     env.flow("acme", Some(&up.session_token)).await.unwrap();
     env.unlink(&up.session_token, "acme", "acme|88").await.unwrap();
@@ -616,7 +627,7 @@ async fn provider_access_token_is_refreshed(env: &Env) {
     assert!(gh.expires_at.is_none());
 
     // An expired token without a refresh token cannot be renewed.
-    let up = env.app.sign_up("reader@example.com").await;
+    let up = env.app.sign_up_verified("reader@example.com").await;
     env.acme.with(|s| {
         s.user = person("acme|99", "r@acme.example", true);
         s.access_ttl = Some(60);
@@ -699,7 +710,7 @@ async fn unknown_provider_and_missing_fields(env: &Env) {
 }
 
 async fn delete_account_erases_linked_accounts(env: &Env) {
-    let up = env.app.sign_up("reader@example.com").await;
+    let up = env.app.sign_up_verified("reader@example.com").await;
     env.flow("google", Some(&up.session_token)).await.unwrap();
     env.start_flow("github", GITHUB_REDIRECT, Some(&up.session_token)).await.unwrap();
     assert_eq!(env.app.db.count("accounts").await, 1);
@@ -711,4 +722,153 @@ async fn delete_account_erases_linked_accounts(env: &Env) {
     assert_eq!(env.app.db.count("accounts").await, 0);
     assert_eq!(env.app.db.count("oauth_states").await, 0);
     assert_eq!(env.app.db.count("users").await, 0);
+}
+
+const VICTIM: &str = "victim@example.com";
+
+/// The attacker's own GitHub account (verified, but for the attacker's address).
+fn mallory() -> IdpUser {
+    person("6666", "mallory@evil.example", true)
+}
+
+/// Pre-account hijacking: the attacker signs up with the victim's address (and gets a session)
+/// and tries to add a way in that would outlive the owner's recovery.
+async fn linking_to_an_unverified_account_is_refused(env: &Env) {
+    let attacker = env.app.sign_up(VICTIM).await;
+    env.github.with(|s| s.user = mallory());
+    let err = env.flow("github", Some(&attacker.session_token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("verify this account's email address"), "{err:?}");
+    assert_eq!(env.app.db.count("accounts").await, 0);
+}
+
+/// What the earlier code let an attacker leave behind: a password, a live session and a
+/// GitHub link on an account with the victim's unverified address. (Linking is refused now,
+/// so the link is made while verified and then marked as made before any proof, as an
+/// upgraded database would hold it.)
+async fn pre_hijacked(env: &Env) -> pb::AuthResponse {
+    let attacker = env.app.sign_up(VICTIM).await;
+    env.app.db.execute("UPDATE users SET email_verified = true").await;
+    env.github.with(|s| s.user = mallory());
+    env.flow("github", Some(&attacker.session_token)).await.unwrap();
+    env.app.db.execute("UPDATE users SET email_verified = false").await;
+    env.app.db.execute("UPDATE accounts SET proven = false").await;
+    let via_github = env.sign_in("github").await.unwrap();
+    assert_eq!(via_github.user.unwrap().id, attacker.user.as_ref().unwrap().id, "the hijack works before the proof");
+    attacker
+}
+
+/// Classic-federated and unexpired-session variants: the owner's reset by link leaves the
+/// attacker no way in: not the password, not the session, not the provider link.
+async fn owners_reset_removes_pre_proof_links_sessions_and_password(env: &Env) {
+    let attacker = pre_hijacked(env).await;
+    env.app.auth().request_password_reset(pb::RequestPasswordResetRequest { email: VICTIM.into() }).await.unwrap();
+    let token = env.app.outbox_link(VICTIM, "reset-password?token=").await;
+    let owners = "the owner's own passphrase";
+    env.app.auth().reset_password(pb::ResetPasswordRequest { token, new_password: owners.into() }).await.unwrap();
+
+    assert!(env.app.get_session(&attacker.session_token).await.is_err(), "the attacker's session ended");
+    assert!(env.app.sign_in(VICTIM, PASSWORD).await.is_err(), "the attacker's password is gone");
+    let owner = env.app.sign_in(VICTIM, owners).await.unwrap();
+    assert!(owner.user.as_ref().unwrap().email_verified, "a reset by link proves the address");
+    assert!(env.accounts(&owner.session_token).await.is_empty(), "the attacker's link is gone");
+    // The attacker's GitHub now signs in to the attacker's own (new) account, not the owner's.
+    let via_github = env.sign_in("github").await.unwrap();
+    assert_ne!(via_github.user.as_ref().unwrap().id, owner.user.as_ref().unwrap().id);
+    assert_eq!(via_github.user.unwrap().email, "mallory@evil.example");
+    assert_eq!(env.app.outbox_count(VICTIM, "were removed").await, 1, "the owner is told what was removed");
+    assert_eq!(env.app.outbox_count(VICTIM, "- github").await, 1);
+}
+
+/// The owner verifying the address also removes links made before that proof.
+async fn owners_verification_removes_pre_proof_links(env: &Env) {
+    let attacker = pre_hijacked(env).await;
+    let token = env.app.outbox_link(VICTIM, "verify-email?token=").await;
+    env.app.auth().verify_email(pb::VerifyEmailRequest { token }).await.unwrap();
+    assert!(env.accounts(&attacker.session_token).await.is_empty());
+    let via_github = env.sign_in("github").await.unwrap();
+    assert_ne!(via_github.user.unwrap().id, attacker.user.unwrap().id);
+    assert_eq!(env.app.outbox_count(VICTIM, "were removed").await, 1);
+}
+
+/// Classic-federated merge: the attacker's unverified password account is not merged with the
+/// owner's verified Google identity; once the owner recovers the address, Google links to it
+/// and the attacker's password is gone.
+async fn classic_federated_merge_waits_for_the_owners_proof(env: &Env) {
+    let attacker = env.app.sign_up(VICTIM).await;
+    env.google.with(|s| s.user = person("g-victim", VICTIM, true));
+    let err = env.sign_in("google").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(env.app.db.count("accounts").await, 0, "no merge into an unproven account");
+
+    env.app.auth().request_password_reset(pb::RequestPasswordResetRequest { email: VICTIM.into() }).await.unwrap();
+    let token = env.app.outbox_link(VICTIM, "reset-password?token=").await;
+    env.app
+        .auth()
+        .reset_password(pb::ResetPasswordRequest { token, new_password: "recovered by the owner".into() })
+        .await
+        .unwrap();
+    let owner = env.sign_in("google").await.unwrap();
+    assert_eq!(owner.user.unwrap().id, attacker.user.unwrap().id, "linked by the verified address now");
+    assert!(env.app.sign_in(VICTIM, PASSWORD).await.is_err());
+    assert!(env.app.get_session(&attacker.session_token).await.is_err());
+}
+
+/// A link the provider made by asserting the same verified address is the owner's: it stays.
+async fn asserted_links_survive_the_owners_reset(env: &Env) {
+    env.google.with(|s| s.user = person("g-victim", VICTIM, true));
+    let first = env.sign_in("google").await.unwrap();
+    env.app.auth().request_password_reset(pb::RequestPasswordResetRequest { email: VICTIM.into() }).await.unwrap();
+    let token = env.app.outbox_link(VICTIM, "reset-password?token=").await;
+    env.app
+        .auth()
+        .reset_password(pb::ResetPasswordRequest { token, new_password: "a password as well now".into() })
+        .await
+        .unwrap();
+    let again = env.sign_in("google").await.unwrap();
+    assert_eq!(again.user.unwrap().id, first.user.unwrap().id);
+    assert_eq!(env.accounts(&again.session_token).await.len(), 1);
+    assert_eq!(env.app.outbox_count(VICTIM, "were removed").await, 0);
+}
+
+/// The account_linked mail: an automatic link by verified email and a manual link both tell
+/// the address's owner.
+async fn linking_tells_the_owner(env: &Env) {
+    env.sign_in("google").await.unwrap();
+    assert_eq!(env.app.outbox_count("ada@example.com", "A new sign-in method was added").await, 0);
+    let github = env.sign_in("github").await.unwrap();
+    assert_eq!(env.app.outbox_count("ada@example.com", "github can now be used").await, 1, "automatic link");
+    env.acme.with(|s| s.user = person("acme|5", "someone@acme.example", true));
+    env.flow("acme", Some(&github.session_token)).await.unwrap();
+    assert_eq!(env.app.outbox_count("ada@example.com", "acme can now be used").await, 1, "manual link");
+}
+
+/// An account made through a provider has no password: a recent sign-in stands in for it.
+async fn provider_only_accounts_reauthenticate_by_a_recent_sign_in(env: &Env) {
+    let done = env.sign_in("google").await.unwrap();
+    let change =
+        pb::RequestEmailChangeRequest { new_email: "ada.new@example.com".into(), current_password: String::new() };
+    env.app.auth().request_email_change(bearer(change.clone(), &done.session_token)).await.expect("fresh sign-in");
+
+    env.app.clock.advance(TimeDelta::minutes(11));
+    let stale = env.app.auth().request_email_change(bearer(change.clone(), &done.session_token)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains("sign in again"), "{stale:?}");
+    let delete = pb::DeleteAccountRequest { password: String::new() };
+    let stale = env.app.auth().delete_account(bearer(delete.clone(), &done.session_token)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+
+    let fresh = env.sign_in("google").await.unwrap();
+    env.app.auth().delete_account(bearer(delete, &fresh.session_token)).await.expect("fresh sign-in deletes");
+    assert_eq!(env.app.db.count("users").await, 0);
+
+    // An account with a password still needs it.
+    let up = env.app.sign_up("pw@example.com").await;
+    let refused = env
+        .app
+        .auth()
+        .delete_account(bearer(pb::DeleteAccountRequest { password: String::new() }, &up.session_token))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["password"]);
 }

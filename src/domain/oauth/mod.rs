@@ -24,6 +24,7 @@ use super::{
     clock::Clock,
     email::Email,
     error::{AuthFailure, Error, Violations},
+    notify::{Template, Vars},
     token::SessionToken,
 };
 use crate::storage::{
@@ -447,14 +448,24 @@ impl OAuth {
                 ))
                 .into());
             }
-            let account = self.new_account(existing.id, provider, identity, &email, tokens)?;
+            let account = self.new_account_opt(existing.id, provider, identity, Some(&email), true, tokens)?;
             match self.store.create_account(&account).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => return Err(ResolveError::Raced),
                 Err(e) => return Err(Error::from(e).into()),
             }
             self.audit(Event::OAuthLinked, Outcome::Success, existing.id, provider, client).await;
+            self.tell_linked(&existing, provider);
             return Ok((existing, false));
+        }
+        // An address the provider has not verified could be anyone's: an account made from it
+        // would later collide with (and could be merged into by) the real owner's.
+        if !identity.email_verified {
+            tracing::info!(provider, "provider email not verified: no account created");
+            return Err(Error::FailedPrecondition(format!(
+                "{provider} has not verified this email address: verify it with {provider}, or sign up with email and a password"
+            ))
+            .into());
         }
 
         let user_id = Uuid::now_v7();
@@ -469,7 +480,7 @@ impl OAuth {
             email_verified: identity.email_verified,
             image: identity.picture.clone().filter(|p| p.len() <= MAX_PARAM_CHARS),
         };
-        let account = self.new_account(user_id, provider, identity, &email, tokens)?;
+        let account = self.new_account_opt(user_id, provider, identity, Some(&email), true, tokens)?;
         match self.store.create_user_with_account(&new_user, &account).await {
             Ok(user) => {
                 tracing::info!(user_id = %user.id, "user created through a provider");
@@ -507,7 +518,16 @@ impl OAuth {
                 )
                 .await?;
         } else {
-            let account = self.new_account_opt(caller.user.id, provider, identity, email.as_ref(), tokens)?;
+            // Until the address is proven, whoever holds this session may not be its owner: a
+            // link made now would outlive the owner's recovery of the account.
+            if !caller.user.email_verified {
+                return Err(Error::FailedPrecondition(format!(
+                    "verify this account's email address before linking {provider}: follow the link sent to it, or ask for a new one"
+                )));
+            }
+            let asserted = identity.email_verified && email.as_ref().is_some_and(|e| e.as_str() == caller.user.email);
+            let proven = caller.user.email_verified || asserted;
+            let account = self.new_account_opt(caller.user.id, provider, identity, email.as_ref(), proven, tokens)?;
             match self.store.create_account(&account).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => {
@@ -518,19 +538,15 @@ impl OAuth {
                 Err(e) => return Err(e.into()),
             }
             self.audit(Event::OAuthLinked, Outcome::Success, caller.user.id, provider, client).await;
+            self.tell_linked(&caller.user, provider);
         }
         Ok(Completed { user: caller.user.clone(), session: caller.session.clone(), token: None, is_new_user: false })
     }
 
-    fn new_account(
-        &self,
-        user_id: Uuid,
-        provider: &str,
-        identity: &Identity,
-        email: &Email,
-        tokens: &ProviderTokens,
-    ) -> Result<NewAccount, Error> {
-        self.new_account_opt(user_id, provider, identity, Some(email), tokens)
+    /// Tells the address's owner that a new sign-in method was added.
+    fn tell_linked(&self, user: &UserRow, provider: &str) {
+        let vars = Vars { name: &user.name, email: &user.email, provider: Some(provider), ..Default::default() };
+        self.auth.notifier.send(Template::AccountLinked, &user.email, vars);
     }
 
     fn new_account_opt(
@@ -539,6 +555,7 @@ impl OAuth {
         provider: &str,
         identity: &Identity,
         email: Option<&Email>,
+        proven: bool,
         tokens: &ProviderTokens,
     ) -> Result<NewAccount, Error> {
         let id = Uuid::new_v4();
@@ -549,6 +566,7 @@ impl OAuth {
             provider_account_id: identity.subject.clone(),
             email: email.map(|e| e.as_str().to_owned()),
             email_verified: identity.email_verified,
+            proven,
             tokens: self.seal(id, tokens)?,
             now: self.clock.now(),
         })
