@@ -761,6 +761,19 @@ impl Config {
         let mut names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
         names.sort_unstable();
         anyhow::ensure!(names.windows(2).all(|w| w[0] != w[1]), "provider names must be unique: {names:?}");
+        // Mix-up defence (RFC 9700 §4.4): the redirect URI a code arrives on must name exactly
+        // one provider, or a code from one could be spent against another.
+        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for p in &providers {
+            for uri in &p.redirect_uris {
+                if let Some(other) = seen.insert(uri.as_str(), p.name.as_str()) {
+                    anyhow::bail!(
+                        "redirect URI {uri} is configured for both {other} and {}: give each provider its own",
+                        p.name
+                    );
+                }
+            }
+        }
         Ok(providers)
     }
 

@@ -320,8 +320,8 @@ impl Auth {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-in lost a field")));
         };
         let ip = client_ip(&client);
-        self.limit(Limit::SignInPerIp, &[ip], None, &client).await?;
-        self.limit(Limit::SignInPerAccountIp, &[email.as_str(), ip], None, &client).await?;
+        self.limit_by_email(Limit::SignInPerIp, &[ip], &email, &client).await?;
+        self.limit_by_email(Limit::SignInPerAccountIp, &[email.as_str(), ip], &email, &client).await?;
 
         let found = self.store.find_credentials_by_email(email.as_str()).await?;
         let now = self.clock.now();
@@ -412,6 +412,31 @@ impl Auth {
             Err(e @ Error::RateLimited { .. }) => {
                 METRICS.rate_limited(limit.name());
                 self.audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), client).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Auth::limit`] for a request naming an address: a hit is audited against the address's
+    /// account when there is one, so it shows in that user's `ListAuditEvents`. The lookup and
+    /// the record happen after the answer, which stays the same for every address.
+    pub(crate) async fn limit_by_email(
+        &self,
+        limit: Limit,
+        parts: &[&str],
+        email: &Email,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        match self.limiter.check(limit, parts).await {
+            Err(e @ Error::RateLimited { .. }) => {
+                METRICS.rate_limited(limit.name());
+                let (store, audit, email, client) =
+                    (Arc::clone(&self.store), Arc::clone(&self.audit), email.as_str().to_owned(), client.clone());
+                tokio::spawn(async move {
+                    let user_id = store.find_user_by_email(&email).await.ok().flatten().map(|u| u.id);
+                    audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), &client).await;
+                });
                 Err(e)
             }
             other => other,

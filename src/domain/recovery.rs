@@ -124,8 +124,8 @@ impl Auth {
     #[tracing::instrument(skip_all)]
     pub async fn request_password_reset(self: &Arc<Self>, email: &str, client: ClientInfo) -> Result<(), Error> {
         let email = Email::parse(email).map_err(|d| Error::invalid("email", d))?;
-        self.limit(Limit::PasswordResetPerIp, &[client_ip(&client)], None, &client).await?;
-        self.limit(Limit::PasswordResetPerEmail, &[email.as_str()], None, &client).await?;
+        self.limit_by_email(Limit::PasswordResetPerIp, &[client_ip(&client)], &email, &client).await?;
+        self.limit_by_email(Limit::PasswordResetPerEmail, &[email.as_str()], &email, &client).await?;
         let auth = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(error) = auth.send_reset(&email, &client).await {

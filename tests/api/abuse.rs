@@ -315,6 +315,7 @@ fn production_limits(c: &mut Config) {
     c.rate_sign_in_per_account = defaults.rate_sign_in_per_account;
     c.rate_sign_in_per_ip = defaults.rate_sign_in_per_ip;
     c.rate_sign_up_per_ip = defaults.rate_sign_up_per_ip;
+    c.rate_reset_per_email = defaults.rate_reset_per_email;
 }
 
 async fn sign_in_from(app: &TestApp, email: &str, ip: &str) -> Result<(), tonic::Status> {
@@ -324,8 +325,8 @@ async fn sign_in_from(app: &TestApp, email: &str, ip: &str) -> Result<(), tonic:
 
 async fn limits_trip_and_recover_on(backend: Backend) {
     let Some(app) = spawn_app_with(backend, production_limits).await else { return };
-    app.sign_up("limited@example.com").await;
     app.sign_up("other@example.com").await;
+    let session = app.sign_up("limited@example.com").await.session_token;
     for _ in 0..5 {
         sign_in_from(&app, "limited@example.com", "203.0.113.1").await.unwrap();
     }
@@ -341,6 +342,29 @@ async fn limits_trip_and_recover_on(backend: Backend) {
     sign_in_from(&app, "limited@example.com", "203.0.113.1").await.unwrap();
     let events = app.db.query_texts("SELECT event FROM audit_events WHERE event = 'rate_limited'").await;
     assert_eq!(events.len(), 1, "a rate-limit hit is audited");
+    // ... against the account the address belongs to, so its owner sees it; the same goes for
+    // reset requests (3 an hour per address), whose answer does not change.
+    for _ in 0..4 {
+        app.auth()
+            .request_password_reset(from_ip(
+                pb::RequestPasswordResetRequest { email: "limited@example.com".into() },
+                "203.0.113.5",
+            ))
+            .await
+            .map(|_| ())
+            .or_else(|s| if s.code() == Code::ResourceExhausted { Ok(()) } else { Err(s) })
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let own = app
+        .auth()
+        .list_audit_events(bearer(pb::ListAuditEventsRequest { page_size: 100, page_token: String::new() }, &session))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let limited: Vec<_> = own.iter().filter(|e| e.event == "rate_limited").collect();
+    assert_eq!(limited.len(), 2, "the sign-in and the reset hits are in the owner's history: {own:?}");
 
     // Per IP: 30 sign-ins a minute, whatever the email.
     for i in 0..30 {

@@ -57,6 +57,8 @@ pub enum IdTokenMode {
 pub enum TokenFailure {
     ServerError,
     Slow,
+    /// 503 with an OAuth `temporarily_unavailable` body and `Retry-After`.
+    TemporarilyUnavailable,
 }
 
 struct Grant {
@@ -267,6 +269,10 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             return (StatusCode::BAD_GATEWAY, "upstream trouble").into_response();
         }
         Some(TokenFailure::Slow) => tokio::time::sleep(Duration::from_secs(5)).await,
+        Some(TokenFailure::TemporarilyUnavailable) => {
+            let body = Json(json!({"error": "temporarily_unavailable", "error_description": "try later"}));
+            return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "30")], body).into_response();
+        }
         None => {}
     }
     let mut st = s.lock().unwrap();

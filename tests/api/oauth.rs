@@ -245,6 +245,7 @@ oauth_tests!(
     asserted_links_survive_the_owners_reset,
     linking_tells_the_owner,
     provider_only_accounts_reauthenticate_by_a_recent_sign_in,
+    a_refresh_against_an_unavailable_provider_is_unavailable,
 );
 
 async fn google_sign_in_creates_a_verified_user(env: &Env) {
@@ -575,7 +576,8 @@ async fn provider_errors_and_outages(env: &Env) {
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // The token endpoint fails, then hangs past the timeout.
-    for failure in [TokenFailure::ServerError, TokenFailure::Slow] {
+    // A 503 whose body is an OAuth error is still the provider being down, not a refusal.
+    for failure in [TokenFailure::ServerError, TokenFailure::Slow, TokenFailure::TemporarilyUnavailable] {
         env.google.with(|s| s.token_failure = Some(failure));
         let err = env.sign_in("google").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{failure:?}: {err:?}");
@@ -871,4 +873,41 @@ async fn provider_only_accounts_reauthenticate_by_a_recent_sign_in(env: &Env) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&refused), ["password"]);
+}
+
+/// RFC 9700 mix-up defence: one redirect URI for two providers is a configuration error at
+/// start (a configuration check: the same on either backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_uri_shared_by_two_providers_is_refused_at_start() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(&db, dir.path());
+    config.google.client_id = Some("google-client".into());
+    config.google.client_secret = Some(SecretString::from("google-secret"));
+    config.google.redirect_uris = vec![GOOGLE_REDIRECT.into()];
+    config.github.client_id = Some("github-client".into());
+    config.github.client_secret = Some(SecretString::from("github-secret"));
+    config.github.redirect_uris = vec![GITHUB_REDIRECT.into(), GOOGLE_REDIRECT.into()];
+    let build = |c: gatehouse::Config| async move {
+        gatehouse::Application::build(c, Arc::new(gatehouse::domain::SystemClock)).await.map(|_| ())
+    };
+    let refused = build(config.clone()).await.unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(message.contains(GOOGLE_REDIRECT) && message.contains("google") && message.contains("github"), "{message}");
+    config.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
+    build(config).await.expect("distinct redirect URIs start");
+}
+
+/// Refresh goes through the same token-error mapping: a 503 is UNAVAILABLE, and the stored
+/// tokens are kept for the next try.
+async fn a_refresh_against_an_unavailable_provider_is_unavailable(env: &Env) {
+    let done = env.sign_in("google").await.unwrap();
+    env.app.clock.advance(TimeDelta::hours(2));
+    env.google.with(|s| s.token_failure = Some(TokenFailure::TemporarilyUnavailable));
+    let err = env.provider_token(&done.session_token, "google").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    env.google.with(|s| s.token_failure = None);
+    let refreshed =
+        env.provider_token(&done.session_token, "google").await.expect("refreshed once the provider is back");
+    assert!(refreshed.access_token.starts_with("idp-at-"));
 }

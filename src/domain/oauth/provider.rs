@@ -257,7 +257,7 @@ impl Provider {
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned()))
-            .request_async(&self.http)
+            .request_async(&TokenClient(self.http.clone()))
             .await
             .map_err(token_error)?;
         Ok(self.tokens(response, None, now))
@@ -274,7 +274,11 @@ impl Provider {
         let redirect = self.settings.redirect_uris.first().map(String::as_str).unwrap_or_default();
         let client = self.client(redirect).await?;
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(token_error)?;
+        let response = client
+            .exchange_refresh_token(&token)
+            .request_async(&TokenClient(self.http.clone()))
+            .await
+            .map_err(token_error)?;
         Ok(self.tokens(response, Some(refresh_token), now))
     }
 
@@ -358,9 +362,7 @@ impl Provider {
 
 /// Sorts a token endpoint failure. The oauth2 crate's Parse error carries the response body,
 /// which may hold a token: it is never logged.
-fn token_error(
-    err: RequestTokenError<oauth2::HttpClientError<reqwest::Error>, StandardErrorResponse<BasicErrorResponseType>>,
-) -> ProviderError {
+fn token_error(err: RequestTokenError<TokenHttpError, StandardErrorResponse<BasicErrorResponseType>>) -> ProviderError {
     match err {
         RequestTokenError::ServerResponse(e) => grant_error(e.error()),
         RequestTokenError::Request(e) => ProviderError::Unavailable(anyhow::Error::new(e)),
@@ -381,8 +383,52 @@ fn grant_error(code: &BasicErrorResponseType) -> ProviderError {
         BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
             ProviderError::Misconfigured(code.to_string())
         }
+        // RFC 6749 §4.1.2.1: the provider is down or overloaded, not refusing the code.
+        BasicErrorResponseType::Extension(e) if e == "temporarily_unavailable" || e == "server_error" => {
+            ProviderError::Unavailable(anyhow::anyhow!("token endpoint answered {e}"))
+        }
         other => ProviderError::Rejected(other.to_string()),
     }
+}
+
+/// A token request that did not get a usable answer.
+#[derive(Debug, thiserror::Error)]
+enum TokenHttpError {
+    /// The request failed on the way.
+    #[error(transparent)]
+    Http(#[from] oauth2::HttpClientError<reqwest::Error>),
+    /// The provider answered 5xx or 429: down or overloaded, whatever the body says.
+    #[error("token endpoint answered HTTP {status}{}", retry_after.as_deref().map(|r| format!(" (Retry-After: {r})")).unwrap_or_default())]
+    Unavailable { status: u16, retry_after: Option<String> },
+}
+
+/// The HTTP client for token requests: [`token_request`] for oauth2.
+struct TokenClient(reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenClient {
+    type Error = TokenHttpError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(token_request(&self.0, request))
+    }
+}
+
+/// Sends a token request; a 5xx or 429 answer is the provider being unavailable, read from the
+/// HTTP status before any error body (a 503 may carry an OAuth error that looks like a refusal).
+async fn token_request(
+    http: &reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, TokenHttpError> {
+    let response = oauth2::AsyncHttpClient::call(http, request).await?;
+    let status = response.status();
+    if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+        let retry_after =
+            response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        return Err(TokenHttpError::Unavailable { status: status.as_u16(), retry_after });
+    }
+    Ok(response)
 }
 
 /// A reqwest client for provider calls: bounded in time and never following redirects (an
