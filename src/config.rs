@@ -160,6 +160,27 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Most connections open at once on each port (gRPC and the HTTP side port). At the cap
+    /// new connections wait in the kernel's backlog and established ones keep being served.
+    /// Default: half of the open-file limit less 128 (for 1024 files, 448).
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A connection without a call in progress (gRPC) or without a byte from the peer (HTTP
+    /// side port) for this long is closed; clients reconnect when they next call.
+    #[arg(long, env = "GATEHOUSE_CONNECTION_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub connection_idle_timeout: Duration,
+
+    /// Most calls in progress at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client asking for more waits for a stream to end.
+    #[arg(long, env = "GATEHOUSE_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_streams_per_connection: u32,
+
+    /// Interval of HTTP/2 keepalive pings; a peer that does not answer one within 10 s is
+    /// dropped with its streams.
+    #[arg(long, env = "GATEHOUSE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
     /// Largest number of pooled database connections.
     #[arg(long, env = "GATEHOUSE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::{
     domain::{Auth, keys::KeyRing},
     metrics::METRICS,
+    net::{AxumListener, ConnectionLimits},
     storage::Store,
 };
 
@@ -71,9 +72,11 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// Serves the side port until `shutdown` resolves.
+/// Serves the side port until `shutdown` resolves, within the same connection limits as the
+/// gRPC port.
 pub async fn serve(
     listener: TcpListener,
+    limits: ConnectionLimits,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -82,5 +85,5 @@ pub async fn serve(
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/metrics", get(metrics))
         .with_state(state);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(AxumListener::new(listener, limits)?, router).with_graceful_shutdown(shutdown).await
 }

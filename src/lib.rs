@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod proto;
 pub mod ratelimit;
 pub mod startup;

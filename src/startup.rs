@@ -27,6 +27,7 @@ use crate::{
     grpc::{self, GrpcSettings, ServiceAuth, Services, health},
     http::HttpState,
     mail::{MailQueue, Outbox, Smtp, SmtpSettings, Transport},
+    net::ConnectionLimits,
     ratelimit::{MemoryLimits, RedisLimits},
     storage::{self, Store},
     tls::ReloadingTls,
@@ -224,12 +225,22 @@ impl Application {
         };
         let http_addr = self.http_addr();
         let addr = self.local_addr();
-        let http = tokio::spawn(crate::http::serve(self.http_listener, http_state, async move {
+        let limits = ConnectionLimits {
+            max_connections: self.config.max_connections.unwrap_or_else(crate::net::default_max_connections),
+            idle_timeout: self.config.connection_idle_timeout,
+        };
+        let http = tokio::spawn(crate::http::serve(self.http_listener, limits, http_state, async move {
             let _ = http_stopped.await;
         }));
         tracing::info!(%http_addr, "HTTP side port listening (JWKS, discovery, metrics)");
 
-        tracing::info!(%addr, backend = self.store.backend(), reflection = self.config.reflection_enabled(), "gatehouse listening");
+        tracing::info!(
+            %addr,
+            backend = self.store.backend(),
+            reflection = self.config.reflection_enabled(),
+            max_connections = limits.max_connections,
+            "gatehouse listening"
+        );
 
         let grace = self.config.shutdown_grace;
         let drain = self.config.shutdown_drain.min(grace);
@@ -258,6 +269,9 @@ impl Application {
             request_timeout: self.config.request_timeout,
             trusted_proxies: self.config.trusted_proxies.clone(),
             tls: self.tls.clone(),
+            limits,
+            max_streams_per_connection: self.config.max_streams_per_connection,
+            keepalive_interval: self.config.http2_keepalive_interval,
         };
         let services = Services {
             admin: Arc::new(Admin::new(Arc::clone(&self.auth))),

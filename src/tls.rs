@@ -12,9 +12,11 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use rustls::{ServerConfig, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::net::Conn;
 
 /// Longest a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,33 +108,30 @@ impl ReloadingTls {
         }
     }
 
-    /// Accepts TCP connections and completes TLS handshakes concurrently; a failed handshake
+    /// Completes TLS handshakes on accepted connections concurrently; a failed handshake
     /// drops that connection only.
-    pub fn incoming(self: Arc<Self>, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    pub fn incoming(
+        self: Arc<Self>,
+        mut conns: ReceiverStream<io::Result<Conn>>,
+    ) -> ReceiverStream<io::Result<TlsStream<Conn>>> {
+        use tokio_stream::StreamExt;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            while let Some(conn) = conns.next().await {
+                let Ok(conn) = conn else { continue };
                 if tx.is_closed() {
                     return;
                 }
+                let peer = conn.connect_info().remote_addr;
                 let acceptor = TlsAcceptor::from(self.config.load_full());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake refused"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake refused"),
+                        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                     }
                 });
             }

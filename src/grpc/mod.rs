@@ -15,7 +15,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tower_http::trace::TraceLayer;
 
 pub use admin::AdminApi;
@@ -27,6 +27,7 @@ pub use token::TokenApi;
 use crate::{
     domain::{Auth, OAuth, Profiles, admin::Admin, mesh::Mesh, revocations::RevocationHub},
     metrics::RpcMetricsLayer,
+    net::{CallTrackingLayer, ConnectionLimits, IdleRule},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
@@ -50,6 +51,12 @@ pub struct GrpcSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// TLS, when configured.
     pub tls: Option<Arc<ReloadingTls>>,
+    /// Connection cap and idle timeout.
+    pub limits: ConnectionLimits,
+    /// Most calls in progress on one connection.
+    pub max_streams_per_connection: u32,
+    /// Interval of HTTP/2 keepalive pings.
+    pub keepalive_interval: Duration,
 }
 
 /// The domain services behind the gRPC ones.
@@ -123,9 +130,20 @@ pub async fn serve(
 
     let router = Server::builder()
         .timeout(settings.request_timeout)
-        // Long-lived streams (WatchRevocations) notice a dead peer.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Bounds what one connection can hold: abandoned streams beyond this wait instead of
+        // piling up, and a burst of resets is answered with GOAWAY (hyper's defaults).
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_max_header_list_size(64 * 1024)
+        // A request is at most GATEHOUSE_MAX_REQUEST_BYTES (64 KiB by default): what a
+        // connection buffers for unread requests stays within these windows.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        // Dead peers are noticed, long-lived streams (WatchRevocations) included.
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(CallTrackingLayer)
         .layer(RpcMetricsLayer)
         .layer(trace)
         .add_service(health)
@@ -135,10 +153,9 @@ pub async fn serve(
         .add_service(admin_api)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha);
+    let conns = crate::net::incoming(listener, settings.limits, IdleRule::NoCalls);
     match settings.tls {
-        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
-        None => {
-            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
-        }
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(conns), shutdown).await,
+        None => router.serve_with_incoming_shutdown(conns, shutdown).await,
     }
 }

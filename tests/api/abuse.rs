@@ -73,13 +73,14 @@ async fn sign_in_reasons(app: &TestApp) -> Vec<String> {
     app.db.query_texts("SELECT COALESCE(reason, outcome) FROM audit_events WHERE event = 'sign_in'").await
 }
 
-/// After threshold - 1 failures, fires `wrong` wrong guesses and the right password in
-/// parallel from distinct forwarded IPs, spread over `apps`; returns how many got a session.
-async fn burst(apps: &[&TestApp], email: &str, wrong: usize) -> usize {
+/// Fires `wrong` wrong guesses (plus the right password when `with_right`) in parallel from
+/// distinct forwarded IPs, spread over `apps`; returns how many got a session.
+async fn burst(apps: &[&TestApp], email: &str, wrong: usize, with_right: bool) -> usize {
     let mut calls = Vec::new();
-    for i in 0..=wrong {
+    let total = if with_right { wrong + 1 } else { wrong };
+    for i in 0..total {
         let mut client = apps[i % apps.len()].auth();
-        let password = if i == wrong / 2 { PASSWORD.to_owned() } else { format!("wrong guess {i}") };
+        let password = if with_right && i == total / 2 { PASSWORD.to_owned() } else { format!("wrong guess {i}") };
         let request = from_ip(pb::SignInRequest { email: email.into(), password }, &format!("198.51.100.{}", i + 1));
         calls.push(tokio::spawn(async move { client.sign_in(request).await }));
     }
@@ -121,27 +122,51 @@ mod bursts {
     }
 }
 
+/// Counts the burst's audit records after `before` earlier ones: (evaluated wrong, locked, success).
+async fn burst_records(app: &TestApp, before: usize) -> (usize, usize, usize) {
+    let reasons = sign_in_reasons(app).await;
+    let burst = &reasons[before..];
+    let count = |what: &str| burst.iter().filter(|r| *r == what).count();
+    (count("wrong_password"), count("locked"), count("success"))
+}
+
 async fn burst_outcome(apps: &[&TestApp], app: &TestApp) {
     let email = "burst@example.com";
     app.sign_up(email).await;
     for i in 0..4 {
         app.sign_in(email, &format!("earlier wrong guess {i}")).await.unwrap_err();
     }
-    let sessions = burst(apps, email, 29).await;
-    let burst_reasons = sign_in_reasons(app).await;
-    assert_eq!(burst_reasons.len(), 34, "{burst_reasons:?}");
-    // Four of the wrong_password records are the earlier failures.
-    let evaluated_wrong = burst_reasons.iter().filter(|r| *r == "wrong_password").count() - 4;
-    let locked = burst_reasons.iter().filter(|r| *r == "locked").count();
-    // Threshold 5, four failures before: exactly one more guess is evaluated. If it was the
-    // right one it may sign in; every other guess is refused as locked, unevaluated.
-    assert_eq!(sessions + evaluated_wrong, 1, "one evaluated guess: {burst_reasons:?}");
-    assert_eq!(locked, 29, "{burst_reasons:?}");
-    if sessions == 0 {
-        // The lock applies to the owner's right password too, until it expires.
-        assert_eq!(app.sign_in(email, PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
-        app.clock.advance(TimeDelta::seconds(31));
+
+    // Threshold 5, four failures before: 30 parallel wrong guesses get exactly one evaluated;
+    // the other 29 are refused as locked, unhashed.
+    let before = sign_in_reasons(app).await.len();
+    assert_eq!(burst(apps, email, 30, false).await, 0);
+    let (wrong, locked, _) = burst_records(app, before).await;
+    assert_eq!((wrong, locked), (1, 29), "one evaluated guess: {:?}", sign_in_reasons(app).await);
+    // The lock applies to the owner's right password too, until it expires.
+    assert_eq!(app.sign_in(email, PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    app.clock.advance(TimeDelta::seconds(31));
+
+    // The attack as reported: four failures, then 29 wrong guesses and the right password at
+    // once. Only a guess that took the last slot before the lock is evaluated; the right
+    // password gets a session only if it was that guess, and then it starts a new window, so
+    // the guesses still in flight get at most the threshold's worth before the lock again.
+    let email = "burst-right@example.com";
+    app.sign_up(email).await;
+    for i in 0..4 {
+        app.sign_in(email, &format!("earlier wrong guess {i}")).await.unwrap_err();
     }
+    let before = sign_in_reasons(app).await.len();
+    let sessions = burst(apps, email, 29, true).await;
+    let (wrong, locked, success) = burst_records(app, before).await;
+    assert_eq!(wrong + locked + success, 30, "{:?}", sign_in_reasons(app).await);
+    assert_eq!(sessions, success);
+    match sessions {
+        0 => assert_eq!((wrong, locked), (1, 29), "one evaluated guess: {:?}", sign_in_reasons(app).await),
+        1 => assert!(wrong <= 5, "a new window after the success, no more: {:?}", sign_in_reasons(app).await),
+        n => panic!("{n} sessions from one burst"),
+    }
+    app.clock.advance(TimeDelta::seconds(31));
     assert!(app.sign_in(email, PASSWORD).await.is_ok());
 }
 

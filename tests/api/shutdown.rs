@@ -25,6 +25,10 @@ const DRAIN: Duration = Duration::from_millis(1500);
 pub struct ServerProcess {
     pub child: Child,
     pub channel: Channel,
+    /// The gRPC port's address.
+    pub addr: std::net::SocketAddr,
+    /// The HTTP side port's address.
+    pub http_addr: std::net::SocketAddr,
     _data_dir: tempfile::TempDir,
 }
 
@@ -36,17 +40,30 @@ pub fn free_port() -> u16 {
 impl ServerProcess {
     /// Starts the binary on `db` with `extra` environment, and waits until it serves.
     pub async fn start(db: &TestDb, extra: &[(&str, String)]) -> Self {
+        Self::start_limited(db, extra, None).await
+    }
+
+    /// Like [`Self::start`], with the open-file limit (`ulimit -n`) set to `nofile` when given.
+    pub async fn start_limited(db: &TestDb, extra: &[(&str, String)], nofile: Option<u64>) -> Self {
         use sha2::{Digest, Sha256};
         let data_dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let http_port = free_port();
         let key_hash: String = Sha256::digest(API_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        let mut command = match nofile {
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\""), env!("CARGO_BIN_EXE_gatehouse")]);
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_gatehouse")),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", db.url())
             .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEHOUSE_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("GATEHOUSE_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
             .env("GATEHOUSE_DATA_DIR", data_dir.path())
             .env("GATEHOUSE_SECRET", "shutdown-test-secret-shutdown-test-secret")
             .env("GATEHOUSE_ADMIN_API_KEYS", format!("tests={key_hash}"))
@@ -79,7 +96,8 @@ impl ServerProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        Self { child, channel, _data_dir: data_dir }
+        let http_addr = format!("127.0.0.1:{http_port}").parse().unwrap();
+        Self { child, channel, addr, http_addr, _data_dir: data_dir }
     }
 
     /// Sends SIGTERM.
@@ -95,7 +113,8 @@ impl ServerProcess {
     }
 }
 
-fn with_key<T>(message: T) -> Request<T> {
+/// A request carrying the admin API key the process was started with.
+pub fn with_key<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("x-api-key", API_KEY.parse().unwrap());
     request
@@ -202,6 +221,7 @@ async fn sigterm_under_load_exits_within_the_grace(db: &TestDb) {
     eprintln!("loaded server ({served} sign-ins) exited {:?} after SIGTERM", sent.elapsed());
 }
 
+/// Runs each `async fn(&TestDb)` once on SQLite and once on PostgreSQL.
 macro_rules! process_tests {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -227,6 +247,8 @@ macro_rules! process_tests {
         }
     };
 }
+
+pub(crate) use process_tests;
 
 process_tests!(
     sigterm_ends_an_idle_server,
