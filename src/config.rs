@@ -148,7 +148,9 @@ pub struct Config {
     pub reflection: Option<bool>,
 
     /// Peers allowed to forward the end user's address (x-forwarded-for) and agent
-    /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges.
+    /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges. Behind a sidecar every
+    /// caller arrives from loopback, so trusting loopback believes any caller's
+    /// x-forwarded-for (a warning at start says so; see the README).
     #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
     pub trusted_proxies: Vec<IpNet>,
 
@@ -260,6 +262,25 @@ pub struct Config {
     /// SignIn attempts per client IP.
     #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_IP", default_value = "30/1m")]
     pub rate_sign_in_per_ip: Rate,
+
+    /// SignIn attempts per email from any IP (and password re-checks of that account): holds
+    /// off a guesser spread over many addresses. The owner is held off too while it applies.
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_EMAIL", default_value = "20/15m")]
+    pub rate_sign_in_per_email: Rate,
+
+    /// SignIn attempts in all, whatever the email and IP: a ceiling for a guesser that varies
+    /// both. Size it well above the peak of real traffic (per replica set, with Redis).
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_GLOBAL", default_value = "3000/1m")]
+    pub rate_sign_in_global: Rate,
+
+    /// StartOAuth calls per client IP (each stores a pending sign-in).
+    #[arg(long, env = "GATEHOUSE_RATE_OAUTH_START_PER_IP", default_value = "30/1m")]
+    pub rate_oauth_start_per_ip: Rate,
+
+    /// IPv6 clients are counted by network for every per-IP limit: the first this many bits
+    /// (64: one /64, what a subscriber or a cloud host usually holds). 128 keys each address.
+    #[arg(long, env = "GATEHOUSE_RATE_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub rate_ipv6_prefix: u8,
 
     /// SignUp calls per client IP.
     #[arg(long, env = "GATEHOUSE_RATE_SIGN_UP_PER_IP", default_value = "10/1h")]

@@ -56,6 +56,7 @@ impl Application {
                  set GATEHOUSE_ENV=production for real deployments"
             );
         }
+        warn_if_loopback_is_trusted(&config);
         let secret = config.load_secret()?;
         // Fail before anything starts if the transport security is not acceptable.
         let tls = config.tls()?.map(ReloadingTls::new).transpose()?;
@@ -119,11 +120,14 @@ impl Application {
         let rates = Rates {
             sign_in_per_account_ip: config.rate_sign_in_per_account,
             sign_in_per_ip: config.rate_sign_in_per_ip,
+            sign_in_per_email: config.rate_sign_in_per_email,
+            sign_in_global: config.rate_sign_in_global,
             sign_up_per_ip: config.rate_sign_up_per_ip,
             password_reset_per_email: config.rate_reset_per_email,
             password_reset_per_ip: config.rate_reset_per_ip,
             verification_per_account: config.rate_verification_per_account,
             redeem_per_ip: config.rate_redeem_per_ip,
+            oauth_start_per_ip: config.rate_oauth_start_per_ip,
         };
         let backend: Arc<dyn RateLimitBackend> = match &config.redis_url {
             Some(url) => Arc::new(
@@ -134,7 +138,7 @@ impl Application {
             None => Arc::new(MemoryLimits::new(&rates, Arc::clone(&clock))),
         };
         let limiter_key = config.rate_limits.then(|| secret.expose_secret());
-        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key)?);
+        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key, config.rate_ipv6_prefix)?);
         let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
         let revocations = RevocationHub::start(Arc::clone(&store)).await?;
         let previous = config.load_previous_secrets()?;
@@ -295,6 +299,23 @@ impl Application {
         }
         tracing::info!("gatehouse stopped");
         result
+    }
+}
+
+/// Behind a sidecar every caller reaches Gatehouse from loopback, so a trusted loopback means
+/// that whoever can reach the sidecar chooses the address the per-IP limits count. Said once
+/// at start, since it is the default and often right (a backend on the same host).
+fn warn_if_loopback_is_trusted(config: &Config) {
+    let loopback: [std::net::IpAddr; 2] = [std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if loopback.iter().any(|ip| config.trusted_proxies.iter().any(|net| net.contains(ip))) {
+        tracing::warn!(
+            trusted_proxies = ?config.trusted_proxies,
+            "x-forwarded-for is believed from loopback peers (GATEHOUSE_TRUSTED_PROXIES): behind a sidecar \
+             every caller is loopback, so anyone who can reach the sidecar picks the client address that \
+             per-IP limits and audit records use; the per-email and global sign-in limits still hold. \
+             Admit only your own backends to the port (e.g. a mesh authorization policy), or narrow \
+             GATEHOUSE_TRUSTED_PROXIES (see README, \"Client metadata\")"
+        );
     }
 }
 
