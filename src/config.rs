@@ -52,7 +52,9 @@ pub enum Command {
 /// `gatehouse keys ...`
 #[derive(Debug, Clone, Copy, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new current signing key; the old one stays published until its tokens expire.
+    /// Publish a successor signing key; it signs after GATEHOUSE_JWKS_MAX_AGE +
+    /// GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL (so run it with the servers' values), and the old one
+    /// stays published until its tokens have expired everywhere.
     Rotate,
 }
 
@@ -348,15 +350,22 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SIGNING_ALGORITHM", default_value = "EdDSA")]
     pub signing_algorithm: SigningAlgorithm,
 
-    /// A signing key older than this is replaced (the old one stays published until its
-    /// tokens expire).
+    /// A signing key that has signed this long is replaced. The successor is published
+    /// GATEHOUSE_JWKS_MAX_AGE + GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL before it signs, and the old
+    /// key stays published for the token TTL + the same two + 60 s after it stops.
     #[arg(long, env = "GATEHOUSE_SIGNING_KEY_ROTATION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub signing_key_rotation: Duration,
 
     /// How often each replica re-reads the signing keys (to pick up another replica's or
-    /// `gatehouse keys rotate`'s new key) and rotates by age.
+    /// `gatehouse keys rotate`'s new key) and rotates by age. Part of how long a new key waits
+    /// before it signs: give `gatehouse keys rotate` the servers' value.
     #[arg(long, env = "GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub signing_key_check_interval: Duration,
+
+    /// How long verifiers may cache the JWK Set (its Cache-Control max-age). Part of how long
+    /// a new key waits before it signs: give `gatehouse keys rotate` the servers' value.
+    #[arg(long, env = "GATEHOUSE_JWKS_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_max_age: Duration,
 
     /// Compatibility mode: sign access tokens with HS256 and the shared BETTER_AUTH_SECRET, for
     /// existing code that verifies that way. Weaker: every verifier can also forge tokens.

@@ -218,7 +218,7 @@ impl Application {
             retention,
         ));
         let follower = tokio::spawn(Arc::clone(&self.revocations).run(Duration::from_millis(500)));
-        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.signing_key_check_interval));
+        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), key_check_interval(&self.config)));
         let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls_reload_interval)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_state = HttpState {
@@ -347,9 +347,14 @@ async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, retention: R
     }
 }
 
+/// How often the keys are re-read: as configured, but not in a busy loop.
+fn key_check_interval(config: &Config) -> Duration {
+    config.signing_key_check_interval.max(Duration::from_millis(50))
+}
+
 /// Re-reads the keys (another replica may have rotated) and rotates by age, every `every`.
 async fn rotate_keys(keys: Arc<KeyRing>, every: Duration) {
-    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(50)));
+    let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
         ticker.tick().await;
@@ -388,6 +393,8 @@ pub async fn open_keys(
         ttl: delta(config.access_token_ttl)?,
         algorithm: config.signing_algorithm,
         rotate_after: delta(config.signing_key_rotation)?,
+        jwks_max_age: delta(config.jwks_max_age)?,
+        check_interval: delta(key_check_interval(config))?,
         hs256_secret,
     };
     Ok(KeyRing::open(store, cipher, clock, access).await?)

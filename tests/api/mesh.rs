@@ -8,6 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::TimeDelta;
 use gatehouse::{
     Config,
+    domain::Clock,
     proto::v1::{self as pb, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient},
 };
 use serde_json::Value;
@@ -67,7 +68,12 @@ async fn http_json(app: &TestApp, path: &str) -> Value {
 /// Verifies an EdDSA JWT with ed25519-dalek directly (not the library that signed it) against
 /// the JWK Set served over HTTP. Returns the claims.
 async fn verify_independently(app: &TestApp, jwt: &str) -> Option<Value> {
-    let jwks = http_json(app, "/.well-known/jwks.json").await;
+    verify_with(&http_json(app, "/.well-known/jwks.json").await, jwt)
+}
+
+/// Verifies an EdDSA JWT's signature with ed25519-dalek against `jwks` (a key set as served,
+/// possibly cached); returns the claims.
+fn verify_with(jwks: &Value, jwt: &str) -> Option<Value> {
     let mut parts = jwt.split('.');
     let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
@@ -189,6 +195,15 @@ async fn introspection_follows_the_session(app: &TestApp) {
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
 
+async fn published_kids(app: &TestApp) -> Vec<String> {
+    http_json(app, "/.well-known/jwks.json").await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn rotation_keeps_old_tokens_until_they_expire(app: &TestApp) {
     let token = app.sign_up("rotate@example.com").await.session_token;
     let old = issue(app, &token, AUDIENCE).await.unwrap().access_token;
@@ -196,35 +211,34 @@ async fn rotation_keeps_old_tokens_until_they_expire(app: &TestApp) {
     // `gatehouse keys rotate` against the same database, as an operator would run it.
     let mut config = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path());
     mesh_config(&mut config);
-    rotate_offline(&config, app.clock.clone()).await;
-    // The running server picks the new key up at its next check.
+    let rotated = rotate_offline(&config, app.clock.clone()).await;
+    // The running server publishes the new key at its next check, but keeps signing with the
+    // old one for the JWKS max-age (5 min) plus the check interval.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let new = loop {
-        let candidate = issue(app, &token, AUDIENCE).await.unwrap().access_token;
-        if header_kid(&candidate) != old_kid {
-            break candidate;
-        }
-        assert!(Instant::now() < deadline, "the new key was not picked up");
+    while published_kids(app).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the new key was not published");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let kids: Vec<String> = http_json(app, "/.well-known/jwks.json").await["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(kids.contains(&old_kid) && kids.contains(&header_kid(&new)), "{kids:?}");
+    }
+    assert_eq!(published_kids(app).await, [old_kid.clone(), rotated.kid.clone()]);
+    assert_eq!(header_kid(&issue(app, &token, AUDIENCE).await.unwrap().access_token), old_kid);
+    app.clock.advance(TimeDelta::minutes(5));
+    assert_eq!(header_kid(&issue(app, &token, AUDIENCE).await.unwrap().access_token), old_kid);
+    app.clock.advance(TimeDelta::seconds(1));
+    let new = issue(app, &token, AUDIENCE).await.unwrap().access_token;
+    assert_eq!(header_kid(&new), rotated.kid);
     assert!(verify_independently(app, &old).await.is_some() && introspect(app, &old).await.active);
-    assert!(verify_independently(app, &new).await.is_some());
-    // Once every token of the old key has expired, it is no longer published.
-    app.clock.advance(TimeDelta::minutes(12));
-    let kids = http_json(app, "/.well-known/jwks.json").await["keys"].as_array().unwrap().len();
-    assert_eq!(kids, 1);
+    assert!(verify_independently(app, &new).await.is_some() && introspect(app, &new).await.active);
+    // The old key stays published for the token TTL + max-age + check interval + 60 s after
+    // it stopped signing, then goes.
+    app.clock.advance(TimeDelta::minutes(15));
+    assert_eq!(published_kids(app).await.len(), 2);
+    app.clock.advance(TimeDelta::minutes(1));
+    assert_eq!(published_kids(app).await, [rotated.kid]);
     assert!(verify_independently(app, &old).await.is_none());
 }
 
 /// What `gatehouse keys rotate` does, with the test's clock (the CLI uses the system's).
-async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) {
+async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) -> gatehouse::domain::keys::Rotated {
     use gatehouse::domain::cipher::SecretCipher;
     use secrecy::ExposeSecret;
     let secret = config.load_secret().unwrap();
@@ -233,8 +247,9 @@ async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) 
     let keys = gatehouse::startup::open_keys(config, std::sync::Arc::clone(&store), cipher, std::sync::Arc::new(clock))
         .await
         .unwrap();
-    keys.rotate().await.unwrap();
+    let rotated = keys.rotate().await.unwrap();
     store.close().await;
+    rotated
 }
 
 fn header_kid(jwt: &str) -> String {
@@ -394,6 +409,121 @@ async fn watch_across_replicas_sqlite() {
 #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn watch_across_replicas_postgres() {
     watch_across_replicas_on(Backend::Postgres).await;
+}
+
+/// What a verifier has seen: every token still unexpired, and every key set it may still hold
+/// in its cache (fetched within the last max-age).
+#[derive(Default)]
+struct Verifier {
+    tokens: Vec<(String, i64)>,
+    snapshots: Vec<(i64, Value)>,
+    /// (token, key set) pairs already verified: the sets repeat, and unoptimised ed25519 is slow.
+    verified: std::collections::HashSet<(String, String)>,
+}
+
+const ROTATION_MAX_AGE: i64 = 60;
+
+/// At one moment: each replica issues a token and serves its key set; then every unexpired
+/// token must verify against every key set a verifier may hold, and be active on each replica.
+/// Returns the kids the replicas signed with.
+async fn sample(apps: &[&TestApp], session: &str, verifier: &mut Verifier, moment: &str) -> Vec<String> {
+    let now = apps[0].clock.now().timestamp();
+    let mut kids = Vec::new();
+    for app in apps {
+        let issued = issue(app, session, AUDIENCE).await.unwrap();
+        kids.push(header_kid(&issued.access_token));
+        verifier.tokens.push((issued.access_token, issued.expires_at.unwrap().seconds));
+    }
+    for app in apps {
+        verifier.snapshots.push((now, http_json(app, "/.well-known/jwks.json").await));
+    }
+    verifier.tokens.retain(|(_, exp)| *exp > now);
+    verifier.snapshots.retain(|(at, _)| now < at + ROTATION_MAX_AGE);
+    for (token, _) in &verifier.tokens {
+        for (at, jwks) in &verifier.snapshots {
+            if !verifier.verified.insert((token.clone(), jwks.to_string())) {
+                continue;
+            }
+            assert!(
+                verify_with(jwks, token).is_some(),
+                "{moment}: a token signed by {} does not verify against the set served at {at} ({} s ago): {jwks}",
+                header_kid(token),
+                now - at
+            );
+        }
+    }
+    // Gatehouse's own check, on the oldest and newest tokens.
+    let n = verifier.tokens.len();
+    for (token, _) in verifier.tokens.iter().take(2).chain(verifier.tokens.iter().skip(n.saturating_sub(2))) {
+        for app in apps {
+            assert!(introspect(app, token).await.active, "{moment}: {} refused by a replica", header_kid(token));
+        }
+    }
+    kids
+}
+
+/// Rotation across two replicas on one database, through `gatehouse keys rotate`'s code path,
+/// with a 200 ms key check interval and a 1 min JWKS max-age: at every sampled moment every
+/// unexpired token from either replica verifies against the key set served by either
+/// replica, and against any copy a verifier cached within the max-age.
+async fn rotation_across_replicas_on(backend: Backend) {
+    let check = Duration::from_millis(200);
+    let tweak = move |c: &mut Config| {
+        mesh_config(c);
+        c.signing_key_check_interval = check;
+        c.jwks_max_age = Duration::from_secs(ROTATION_MAX_AGE as u64);
+    };
+    let Some(one) = spawn_app_with(backend, tweak).await else { return };
+    let two = spawn_on(one.db.clone(), tweak).await;
+    let apps = [&one, &two];
+    let session = one.sign_up("rotating@example.com").await.session_token;
+    let response = reqwest::get(format!("http://{}/.well-known/jwks.json", one.http_addr)).await.unwrap();
+    assert_eq!(response.headers()["cache-control"], "public, max-age=60");
+
+    let mut verifier = Verifier::default();
+    let old_kid = sample(&apps, &session, &mut verifier, "before the rotation").await[0].clone();
+    let mut config = crate::helpers::test_config(&one.db, std::env::temp_dir().as_path());
+    tweak(&mut config);
+    let rotated = rotate_offline(&config, one.clock.clone()).await;
+    let signs_from = rotated.activates_at;
+    assert_eq!(signs_from - one.clock.now(), TimeDelta::milliseconds(60_200), "max-age + check interval");
+    // Neither replica has re-read the keys yet.
+    sample(&apps, &session, &mut verifier, "just after the rotation").await;
+    let step = TimeDelta::seconds(30);
+    // Through the pre-publication, the switch, and until the old key's retention has passed
+    // (TTL 10 min + max-age + check interval + 60 s after the switch).
+    let end = signs_from + TimeDelta::minutes(13);
+    while one.clock.now() <= end {
+        let now = one.clock.now();
+        let t = (now - signs_from).num_milliseconds();
+        // Once right after the clocks moved, once after both replicas have re-read the keys.
+        for moment in ["after a step", "after a key check"] {
+            let kids = sample(&apps, &session, &mut verifier, &format!("{moment}, t = {t} ms")).await;
+            let expected = if now < signs_from { &old_kid } else { &rotated.kid };
+            assert_eq!(kids, [expected.clone(), expected.clone()], "both replicas sign with one key at t = {t} ms");
+            tokio::time::sleep(check * 2).await;
+        }
+        for app in apps {
+            app.clock.advance(step);
+        }
+    }
+    for app in apps {
+        assert_eq!(published_kids(app).await, [rotated.kid.clone()], "the old key is gone once no token of it lives");
+    }
+    let mut two = two;
+    two.stop().await;
+    one.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_across_replicas_sqlite() {
+    rotation_across_replicas_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn rotation_across_replicas_postgres() {
+    rotation_across_replicas_on(Backend::Postgres).await;
 }
 
 /// HS256 compatibility: existing code that checks an HMAC with the shared secret and reads
