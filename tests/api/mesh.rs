@@ -508,7 +508,11 @@ async fn rotation_across_replicas_on(backend: Backend) {
         }
     }
     for app in apps {
-        assert_eq!(published_kids(app).await, [rotated.kid.clone()], "the old key is gone once no token of it lives");
+        assert_eq!(
+            published_kids(app).await,
+            std::slice::from_ref(&rotated.kid),
+            "the old key is gone once no token of it lives"
+        );
     }
     let mut two = two;
     two.stop().await;
