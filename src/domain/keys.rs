@@ -18,6 +18,9 @@ use crate::storage::{SigningKeyRow, Store};
 /// most).
 pub const LEEWAY_SECONDS: u64 = 60;
 
+/// The `typ` header of access tokens (RFC 9068), required when verifying.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
 /// Signature algorithm of access tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigningAlgorithm {
@@ -348,7 +351,9 @@ impl KeyRing {
     pub async fn sign(&self, claims: &Claims) -> Result<String, Error> {
         let failed = |e: jsonwebtoken::errors::Error| Error::Internal(anyhow::anyhow!("signing: {e}"));
         if let Some(secret) = &self.config.hs256_secret {
-            let header = Header::new(jsonwebtoken::Algorithm::HS256);
+            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+            // Verifiers of the shared secret ignore `typ`; Gatehouse's own check requires it.
+            header.typ = Some(ACCESS_TOKEN_TYPE.into());
             return jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).map_err(failed);
         }
         let now = self.clock.now();
@@ -365,18 +370,26 @@ impl KeyRing {
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("no current signing key")))?;
         let mut header = Header::new(key.algorithm.jwt());
         header.kid = Some(key.kid.clone());
-        header.typ = Some("at+jwt".into());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(failed)
     }
 
-    /// Verifies an access token: signature by a published key with its own algorithm (never
-    /// `none`, never a key the header supplies), issuer, a configured audience, `exp` and `nbf`.
+    /// Verifies an access token: type `at+jwt`, signature by a key published now with its own
+    /// algorithm (never `none`, never a key the header supplies), issuer, a configured
+    /// audience, `exp` and `nbf`.
     pub async fn verify(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         // The header may only name a key, never carry or point to one.
         if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
             return None;
         }
+        // Only access tokens (RFC 9068 §4): not an ID token or any other JWT a key of ours, or
+        // the shared secret, might have signed. The media type may carry its `application/`.
+        let typ = header.typ.as_deref()?.to_ascii_lowercase();
+        if typ.strip_prefix("application/").unwrap_or(&typ) != ACCESS_TOKEN_TYPE {
+            return None;
+        }
+        let now = self.clock.now();
         let validation = |alg: jsonwebtoken::Algorithm| {
             let mut v = Validation::new(alg);
             v.set_issuer(&[self.config.issuer.as_str()]);
@@ -395,7 +408,10 @@ impl KeyRing {
             _ => {
                 let kid = header.kid?;
                 let keys = self.keys.read().await;
-                let key = keys.iter().find(|k| k.kid == kid)?;
+                // A key out of the published set is out for good: what it signs is refused even
+                // if its claims look fresh (a leaked retired key, a token made under a longer TTL).
+                let retention = self.config.retention();
+                let key = keys.iter().find(|k| k.kid == kid && k.published(now, retention))?;
                 if header.alg != key.algorithm.jwt() {
                     return None;
                 }
@@ -403,7 +419,7 @@ impl KeyRing {
                 jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).ok()?.claims
             }
         };
-        let now = self.clock.now().timestamp();
+        let now = now.timestamp();
         let leeway = LEEWAY_SECONDS as i64;
         (claims.exp + leeway > now && claims.nbf - leeway <= now).then_some(claims)
     }

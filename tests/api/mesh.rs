@@ -252,6 +252,89 @@ async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) 
     rotated
 }
 
+/// The private half of signing key `kid`, read from the database and decrypted with the test
+/// server's secret: what an attacker holding an old key, or Gatehouse itself, could sign with.
+async fn private_key(app: &TestApp, kid: &str) -> ed25519_dalek::SigningKey {
+    use gatehouse::domain::cipher::SecretCipher;
+    use secrecy::ExposeSecret;
+    let kids = app.db.query_texts("SELECT kid FROM signing_keys ORDER BY created_at, kid").await;
+    let cipher_ids = app.db.query_texts("SELECT cipher_key_id FROM signing_keys ORDER BY created_at, kid").await;
+    let sealed = app.db.query_blobs("SELECT private_key FROM signing_keys ORDER BY created_at, kid").await;
+    let at = kids.iter().position(|k| k == kid).expect("the key is stored");
+    let secret = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path()).load_secret().unwrap();
+    let cipher = SecretCipher::new(secret.expose_secret(), &[]).unwrap();
+    let der = cipher.decrypt(&cipher_ids[at], &sealed[at], kid.as_bytes()).unwrap();
+    // PKCS#8 v1 of Ed25519 (RFC 8410): a 16-byte prefix, then the 32-byte seed.
+    ed25519_dalek::SigningKey::from_bytes(&der[16..48].try_into().unwrap())
+}
+
+/// A JWT with `header` and `claims`, signed by `key`.
+fn sign_with(key: &ed25519_dalek::SigningKey, header: &Value, claims: &Value) -> String {
+    use ed25519_dalek::Signer;
+    let unsigned =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(key.sign(unsigned.as_bytes()).to_bytes()))
+}
+
+/// The claims of `jwt`, re-timed to be fresh at `now`.
+fn fresh_claims(jwt: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    claims["iat"] = now.timestamp().into();
+    claims["nbf"] = now.timestamp().into();
+    claims["exp"] = (now.timestamp() + 300).into();
+    claims
+}
+
+/// Only access tokens (`typ: at+jwt`, RFC 9068) are accepted: a JWT of another type signed by
+/// the current key is refused, though its signature and claims are good.
+async fn tokens_of_another_type_are_refused(app: &TestApp) {
+    let session = app.sign_up("typed@example.com").await.session_token;
+    let issued = issue(app, &session, AUDIENCE).await.unwrap().access_token;
+    let kid = header_kid(&issued);
+    let key = private_key(app, &kid).await;
+    let claims = fresh_claims(&issued, app.clock.now());
+    let as_issued = sign_with(&key, &serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"}), &claims);
+    assert!(introspect(app, &as_issued).await.active, "the forgery is otherwise faithful");
+    let media_type = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "application/at+jwt"});
+    assert!(introspect(app, &sign_with(&key, &media_type, &claims)).await.active, "RFC 7515 §4.1.9 long form");
+    for header in [
+        serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"}),
+        serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "id_token+jwt"}),
+        serde_json::json!({"alg": "EdDSA", "kid": kid}),
+    ] {
+        let token = sign_with(&key, &header, &claims);
+        assert!(verify_with(&http_json(app, "/.well-known/jwks.json").await, &token).is_some(), "signed by our key");
+        assert!(!introspect(app, &token).await.active, "{header} introspected active");
+    }
+}
+
+/// Once a retired key is no longer published, nothing it signs is accepted, even a token whose
+/// claims are fresh (a leaked old key, or one signed under a longer TTL).
+async fn tokens_of_an_unpublished_key_are_refused(app: &TestApp) {
+    let session = app.sign_up("unpublished@example.com").await.session_token;
+    let issued = issue(app, &session, AUDIENCE).await.unwrap().access_token;
+    let old_kid = header_kid(&issued);
+    let old_key = private_key(app, &old_kid).await;
+    let mut config = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path());
+    mesh_config(&mut config);
+    let rotated = rotate_offline(&config, app.clock.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while published_kids(app).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the new key was not published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the switch and the old key's retention.
+    app.clock.advance(TimeDelta::minutes(5 + 17));
+    assert_eq!(published_kids(app).await, std::slice::from_ref(&rotated.kid));
+    let header = |kid: &str| serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"});
+    let claims = fresh_claims(&issued, app.clock.now());
+    let current = sign_with(&private_key(app, &rotated.kid).await, &header(&rotated.kid), &claims);
+    assert!(introspect(app, &current).await.active, "the same claims under the published key");
+    let stale = sign_with(&old_key, &header(&old_kid), &claims);
+    assert!(!introspect(app, &stale).await.active, "a token of an unpublished key introspected active");
+}
+
 fn header_kid(jwt: &str) -> String {
     let header: Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
@@ -340,6 +423,8 @@ crate::both_backends_with!(
     access_tokens_verify_offline,
     introspection_follows_the_session,
     rotation_keeps_old_tokens_until_they_expire,
+    tokens_of_another_type_are_refused,
+    tokens_of_an_unpublished_key_are_refused,
     admin_needs_service_credentials,
     metrics_count_the_traffic,
 );
@@ -554,6 +639,18 @@ async fn hs256_compat_on(backend: Backend) {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(unsigned.split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(claims["sub"], up.user.unwrap().id.as_str());
     assert!(introspect(&app, &jwt).await.active);
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(unsigned.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["typ"], "at+jwt");
+    // The shared secret signs other JWTs too (a legacy app's own): only access tokens count.
+    let other = {
+        let h = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "HS256", "typ": "JWT"}).to_string());
+        let unsigned = format!("{h}.{}", unsigned.split('.').nth(1).unwrap());
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SHARED.as_bytes()).unwrap();
+        mac.update(unsigned.as_bytes());
+        format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    };
+    assert!(!introspect(&app, &other).await.active, "a JWT of another type is refused");
     app.finish().await;
 }
 
