@@ -52,7 +52,9 @@ pub enum Command {
 /// `gatehouse keys ...`
 #[derive(Debug, Clone, Copy, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new current signing key; the old one stays published until its tokens expire.
+    /// Publish a successor signing key; it signs after GATEHOUSE_JWKS_MAX_AGE +
+    /// GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL (so run it with the servers' values), and the old one
+    /// stays published until its tokens have expired everywhere.
     Rotate,
 }
 
@@ -148,7 +150,9 @@ pub struct Config {
     pub reflection: Option<bool>,
 
     /// Peers allowed to forward the end user's address (x-forwarded-for) and agent
-    /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges.
+    /// (x-forwarded-user-agent), as comma-separated IPs or CIDR ranges. Behind a sidecar every
+    /// caller arrives from loopback, so trusting loopback believes any caller's
+    /// x-forwarded-for (a warning at start says so; see the README).
     #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
     pub trusted_proxies: Vec<IpNet>,
 
@@ -282,6 +286,25 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_IP", default_value = "30/1m")]
     pub rate_sign_in_per_ip: Rate,
 
+    /// SignIn attempts per email from any IP (and password re-checks of that account): holds
+    /// off a guesser spread over many addresses. The owner is held off too while it applies.
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_PER_EMAIL", default_value = "20/15m")]
+    pub rate_sign_in_per_email: Rate,
+
+    /// SignIn attempts in all, whatever the email and IP: a ceiling for a guesser that varies
+    /// both. Size it well above the peak of real traffic (per replica set, with Redis).
+    #[arg(long, env = "GATEHOUSE_RATE_SIGN_IN_GLOBAL", default_value = "3000/1m")]
+    pub rate_sign_in_global: Rate,
+
+    /// StartOAuth calls per client IP (each stores a pending sign-in).
+    #[arg(long, env = "GATEHOUSE_RATE_OAUTH_START_PER_IP", default_value = "30/1m")]
+    pub rate_oauth_start_per_ip: Rate,
+
+    /// IPv6 clients are counted by network for every per-IP limit: the first this many bits
+    /// (64: one /64, what a subscriber or a cloud host usually holds). 128 keys each address.
+    #[arg(long, env = "GATEHOUSE_RATE_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub rate_ipv6_prefix: u8,
+
     /// SignUp calls per client IP.
     #[arg(long, env = "GATEHOUSE_RATE_SIGN_UP_PER_IP", default_value = "10/1h")]
     pub rate_sign_up_per_ip: Rate,
@@ -348,15 +371,22 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SIGNING_ALGORITHM", default_value = "EdDSA")]
     pub signing_algorithm: SigningAlgorithm,
 
-    /// A signing key older than this is replaced (the old one stays published until its
-    /// tokens expire).
+    /// A signing key that has signed this long is replaced. The successor is published
+    /// GATEHOUSE_JWKS_MAX_AGE + GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL before it signs, and the old
+    /// key stays published for the token TTL + the same two + 60 s after it stops.
     #[arg(long, env = "GATEHOUSE_SIGNING_KEY_ROTATION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub signing_key_rotation: Duration,
 
     /// How often each replica re-reads the signing keys (to pick up another replica's or
-    /// `gatehouse keys rotate`'s new key) and rotates by age.
+    /// `gatehouse keys rotate`'s new key) and rotates by age. Part of how long a new key waits
+    /// before it signs: give `gatehouse keys rotate` the servers' value.
     #[arg(long, env = "GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub signing_key_check_interval: Duration,
+
+    /// How long verifiers may cache the JWK Set (its Cache-Control max-age). Part of how long
+    /// a new key waits before it signs: give `gatehouse keys rotate` the servers' value.
+    #[arg(long, env = "GATEHOUSE_JWKS_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_max_age: Duration,
 
     /// Compatibility mode: sign access tokens with HS256 and the shared BETTER_AUTH_SECRET, for
     /// existing code that verifies that way. Weaker: every verifier can also forge tokens.

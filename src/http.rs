@@ -32,12 +32,13 @@ pub struct HttpState {
 }
 
 async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
+    // Verifiers may cache for the configured max-age: new keys are published at least that long
+    // (plus a key check interval) before they sign.
+    let max_age = state.keys.config().jwks_max_age.num_seconds().max(0);
+    let cache = HeaderValue::from_str(&format!("public, max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
     (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json")),
-            // Verifiers may cache for five minutes; new keys are published before they sign.
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
-        ],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json")), (header::CACHE_CONTROL, cache)],
         state.keys.jwks_json().await,
     )
 }

@@ -12,8 +12,9 @@ use gatehouse::{
 };
 use secrecy::ExposeSecret;
 
-/// `gatehouse keys rotate`: a new current signing key, published at once; running replicas pick
-/// it up at their next reload.
+/// `gatehouse keys rotate`: a successor signing key, published at once; it signs once every
+/// replica has re-read the keys and every cached key set has expired (GATEHOUSE_JWKS_MAX_AGE +
+/// GATEHOUSE_SIGNING_KEY_CHECK_INTERVAL from now).
 async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
     let secret = config.load_secret()?;
     let store = storage::connect(&config.db_options()).await?;
@@ -21,9 +22,9 @@ async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
     let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
     let cipher = Arc::new(SecretCipher::new(secret.expose_secret(), &previous)?);
     let keys = open_keys(config, Arc::clone(&store), cipher, Arc::new(SystemClock)).await?;
-    let kid = keys.rotate().await?;
+    let rotated = keys.rotate().await?;
     store.close().await;
-    println!("new signing key: {kid}");
+    println!("new signing key: {} (published now, signs from {})", rotated.kid, rotated.activates_at.to_rfc3339());
     Ok(())
 }
 

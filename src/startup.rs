@@ -57,6 +57,7 @@ impl Application {
                  set GATEHOUSE_ENV=production for real deployments"
             );
         }
+        warn_if_loopback_is_trusted(&config);
         let secret = config.load_secret()?;
         // Fail before anything starts if the transport security is not acceptable.
         let tls = config.tls()?.map(ReloadingTls::new).transpose()?;
@@ -120,11 +121,14 @@ impl Application {
         let rates = Rates {
             sign_in_per_account_ip: config.rate_sign_in_per_account,
             sign_in_per_ip: config.rate_sign_in_per_ip,
+            sign_in_per_email: config.rate_sign_in_per_email,
+            sign_in_global: config.rate_sign_in_global,
             sign_up_per_ip: config.rate_sign_up_per_ip,
             password_reset_per_email: config.rate_reset_per_email,
             password_reset_per_ip: config.rate_reset_per_ip,
             verification_per_account: config.rate_verification_per_account,
             redeem_per_ip: config.rate_redeem_per_ip,
+            oauth_start_per_ip: config.rate_oauth_start_per_ip,
         };
         let backend: Arc<dyn RateLimitBackend> = match &config.redis_url {
             Some(url) => Arc::new(
@@ -135,7 +139,7 @@ impl Application {
             None => Arc::new(MemoryLimits::new(&rates, Arc::clone(&clock))),
         };
         let limiter_key = config.rate_limits.then(|| secret.expose_secret());
-        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key)?);
+        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key, config.rate_ipv6_prefix)?);
         let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
         let revocations = RevocationHub::start(Arc::clone(&store)).await?;
         let previous = config.load_previous_secrets()?;
@@ -215,7 +219,7 @@ impl Application {
             retention,
         ));
         let follower = tokio::spawn(Arc::clone(&self.revocations).run(Duration::from_millis(500)));
-        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.signing_key_check_interval));
+        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), key_check_interval(&self.config)));
         let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls_reload_interval)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_state = HttpState {
@@ -312,6 +316,23 @@ impl Application {
     }
 }
 
+/// Behind a sidecar every caller reaches Gatehouse from loopback, so a trusted loopback means
+/// that whoever can reach the sidecar chooses the address the per-IP limits count. Said once
+/// at start, since it is the default and often right (a backend on the same host).
+fn warn_if_loopback_is_trusted(config: &Config) {
+    let loopback: [std::net::IpAddr; 2] = [std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if loopback.iter().any(|ip| config.trusted_proxies.iter().any(|net| net.contains(ip))) {
+        tracing::warn!(
+            trusted_proxies = ?config.trusted_proxies,
+            "x-forwarded-for is believed from loopback peers (GATEHOUSE_TRUSTED_PROXIES): behind a sidecar \
+             every caller is loopback, so anyone who can reach the sidecar picks the client address that \
+             per-IP limits and audit records use; the per-email and global sign-in limits still hold. \
+             Admit only your own backends to the port (e.g. a mesh authorization policy), or narrow \
+             GATEHOUSE_TRUSTED_PROXIES (see README, \"Client metadata\")"
+        );
+    }
+}
+
 /// The longest each closing step after the grace period may take.
 const CLOSE_BOUND: Duration = Duration::from_millis(400);
 
@@ -340,9 +361,14 @@ async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, retention: R
     }
 }
 
+/// How often the keys are re-read: as configured, but not in a busy loop.
+fn key_check_interval(config: &Config) -> Duration {
+    config.signing_key_check_interval.max(Duration::from_millis(50))
+}
+
 /// Re-reads the keys (another replica may have rotated) and rotates by age, every `every`.
 async fn rotate_keys(keys: Arc<KeyRing>, every: Duration) {
-    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(50)));
+    let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
         ticker.tick().await;
@@ -381,6 +407,8 @@ pub async fn open_keys(
         ttl: delta(config.access_token_ttl)?,
         algorithm: config.signing_algorithm,
         rotate_after: delta(config.signing_key_rotation)?,
+        jwks_max_age: delta(config.jwks_max_age)?,
+        check_interval: delta(key_check_interval(config))?,
         hs256_secret,
     };
     Ok(KeyRing::open(store, cipher, clock, access).await?)

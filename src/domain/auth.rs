@@ -243,7 +243,7 @@ impl Auth {
         let (Some(email), Some(name), Some(password)) = (email, name, password) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-up lost a field")));
         };
-        self.limit(Limit::SignUpPerIp, &[client_ip(&client)], None, &client).await?;
+        self.limit(Limit::SignUpPerIp, &[&self.ip_key(&client)], None, &client).await?;
 
         let now = self.clock.now();
         let user_id = Uuid::now_v7();
@@ -319,9 +319,14 @@ impl Auth {
         let (Some(email), Some(password)) = (email, password) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-in lost a field")));
         };
-        let ip = client_ip(&client);
-        self.limit_by_email(Limit::SignInPerIp, &[ip], &email, &client).await?;
-        self.limit_by_email(Limit::SignInPerAccountIp, &[email.as_str(), ip], &email, &client).await?;
+        let ip = self.ip_key(&client);
+        // Narrowest first, the global ceiling last: a guess refused per IP or per account does
+        // not use up everyone's budget. Every limit is checked before the account is looked up,
+        // so the answer is the same for an address with or without one.
+        self.limit_by_email(Limit::SignInPerIp, &[&ip], &email, &client).await?;
+        self.limit_by_email(Limit::SignInPerAccountIp, &[email.as_str(), &ip], &email, &client).await?;
+        self.limit_by_email(Limit::SignInPerEmail, &[email.as_str()], &email, &client).await?;
+        self.limit_by_email(Limit::SignInGlobal, &[], &email, &client).await?;
 
         let found = self.store.find_credentials_by_email(email.as_str()).await?;
         let now = self.clock.now();
@@ -416,6 +421,11 @@ impl Auth {
             }
             other => other,
         }
+    }
+
+    /// The key part of per-IP limits for `client` (IPv6 by network).
+    pub(crate) fn ip_key(&self, client: &ClientInfo) -> String {
+        self.limiter.ip_key(client.ip.as_deref())
     }
 
     /// [`Auth::limit`] for a request naming an address: a hit is audited against the address's
@@ -622,8 +632,11 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<Proof, Error> {
         let user_id = caller.user.id;
-        self.limit(Limit::SignInPerAccountIp, &[caller.user.email.as_str(), client_ip(client)], Some(user_id), client)
-            .await?;
+        let email = caller.user.email.as_str();
+        self.limit(Limit::SignInPerAccountIp, &[email, &self.ip_key(client)], Some(user_id), client).await?;
+        // The account's own budget too, so guesses through a stolen session and through SignIn
+        // add up.
+        self.limit(Limit::SignInPerEmail, &[email], Some(user_id), client).await?;
         let Some(stored) = self.store.password_hash(user_id).await? else {
             let signed_in = self.clock.now() - caller.session.row.created_at;
             if signed_in <= self.config.reauth_max_age {
@@ -717,17 +730,12 @@ fn parse_name(raw: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-/// The key part for per-IP limits.
 /// A password field that may be left empty by an account without a password.
 pub(crate) fn optional_password(raw: &str, field: &str) -> Result<Option<Password>, Error> {
     if raw.is_empty() {
         return Ok(None);
     }
     Password::presented(raw).map(Some).map_err(|d| Error::invalid(field, d))
-}
-
-pub(crate) fn client_ip(client: &ClientInfo) -> &str {
-    client.ip.as_deref().unwrap_or("unknown")
 }
 
 pub(crate) fn local_part(email: &str) -> &str {

@@ -18,6 +18,9 @@ use crate::storage::{SigningKeyRow, Store};
 /// most).
 pub const LEEWAY_SECONDS: u64 = 60;
 
+/// The `typ` header of access tokens (RFC 9068), required when verifying.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
 /// Signature algorithm of access tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigningAlgorithm {
@@ -107,8 +110,12 @@ pub struct AccessTokenConfig {
     pub ttl: TimeDelta,
     /// Algorithm of new keys.
     pub algorithm: SigningAlgorithm,
-    /// A key older than this is replaced.
+    /// A key that has signed this long is replaced.
     pub rotate_after: TimeDelta,
+    /// How long verifiers may cache the published key set (its `Cache-Control: max-age`).
+    pub jwks_max_age: TimeDelta,
+    /// How often every replica re-reads the keys.
+    pub check_interval: TimeDelta,
     /// Shared secret of the HS256 compatibility mode (weaker: anyone who can verify can also
     /// forge); `None` keeps it off.
     pub hs256_secret: Option<Vec<u8>>,
@@ -141,14 +148,53 @@ pub struct Claims {
     pub name: String,
 }
 
+impl AccessTokenConfig {
+    /// How long a new key is published before it signs: every replica has re-read the keys
+    /// by then (one check interval), and so has every verifier's cached key set (one max-age
+    /// after that replica's set first showed the key).
+    pub fn prepublish(&self) -> TimeDelta {
+        self.jwks_max_age + self.check_interval
+    }
+
+    /// How long a retired key stays published: the last token it signed lives a TTL (plus the
+    /// leeway verifiers allow), and a replica that has not yet re-read the keys may have
+    /// signed with it up to a check interval later; the max-age covers a verifier that cached
+    /// the set meanwhile.
+    pub fn retention(&self) -> TimeDelta {
+        self.ttl + self.jwks_max_age + self.check_interval + TimeDelta::seconds(LEEWAY_SECONDS as i64)
+    }
+}
+
 struct LoadedKey {
     kid: String,
     algorithm: SigningAlgorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
     public_jwk: serde_json::Value,
-    created_at: DateTime<Utc>,
+    activates_at: DateTime<Utc>,
     retired_at: Option<DateTime<Utc>>,
+}
+
+impl LoadedKey {
+    /// Whether it is in the published set at `now`: from its creation (ahead of signing) until
+    /// `retention` after it stopped signing.
+    fn published(&self, now: DateTime<Utc>, retention: TimeDelta) -> bool {
+        self.retired_at.is_none_or(|retired| now < retired + retention)
+    }
+
+    /// Whether it signs at `now`.
+    fn signs(&self, now: DateTime<Utc>) -> bool {
+        self.activates_at <= now && self.retired_at.is_none_or(|retired| now < retired)
+    }
+}
+
+/// The outcome of `gatehouse keys rotate`.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new key's id.
+    pub kid: String,
+    /// When it starts signing (it is published at once).
+    pub activates_at: DateTime<Utc>,
 }
 
 /// The signing keys, loaded from the store, and the operations on tokens.
@@ -206,37 +252,53 @@ impl KeyRing {
             encoding: algorithm.encoding_key(&der),
             decoding,
             public_jwk,
-            created_at: row.created_at,
+            activates_at: row.activates_at,
             retired_at: row.retired_at,
         })
     }
 
-    /// Adds a new current key if there is none, or if the current one is past its age.
+    /// Adds a key if there is none (signing at once), or a successor, published now and
+    /// signing a pre-publication period from now, when the newest key will have signed for
+    /// its rotation age by then. Nothing while a successor is already waiting.
     pub async fn rotate_if_due(&self) -> Result<bool, Error> {
         let now = self.clock.now();
+        let prepublish = self.config.prepublish();
         let due = match self.keys.read().await.iter().find(|k| k.retired_at.is_none()) {
-            None => Some(None),
-            Some(current) if now - current.created_at >= self.config.rotate_after => Some(Some(current.kid.clone())),
+            // The first key: no token or cached set can miss it.
+            None => Some((None, now)),
+            Some(newest) if newest.activates_at > now => None,
+            Some(newest) if now + prepublish - newest.activates_at >= self.config.rotate_after => {
+                Some((Some(newest.kid.clone()), now + prepublish))
+            }
             Some(_) => None,
         };
         match due {
-            Some(retire) => self.add_key(retire).await,
+            Some((retire, activates_at)) => self.add_key(retire, activates_at).await,
             None => Ok(false),
         }
     }
 
-    /// Adds a new current key and retires the old one (`gatehouse keys rotate`).
-    pub async fn rotate(&self) -> Result<String, Error> {
-        let current = self.keys.read().await.iter().find(|k| k.retired_at.is_none()).map(|k| k.kid.clone());
-        self.add_key(current).await?;
-        self.current_kid().await.ok_or_else(|| Error::Internal(anyhow::anyhow!("no current key after rotation")))
+    /// Adds a successor to the newest key (`gatehouse keys rotate`): published at once, signing
+    /// after the pre-publication period, when the newest key retires.
+    pub async fn rotate(&self) -> Result<Rotated, Error> {
+        let newest = self.newest().await.map(|k| k.kid);
+        let now = self.clock.now();
+        let activates_at = if newest.is_some() { now + self.config.prepublish() } else { now };
+        self.add_key(newest, activates_at).await?;
+        self.newest().await.ok_or_else(|| Error::Internal(anyhow::anyhow!("no signing key after rotation")))
     }
 
-    async fn current_kid(&self) -> Option<String> {
-        self.keys.read().await.iter().find(|k| k.retired_at.is_none()).map(|k| k.kid.clone())
+    /// The newest key: the one that signs, or the successor waiting to.
+    async fn newest(&self) -> Option<Rotated> {
+        self.keys
+            .read()
+            .await
+            .iter()
+            .find(|k| k.retired_at.is_none())
+            .map(|k| Rotated { kid: k.kid.clone(), activates_at: k.activates_at })
     }
 
-    async fn add_key(&self, retire: Option<String>) -> Result<bool, Error> {
+    async fn add_key(&self, retire: Option<String>, activates_at: DateTime<Utc>) -> Result<bool, Error> {
         let algorithm = self.config.algorithm;
         // RSA key generation takes a while: keep it off the async workers.
         let der = tokio::task::spawn_blocking(move || algorithm.generate())
@@ -257,27 +319,28 @@ impl KeyRing {
             cipher_key_id: self.cipher.key_id().to_owned(),
             public_jwk,
             created_at: self.clock.now(),
+            activates_at,
             retired_at: None,
         };
         let added = self.store.add_signing_key(&row, retire.as_deref()).await?;
         if added {
-            tracing::info!(kid, algorithm = algorithm.as_str(), "new access-token signing key");
+            tracing::info!(kid, algorithm = algorithm.as_str(), %activates_at, "new access-token signing key published");
         }
         self.reload().await?;
         Ok(added)
     }
 
-    /// The published key set: the current key and every retired key whose tokens may still be
-    /// alive.
+    /// The published key set: a successor waiting to sign, the signing key, and every retired
+    /// key whose tokens may still be alive somewhere.
     pub async fn jwks_json(&self) -> String {
         let now = self.clock.now();
-        let alive = self.config.ttl + TimeDelta::seconds(LEEWAY_SECONDS as i64);
+        let retention = self.config.retention();
         let keys: Vec<serde_json::Value> = self
             .keys
             .read()
             .await
             .iter()
-            .filter(|k| k.retired_at.is_none_or(|retired| retired + alive > now))
+            .filter(|k| k.published(now, retention))
             .map(|k| k.public_jwk.clone())
             .collect();
         json!({ "keys": keys }).to_string()
@@ -288,28 +351,45 @@ impl KeyRing {
     pub async fn sign(&self, claims: &Claims) -> Result<String, Error> {
         let failed = |e: jsonwebtoken::errors::Error| Error::Internal(anyhow::anyhow!("signing: {e}"));
         if let Some(secret) = &self.config.hs256_secret {
-            let header = Header::new(jsonwebtoken::Algorithm::HS256);
+            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+            // Verifiers of the shared secret ignore `typ`; Gatehouse's own check requires it.
+            header.typ = Some(ACCESS_TOKEN_TYPE.into());
             return jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).map_err(failed);
         }
+        let now = self.clock.now();
         let keys = self.keys.read().await;
+        // The latest key that has started signing; one published but not yet active waits,
+        // whatever this replica's view of its predecessor.
         let key = keys
             .iter()
-            .find(|k| k.retired_at.is_none())
+            .filter(|k| k.signs(now))
+            .max_by_key(|k| k.activates_at)
+            // Only with clocks apart (a first key made by a `keys rotate` whose clock runs
+            // ahead): the newest key rather than no token at all.
+            .or_else(|| keys.iter().find(|k| k.retired_at.is_none()))
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("no current signing key")))?;
         let mut header = Header::new(key.algorithm.jwt());
         header.kid = Some(key.kid.clone());
-        header.typ = Some("at+jwt".into());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(failed)
     }
 
-    /// Verifies an access token: signature by a published key with its own algorithm (never
-    /// `none`, never a key the header supplies), issuer, a configured audience, `exp` and `nbf`.
+    /// Verifies an access token: type `at+jwt`, signature by a key published now with its own
+    /// algorithm (never `none`, never a key the header supplies), issuer, a configured
+    /// audience, `exp` and `nbf`.
     pub async fn verify(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         // The header may only name a key, never carry or point to one.
         if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
             return None;
         }
+        // Only access tokens (RFC 9068 §4): not an ID token or any other JWT a key of ours, or
+        // the shared secret, might have signed. The media type may carry its `application/`.
+        let typ = header.typ.as_deref()?.to_ascii_lowercase();
+        if typ.strip_prefix("application/").unwrap_or(&typ) != ACCESS_TOKEN_TYPE {
+            return None;
+        }
+        let now = self.clock.now();
         let validation = |alg: jsonwebtoken::Algorithm| {
             let mut v = Validation::new(alg);
             v.set_issuer(&[self.config.issuer.as_str()]);
@@ -328,7 +408,10 @@ impl KeyRing {
             _ => {
                 let kid = header.kid?;
                 let keys = self.keys.read().await;
-                let key = keys.iter().find(|k| k.kid == kid)?;
+                // A key out of the published set is out for good: what it signs is refused even
+                // if its claims look fresh (a leaked retired key, a token made under a longer TTL).
+                let retention = self.config.retention();
+                let key = keys.iter().find(|k| k.kid == kid && k.published(now, retention))?;
                 if header.alg != key.algorithm.jwt() {
                     return None;
                 }
@@ -336,7 +419,7 @@ impl KeyRing {
                 jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).ok()?.claims
             }
         };
-        let now = self.clock.now().timestamp();
+        let now = now.timestamp();
         let leeway = LEEWAY_SECONDS as i64;
         (claims.exp + leeway > now && claims.nbf - leeway <= now).then_some(claims)
     }

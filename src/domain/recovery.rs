@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{
     ClientInfo,
     audit::{Event, Outcome},
-    auth::{Auth, Authenticated, client_ip, local_part},
+    auth::{Auth, Authenticated, local_part},
     email::Email,
     error::{Error, Violations},
     limits::Limit,
@@ -84,7 +84,7 @@ impl Auth {
     /// VerifyEmail: redeems a verification or email-change link.
     #[tracing::instrument(skip_all)]
     pub async fn verify_email(&self, token: &str, client: &ClientInfo) -> Result<(), Error> {
-        self.limit(Limit::RedeemPerIp, &[client_ip(client)], None, client).await?;
+        self.limit(Limit::RedeemPerIp, &[&self.ip_key(client)], None, client).await?;
         let Some(token) = SecretToken::parse_with(token.trim(), LINK_PREFIX) else { return Err(bad_token()) };
         let now = self.clock.now();
         let redeemed =
@@ -124,7 +124,7 @@ impl Auth {
     #[tracing::instrument(skip_all)]
     pub async fn request_password_reset(self: &Arc<Self>, email: &str, client: ClientInfo) -> Result<(), Error> {
         let email = Email::parse(email).map_err(|d| Error::invalid("email", d))?;
-        self.limit_by_email(Limit::PasswordResetPerIp, &[client_ip(&client)], &email, &client).await?;
+        self.limit_by_email(Limit::PasswordResetPerIp, &[&self.ip_key(&client)], &email, &client).await?;
         self.limit_by_email(Limit::PasswordResetPerEmail, &[email.as_str()], &email, &client).await?;
         let auth = Arc::clone(self);
         tokio::spawn(async move {
@@ -161,7 +161,7 @@ impl Auth {
     /// and the owner is told. No session is returned.
     #[tracing::instrument(skip_all)]
     pub async fn reset_password(&self, token: &str, new_password: &str, client: &ClientInfo) -> Result<(), Error> {
-        self.limit(Limit::RedeemPerIp, &[client_ip(client)], None, client).await?;
+        self.limit(Limit::RedeemPerIp, &[&self.ip_key(client)], None, client).await?;
         let mut v = Violations::default();
         let token = SecretToken::parse_with(token.trim(), LINK_PREFIX);
         if token.is_none() {

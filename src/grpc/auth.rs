@@ -200,9 +200,10 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::StartOAuthRequest>,
     ) -> Result<Response<pb::StartOAuthResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
         let caller = self.optional_caller(&req).await?;
         let r = req.into_inner();
-        let started = self.oauth.start(&r.provider, &r.redirect_uri, caller.as_ref()).await?;
+        let started = self.oauth.start(&r.provider, &r.redirect_uri, caller.as_ref(), &client).await?;
         Ok(Response::new(pb::StartOAuthResponse {
             authorization_url: started.authorization_url,
             state: started.state,

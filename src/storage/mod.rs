@@ -254,8 +254,9 @@ pub trait RevocationStore: Send + Sync {
 pub trait SigningKeyStore: Send + Sync {
     /// Every key, oldest first.
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError>;
-    /// Adds a key. With `retire`, only if that key is still current (it is retired in the same
-    /// transaction); without, only if there is no current key. False if another replica won.
+    /// Adds a key. With `retire`, only if that key is still the newest (it is retired as of the
+    /// new key's `activates_at`, in the same transaction); without, only if there is no such
+    /// key. False if another replica won.
     async fn add_signing_key(&self, key: &SigningKeyRow, retire: Option<&str>) -> Result<bool, StoreError>;
 }
 

@@ -624,8 +624,8 @@ macro_rules! impl_queries {
             #[tracing::instrument(skip_all)]
             async fn list_signing_keys(&self) -> Result<Vec<$crate::storage::SigningKeyRow>, $crate::storage::StoreError> {
                 sqlx::query_as(
-                    "SELECT kid, algorithm, private_key, cipher_key_id, public_jwk, created_at, retired_at \
-                     FROM signing_keys ORDER BY created_at",
+                    "SELECT kid, algorithm, private_key, cipher_key_id, public_jwk, created_at, activates_at, retired_at \
+                     FROM signing_keys ORDER BY activates_at, created_at",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -643,7 +643,7 @@ macro_rules! impl_queries {
                 if let Some(kid) = retire {
                     let done = sqlx::query("UPDATE signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL")
                         .bind(kid)
-                        .bind(key.created_at)
+                        .bind(key.activates_at)
                         .execute(&mut *tx)
                         .await
                         .map_err(classify)?;
@@ -661,8 +661,8 @@ macro_rules! impl_queries {
                     }
                 }
                 sqlx::query(
-                    "INSERT INTO signing_keys (kid, algorithm, private_key, cipher_key_id, public_jwk, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, cipher_key_id, public_jwk, created_at, activates_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&key.kid)
                 .bind(&key.algorithm)
@@ -670,6 +670,7 @@ macro_rules! impl_queries {
                 .bind(&key.cipher_key_id)
                 .bind(&key.public_jwk)
                 .bind(key.created_at)
+                .bind(key.activates_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;

@@ -390,7 +390,9 @@ pub struct SigningKeyRow {
     pub public_jwk: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// When a newer key took over.
+    /// When it starts signing (published from creation).
+    pub activates_at: DateTime<Utc>,
+    /// When a newer key takes over (may be ahead: the successor's `activates_at`).
     pub retired_at: Option<DateTime<Utc>>,
 }
 

@@ -412,7 +412,7 @@ async fn limits_trip_and_recover_postgres() {
 }
 
 /// Redis for the shared-limit tests; skipped locally when not reachable, required under CI.
-async fn redis_url() -> Option<String> {
+pub(crate) async fn redis_url() -> Option<String> {
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let reachable = match redis::Client::open(url.as_str()) {
         Ok(client) => client.get_multiplexed_async_connection().await.is_ok(),

@@ -281,6 +281,9 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.rate_reset_per_ip = generous;
     config.rate_verification_per_account = generous;
     config.rate_redeem_per_ip = generous;
+    config.rate_sign_in_per_email = generous;
+    config.rate_sign_in_global = generous;
+    config.rate_oauth_start_per_ip = generous;
     // Mail goes to a per-test outbox unless a test points it at its SMTP server.
     config.mail_retry_backoff = Duration::from_millis(50);
     config

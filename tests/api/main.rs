@@ -16,4 +16,5 @@ mod recovery;
 mod sessions;
 mod shutdown;
 mod storage;
+mod throttle;
 mod tls;

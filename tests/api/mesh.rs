@@ -8,6 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::TimeDelta;
 use gatehouse::{
     Config,
+    domain::Clock,
     proto::v1::{self as pb, admin_service_client::AdminServiceClient, token_service_client::TokenServiceClient},
 };
 use serde_json::Value;
@@ -67,7 +68,12 @@ async fn http_json(app: &TestApp, path: &str) -> Value {
 /// Verifies an EdDSA JWT with ed25519-dalek directly (not the library that signed it) against
 /// the JWK Set served over HTTP. Returns the claims.
 async fn verify_independently(app: &TestApp, jwt: &str) -> Option<Value> {
-    let jwks = http_json(app, "/.well-known/jwks.json").await;
+    verify_with(&http_json(app, "/.well-known/jwks.json").await, jwt)
+}
+
+/// Verifies an EdDSA JWT's signature with ed25519-dalek against `jwks` (a key set as served,
+/// possibly cached); returns the claims.
+fn verify_with(jwks: &Value, jwt: &str) -> Option<Value> {
     let mut parts = jwt.split('.');
     let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
@@ -189,6 +195,15 @@ async fn introspection_follows_the_session(app: &TestApp) {
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
 
+async fn published_kids(app: &TestApp) -> Vec<String> {
+    http_json(app, "/.well-known/jwks.json").await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn rotation_keeps_old_tokens_until_they_expire(app: &TestApp) {
     let token = app.sign_up("rotate@example.com").await.session_token;
     let old = issue(app, &token, AUDIENCE).await.unwrap().access_token;
@@ -196,35 +211,34 @@ async fn rotation_keeps_old_tokens_until_they_expire(app: &TestApp) {
     // `gatehouse keys rotate` against the same database, as an operator would run it.
     let mut config = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path());
     mesh_config(&mut config);
-    rotate_offline(&config, app.clock.clone()).await;
-    // The running server picks the new key up at its next check.
+    let rotated = rotate_offline(&config, app.clock.clone()).await;
+    // The running server publishes the new key at its next check, but keeps signing with the
+    // old one for the JWKS max-age (5 min) plus the check interval.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let new = loop {
-        let candidate = issue(app, &token, AUDIENCE).await.unwrap().access_token;
-        if header_kid(&candidate) != old_kid {
-            break candidate;
-        }
-        assert!(Instant::now() < deadline, "the new key was not picked up");
+    while published_kids(app).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the new key was not published");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let kids: Vec<String> = http_json(app, "/.well-known/jwks.json").await["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(kids.contains(&old_kid) && kids.contains(&header_kid(&new)), "{kids:?}");
+    }
+    assert_eq!(published_kids(app).await, [old_kid.clone(), rotated.kid.clone()]);
+    assert_eq!(header_kid(&issue(app, &token, AUDIENCE).await.unwrap().access_token), old_kid);
+    app.clock.advance(TimeDelta::minutes(5));
+    assert_eq!(header_kid(&issue(app, &token, AUDIENCE).await.unwrap().access_token), old_kid);
+    app.clock.advance(TimeDelta::seconds(1));
+    let new = issue(app, &token, AUDIENCE).await.unwrap().access_token;
+    assert_eq!(header_kid(&new), rotated.kid);
     assert!(verify_independently(app, &old).await.is_some() && introspect(app, &old).await.active);
-    assert!(verify_independently(app, &new).await.is_some());
-    // Once every token of the old key has expired, it is no longer published.
-    app.clock.advance(TimeDelta::minutes(12));
-    let kids = http_json(app, "/.well-known/jwks.json").await["keys"].as_array().unwrap().len();
-    assert_eq!(kids, 1);
+    assert!(verify_independently(app, &new).await.is_some() && introspect(app, &new).await.active);
+    // The old key stays published for the token TTL + max-age + check interval + 60 s after
+    // it stopped signing, then goes.
+    app.clock.advance(TimeDelta::minutes(15));
+    assert_eq!(published_kids(app).await.len(), 2);
+    app.clock.advance(TimeDelta::minutes(1));
+    assert_eq!(published_kids(app).await, [rotated.kid]);
     assert!(verify_independently(app, &old).await.is_none());
 }
 
 /// What `gatehouse keys rotate` does, with the test's clock (the CLI uses the system's).
-async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) {
+async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) -> gatehouse::domain::keys::Rotated {
     use gatehouse::domain::cipher::SecretCipher;
     use secrecy::ExposeSecret;
     let secret = config.load_secret().unwrap();
@@ -233,8 +247,92 @@ async fn rotate_offline(config: &Config, clock: gatehouse::domain::ManualClock) 
     let keys = gatehouse::startup::open_keys(config, std::sync::Arc::clone(&store), cipher, std::sync::Arc::new(clock))
         .await
         .unwrap();
-    keys.rotate().await.unwrap();
+    let rotated = keys.rotate().await.unwrap();
     store.close().await;
+    rotated
+}
+
+/// The private half of signing key `kid`, read from the database and decrypted with the test
+/// server's secret: what an attacker holding an old key, or Gatehouse itself, could sign with.
+async fn private_key(app: &TestApp, kid: &str) -> ed25519_dalek::SigningKey {
+    use gatehouse::domain::cipher::SecretCipher;
+    use secrecy::ExposeSecret;
+    let kids = app.db.query_texts("SELECT kid FROM signing_keys ORDER BY created_at, kid").await;
+    let cipher_ids = app.db.query_texts("SELECT cipher_key_id FROM signing_keys ORDER BY created_at, kid").await;
+    let sealed = app.db.query_blobs("SELECT private_key FROM signing_keys ORDER BY created_at, kid").await;
+    let at = kids.iter().position(|k| k == kid).expect("the key is stored");
+    let secret = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path()).load_secret().unwrap();
+    let cipher = SecretCipher::new(secret.expose_secret(), &[]).unwrap();
+    let der = cipher.decrypt(&cipher_ids[at], &sealed[at], kid.as_bytes()).unwrap();
+    // PKCS#8 v1 of Ed25519 (RFC 8410): a 16-byte prefix, then the 32-byte seed.
+    ed25519_dalek::SigningKey::from_bytes(&der[16..48].try_into().unwrap())
+}
+
+/// A JWT with `header` and `claims`, signed by `key`.
+fn sign_with(key: &ed25519_dalek::SigningKey, header: &Value, claims: &Value) -> String {
+    use ed25519_dalek::Signer;
+    let unsigned =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(key.sign(unsigned.as_bytes()).to_bytes()))
+}
+
+/// The claims of `jwt`, re-timed to be fresh at `now`.
+fn fresh_claims(jwt: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    claims["iat"] = now.timestamp().into();
+    claims["nbf"] = now.timestamp().into();
+    claims["exp"] = (now.timestamp() + 300).into();
+    claims
+}
+
+/// Only access tokens (`typ: at+jwt`, RFC 9068) are accepted: a JWT of another type signed by
+/// the current key is refused, though its signature and claims are good.
+async fn tokens_of_another_type_are_refused(app: &TestApp) {
+    let session = app.sign_up("typed@example.com").await.session_token;
+    let issued = issue(app, &session, AUDIENCE).await.unwrap().access_token;
+    let kid = header_kid(&issued);
+    let key = private_key(app, &kid).await;
+    let claims = fresh_claims(&issued, app.clock.now());
+    let as_issued = sign_with(&key, &serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"}), &claims);
+    assert!(introspect(app, &as_issued).await.active, "the forgery is otherwise faithful");
+    let media_type = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "application/at+jwt"});
+    assert!(introspect(app, &sign_with(&key, &media_type, &claims)).await.active, "RFC 7515 §4.1.9 long form");
+    for header in [
+        serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"}),
+        serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "id_token+jwt"}),
+        serde_json::json!({"alg": "EdDSA", "kid": kid}),
+    ] {
+        let token = sign_with(&key, &header, &claims);
+        assert!(verify_with(&http_json(app, "/.well-known/jwks.json").await, &token).is_some(), "signed by our key");
+        assert!(!introspect(app, &token).await.active, "{header} introspected active");
+    }
+}
+
+/// Once a retired key is no longer published, nothing it signs is accepted, even a token whose
+/// claims are fresh (a leaked old key, or one signed under a longer TTL).
+async fn tokens_of_an_unpublished_key_are_refused(app: &TestApp) {
+    let session = app.sign_up("unpublished@example.com").await.session_token;
+    let issued = issue(app, &session, AUDIENCE).await.unwrap().access_token;
+    let old_kid = header_kid(&issued);
+    let old_key = private_key(app, &old_kid).await;
+    let mut config = crate::helpers::test_config(&app.db, std::env::temp_dir().as_path());
+    mesh_config(&mut config);
+    let rotated = rotate_offline(&config, app.clock.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while published_kids(app).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the new key was not published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the switch and the old key's retention.
+    app.clock.advance(TimeDelta::minutes(5 + 17));
+    assert_eq!(published_kids(app).await, std::slice::from_ref(&rotated.kid));
+    let header = |kid: &str| serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"});
+    let claims = fresh_claims(&issued, app.clock.now());
+    let current = sign_with(&private_key(app, &rotated.kid).await, &header(&rotated.kid), &claims);
+    assert!(introspect(app, &current).await.active, "the same claims under the published key");
+    let stale = sign_with(&old_key, &header(&old_kid), &claims);
+    assert!(!introspect(app, &stale).await.active, "a token of an unpublished key introspected active");
 }
 
 fn header_kid(jwt: &str) -> String {
@@ -325,6 +423,8 @@ crate::both_backends_with!(
     access_tokens_verify_offline,
     introspection_follows_the_session,
     rotation_keeps_old_tokens_until_they_expire,
+    tokens_of_another_type_are_refused,
+    tokens_of_an_unpublished_key_are_refused,
     admin_needs_service_credentials,
     metrics_count_the_traffic,
 );
@@ -396,6 +496,125 @@ async fn watch_across_replicas_postgres() {
     watch_across_replicas_on(Backend::Postgres).await;
 }
 
+/// What a verifier has seen: every token still unexpired, and every key set it may still hold
+/// in its cache (fetched within the last max-age).
+#[derive(Default)]
+struct Verifier {
+    tokens: Vec<(String, i64)>,
+    snapshots: Vec<(i64, Value)>,
+    /// (token, key set) pairs already verified: the sets repeat, and unoptimised ed25519 is slow.
+    verified: std::collections::HashSet<(String, String)>,
+}
+
+const ROTATION_MAX_AGE: i64 = 60;
+
+/// At one moment: each replica issues a token and serves its key set; then every unexpired
+/// token must verify against every key set a verifier may hold, and be active on each replica.
+/// Returns the kids the replicas signed with.
+async fn sample(apps: &[&TestApp], session: &str, verifier: &mut Verifier, moment: &str) -> Vec<String> {
+    let now = apps[0].clock.now().timestamp();
+    let mut kids = Vec::new();
+    for app in apps {
+        let issued = issue(app, session, AUDIENCE).await.unwrap();
+        kids.push(header_kid(&issued.access_token));
+        verifier.tokens.push((issued.access_token, issued.expires_at.unwrap().seconds));
+    }
+    for app in apps {
+        verifier.snapshots.push((now, http_json(app, "/.well-known/jwks.json").await));
+    }
+    verifier.tokens.retain(|(_, exp)| *exp > now);
+    verifier.snapshots.retain(|(at, _)| now < at + ROTATION_MAX_AGE);
+    for (token, _) in &verifier.tokens {
+        for (at, jwks) in &verifier.snapshots {
+            if !verifier.verified.insert((token.clone(), jwks.to_string())) {
+                continue;
+            }
+            assert!(
+                verify_with(jwks, token).is_some(),
+                "{moment}: a token signed by {} does not verify against the set served at {at} ({} s ago): {jwks}",
+                header_kid(token),
+                now - at
+            );
+        }
+    }
+    // Gatehouse's own check, on the oldest and newest tokens.
+    let n = verifier.tokens.len();
+    for (token, _) in verifier.tokens.iter().take(2).chain(verifier.tokens.iter().skip(n.saturating_sub(2))) {
+        for app in apps {
+            assert!(introspect(app, token).await.active, "{moment}: {} refused by a replica", header_kid(token));
+        }
+    }
+    kids
+}
+
+/// Rotation across two replicas on one database, through `gatehouse keys rotate`'s code path,
+/// with a 200 ms key check interval and a 1 min JWKS max-age: at every sampled moment every
+/// unexpired token from either replica verifies against the key set served by either
+/// replica, and against any copy a verifier cached within the max-age.
+async fn rotation_across_replicas_on(backend: Backend) {
+    let check = Duration::from_millis(200);
+    let tweak = move |c: &mut Config| {
+        mesh_config(c);
+        c.signing_key_check_interval = check;
+        c.jwks_max_age = Duration::from_secs(ROTATION_MAX_AGE as u64);
+    };
+    let Some(one) = spawn_app_with(backend, tweak).await else { return };
+    let two = spawn_on(one.db.clone(), tweak).await;
+    let apps = [&one, &two];
+    let session = one.sign_up("rotating@example.com").await.session_token;
+    let response = reqwest::get(format!("http://{}/.well-known/jwks.json", one.http_addr)).await.unwrap();
+    assert_eq!(response.headers()["cache-control"], "public, max-age=60");
+
+    let mut verifier = Verifier::default();
+    let old_kid = sample(&apps, &session, &mut verifier, "before the rotation").await[0].clone();
+    let mut config = crate::helpers::test_config(&one.db, std::env::temp_dir().as_path());
+    tweak(&mut config);
+    let rotated = rotate_offline(&config, one.clock.clone()).await;
+    let signs_from = rotated.activates_at;
+    assert_eq!(signs_from - one.clock.now(), TimeDelta::milliseconds(60_200), "max-age + check interval");
+    // Neither replica has re-read the keys yet.
+    sample(&apps, &session, &mut verifier, "just after the rotation").await;
+    let step = TimeDelta::seconds(30);
+    // Through the pre-publication, the switch, and until the old key's retention has passed
+    // (TTL 10 min + max-age + check interval + 60 s after the switch).
+    let end = signs_from + TimeDelta::minutes(13);
+    while one.clock.now() <= end {
+        let now = one.clock.now();
+        let t = (now - signs_from).num_milliseconds();
+        // Once right after the clocks moved, once after both replicas have re-read the keys.
+        for moment in ["after a step", "after a key check"] {
+            let kids = sample(&apps, &session, &mut verifier, &format!("{moment}, t = {t} ms")).await;
+            let expected = if now < signs_from { &old_kid } else { &rotated.kid };
+            assert_eq!(kids, [expected.clone(), expected.clone()], "both replicas sign with one key at t = {t} ms");
+            tokio::time::sleep(check * 2).await;
+        }
+        for app in apps {
+            app.clock.advance(step);
+        }
+    }
+    for app in apps {
+        assert_eq!(
+            published_kids(app).await,
+            std::slice::from_ref(&rotated.kid),
+            "the old key is gone once no token of it lives"
+        );
+    }
+    let mut two = two;
+    two.stop().await;
+    one.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_across_replicas_sqlite() {
+    rotation_across_replicas_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn rotation_across_replicas_postgres() {
+    rotation_across_replicas_on(Backend::Postgres).await;
+}
+
 /// HS256 compatibility: existing code that checks an HMAC with the shared secret and reads
 /// `sub` keeps working.
 async fn hs256_compat_on(backend: Backend) {
@@ -420,6 +639,18 @@ async fn hs256_compat_on(backend: Backend) {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(unsigned.split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(claims["sub"], up.user.unwrap().id.as_str());
     assert!(introspect(&app, &jwt).await.active);
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(unsigned.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["typ"], "at+jwt");
+    // The shared secret signs other JWTs too (a legacy app's own): only access tokens count.
+    let other = {
+        let h = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "HS256", "typ": "JWT"}).to_string());
+        let unsigned = format!("{h}.{}", unsigned.split('.').nth(1).unwrap());
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SHARED.as_bytes()).unwrap();
+        mac.update(unsigned.as_bytes());
+        format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    };
+    assert!(!introspect(&app, &other).await.active, "a JWT of another type is refused");
     app.finish().await;
 }
 

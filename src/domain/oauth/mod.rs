@@ -24,6 +24,7 @@ use super::{
     clock::Clock,
     email::Email,
     error::{AuthFailure, Error, Violations},
+    limits::Limit,
     notify::{Template, Vars},
     token::SessionToken,
 };
@@ -129,13 +130,15 @@ impl OAuth {
     }
 
     /// Starts a flow: creates and stores state, PKCE verifier and (OIDC) nonce, bound to the
-    /// provider and redirect URI. With a `caller`, the flow links to that user.
+    /// provider and redirect URI. With a `caller`, the flow links to that user. Each start
+    /// stores a row, so starts are limited per client IP.
     #[tracing::instrument(skip_all, fields(provider = %provider))]
     pub async fn start(
         &self,
         provider: &str,
         redirect_uri: &str,
         caller: Option<&Authenticated>,
+        client: &ClientInfo,
     ) -> Result<Started, Error> {
         let mut v = Violations::default();
         let found = v.check("provider", self.provider(provider));
@@ -148,6 +151,8 @@ impl OAuth {
         let Some(provider) = found else {
             return Err(Error::Internal(anyhow::anyhow!("provider check lost")));
         };
+        let ip = self.auth.ip_key(client);
+        self.auth.limit(Limit::OAuthStartPerIp, &[&ip], caller.map(|c| c.user.id), client).await?;
 
         let state = random_token()?;
         let nonce = if provider.is_oidc() { Some(random_token()?) } else { None };
