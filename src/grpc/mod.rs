@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod health;
 pub mod metadata;
@@ -10,6 +11,7 @@ pub mod profile;
 pub mod service_auth;
 pub mod status;
 pub mod token;
+pub mod transport_status;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -121,13 +123,19 @@ pub async fn serve(
         })
         .on_failure(());
 
+    // The request deadline is applied by the innermost layer rather than by tonic's
+    // `Server::timeout`, so that it answers DEADLINE_EXCEEDED and is traced and counted.
+    let statuses = transport_status::TransportStatusLayer {
+        request_timeout: settings.request_timeout,
+        max_request_bytes: settings.max_request_bytes,
+    };
     let router = Server::builder()
-        .timeout(settings.request_timeout)
         // Long-lived streams (WatchRevocations) notice a dead peer.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(RpcMetricsLayer)
         .layer(trace)
+        .layer(statuses)
         .add_service(health)
         .add_service(auth_api)
         .add_service(profile_api)
