@@ -235,7 +235,9 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SMTP_PASSWORD_FILE")]
     pub smtp_password_file: Option<PathBuf>,
 
-    /// SMTP connection and command timeout.
+    /// Bound on each SMTP step: connecting, the TLS handshake, the greeting, each command's reply
+    /// and the message data (a whole delivery at most 12 times this). A relay that does not
+    /// answer in time fails the attempt, which is retried with backoff.
     #[arg(long, env = "GATEHOUSE_SMTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub smtp_timeout: Duration,
 

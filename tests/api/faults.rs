@@ -11,7 +11,10 @@ use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
-use crate::helpers::TestApp;
+use crate::{
+    helpers::{Backend, TestApp, spawn_app_with, use_smtp},
+    smtp::SmtpServer,
+};
 
 /// Sends `body` as the raw request message of `path`, bypassing the generated client's
 /// encoding, and returns the answer's raw message.
@@ -231,4 +234,46 @@ async fn abandoned_sign_ins_are_not_hashed(app: &TestApp) {
     // How many reach the hasher in time depends on the machine's load, so the refusal itself
     // is checked in `domain::password`'s unit tests; here, every refusal says when to retry.
     assert_eq!(outcome.refused, outcome.refused_with_retry_info, "with RetryInfo: {outcome:?}");
+}
+
+/// A relay that accepts connections and never speaks: each attempt ends at
+/// GATEHOUSE_SMTP_TIMEOUT and the message is retried with backoff until the relay answers.
+async fn a_stuck_relay_is_timed_out_and_retried_on(backend: Backend) {
+    let mut smtp = SmtpServer::start().await;
+    smtp.set_silent(true);
+    let Some(app) = spawn_app_with(backend, |c| {
+        use_smtp(c, &smtp);
+        c.smtp_timeout = Duration::from_millis(300);
+        c.mail_attempts = 10;
+        c.mail_retry_backoff = Duration::from_millis(50);
+    })
+    .await
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    app.sign_up("stuck@example.com").await;
+    // Three attempts, each timed out on the greeting and followed by a new connection.
+    smtp.wait_for_connections(3).await;
+    let three_attempts = started.elapsed();
+    smtp.assert_quiet(Duration::ZERO).await;
+    smtp.set_silent(false);
+    let mail = smtp.next_to("stuck@example.com", "Confirm").await;
+    assert!(mail.token().starts_with("gatelink_"));
+    eprintln!(
+        "stuck relay with a 300 ms timeout: 3 attempts in {three_attempts:?}; delivered {:?} after the start",
+        started.elapsed()
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_relay_is_timed_out_and_retried_sqlite() {
+    a_stuck_relay_is_timed_out_and_retried_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn a_stuck_relay_is_timed_out_and_retried_postgres() {
+    a_stuck_relay_is_timed_out_and_retried_on(Backend::Postgres).await;
 }
