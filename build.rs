@@ -26,7 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("gatehouse_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // prost's codec, but a malformed request is INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::ProtoCodec")
+        .compile_fds(fds)?;
     Ok(())
 }
 

@@ -141,9 +141,11 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_HASH_THREADS")]
     pub hash_threads: Option<usize>,
 
-    /// Password checks allowed to wait for a hashing thread; beyond it, RESOURCE_EXHAUSTED.
-    #[arg(long, env = "GATEHOUSE_HASH_QUEUE_LIMIT", default_value_t = 1024)]
-    pub hash_queue_limit: usize,
+    /// Password checks allowed to wait for a hashing thread; beyond it, RESOURCE_EXHAUSTED at
+    /// once [default: as many as the threads hash in half of GATEHOUSE_REQUEST_TIMEOUT, at the
+    /// rate measured at start (at least one per thread, at most 4096)].
+    #[arg(long, env = "GATEHOUSE_HASH_QUEUE_LIMIT")]
+    pub hash_queue_limit: Option<usize>,
 
     /// Serve gRPC reflection [default: on in development, off in production].
     #[arg(long, env = "GATEHOUSE_REFLECTION")]
@@ -258,7 +260,9 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_SMTP_PASSWORD_FILE")]
     pub smtp_password_file: Option<PathBuf>,
 
-    /// SMTP connection and command timeout.
+    /// Bound on each SMTP step: connecting, the TLS handshake, the greeting, each command's reply
+    /// and the message data (a whole delivery at most 12 times this). A relay that does not
+    /// answer in time fails the attempt, which is retried with backoff.
     #[arg(long, env = "GATEHOUSE_SMTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub smtp_timeout: Duration,
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     sign_in_failures: Counter,
     rate_limited: Family<Labels, Counter>,
     hash_queue: Gauge,
+    hashes_abandoned: Counter,
     pool_size: Gauge,
     pool_idle: Gauge,
     pool_max: Gauge,
@@ -59,13 +60,30 @@ impl Metrics {
         registry.register("rate_limited", "Requests refused by a rate limit, by limit", rate_limited.clone());
         let hash_queue = Gauge::default();
         registry.register("password_hash_queue_depth", "Password hashes waiting or running", hash_queue.clone());
+        let hashes_abandoned = Counter::default();
+        registry.register(
+            "password_hashes_abandoned",
+            "Password checks skipped unhashed because the caller had gone (deadline passed or call dropped)",
+            hashes_abandoned.clone(),
+        );
         let pool_size = Gauge::default();
         registry.register("db_pool_connections", "Open database connections", pool_size.clone());
         let pool_idle = Gauge::default();
         registry.register("db_pool_idle_connections", "Idle database connections", pool_idle.clone());
         let pool_max = Gauge::default();
         registry.register("db_pool_max_connections", "Configured pool maximum", pool_max.clone());
-        Self { registry, rpcs, latency, sign_in_failures, rate_limited, hash_queue, pool_size, pool_idle, pool_max }
+        Self {
+            registry,
+            rpcs,
+            latency,
+            sign_in_failures,
+            rate_limited,
+            hash_queue,
+            hashes_abandoned,
+            pool_size,
+            pool_idle,
+            pool_max,
+        }
     }
 
     /// Counts a finished RPC.
@@ -83,6 +101,11 @@ impl Metrics {
     /// Counts a rate-limit refusal.
     pub fn rate_limited(&self, limit: &'static str) {
         self.rate_limited.get_or_create(&vec![("limit", limit.to_owned())]).inc();
+    }
+
+    /// Counts password checks skipped because their callers had gone.
+    pub fn password_hashes_abandoned(&self, n: usize) {
+        self.hashes_abandoned.inc_by(n as u64);
     }
 
     /// The text exposition, with the sampled gauges set first.

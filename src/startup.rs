@@ -20,7 +20,7 @@ use crate::{
         mesh::Mesh,
         notify::Notifier,
         oauth::{OAuthConfig, Provider, http_client},
-        password::{HashParams, PasswordHasher, PasswordPolicy},
+        password::{HashParams, PasswordHasher, PasswordPolicy, QueueBound},
         revocations::RevocationHub,
         token::TokenHasher,
     },
@@ -79,7 +79,16 @@ impl Application {
             t_cost: config.argon2_iterations,
             p_cost: config.argon2_parallelism,
         };
-        let hasher = PasswordHasher::start(params, threads, config.hash_queue_limit)?;
+        // A check that waits longer than half the request timeout would likely time out
+        // anyway: refuse it at once, and leave the other half for the rest of the request.
+        let bound = config.hash_queue_limit.map_or(QueueBound::Within(config.request_timeout / 2), QueueBound::Fixed);
+        let hasher = PasswordHasher::start(params, threads, bound)?;
+        tracing::info!(
+            threads,
+            hashes_per_second = hasher.hashes_per_second().round(),
+            queue_limit = hasher.queue_limit(),
+            "password hashing ready"
+        );
         let auth_config = AuthConfig {
             session_ttl: delta(config.session_ttl)?,
             idle_timeout: delta(config.session_idle_timeout)?,

@@ -23,6 +23,9 @@ pub enum Error {
     /// Too much work queued; retry later.
     #[error("{0}")]
     ResourceExhausted(&'static str),
+    /// Concurrent changes kept conflicting with this one; the caller may retry.
+    #[error("{0}")]
+    Aborted(&'static str),
     /// The caller is over a rate limit.
     #[error("rate limited")]
     RateLimited {

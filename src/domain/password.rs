@@ -3,13 +3,14 @@
 //! per waiting request.
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
+    time::Instant,
 };
 
 use std::cell::RefCell;
@@ -19,6 +20,7 @@ use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use unicode_normalization::UnicodeNormalization;
 
 use super::error::Error;
+use crate::metrics::METRICS;
 
 /// Longest password accepted, in Unicode code points (no truncation happens below it).
 pub const MAX_PASSWORD_CHARS: usize = 128;
@@ -127,7 +129,20 @@ pub struct Verification {
     pub needs_rehash: bool,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// How many password checks may wait for a hashing thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueBound {
+    /// Exactly this many.
+    Fixed(usize),
+    /// As many as the threads hash within this time, at the rate they are hashing now (measured
+    /// at start, then a moving average of every job's wall time, so that CPU taken by other work
+    /// counts): a check that would wait longer is refused at once rather than left to time out.
+    Within(std::time::Duration),
+}
+
+/// Most checks a derived bound allows to wait, whatever the measured rate: each waiting check
+/// is an open request.
+const MAX_DERIVED_QUEUE: usize = 4096;
 
 /// Argon2id hashing and verification on `threads` dedicated threads with a bounded queue.
 #[derive(Clone)]
@@ -136,17 +151,145 @@ pub struct PasswordHasher {
 }
 
 struct Inner {
+    worker: Arc<Worker>,
+    queue: Arc<Queue>,
+    bound: QueueBound,
+    threads: usize,
+}
+
+/// What a hashing job needs.
+struct Worker {
     argon2: Argon2<'static>,
     params: HashParams,
-    jobs: mpsc::SyncSender<Job>,
-    queued: AtomicUsize,
     /// A hash of a random password, verified for unknown emails so that their timing matches.
     dummy_hash: String,
 }
 
+/// Jobs waiting for a hashing thread, oldest first.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    /// Jobs waiting or running.
+    queued: AtomicUsize,
+    /// Moving average of one job's wall time on its thread, in seconds (`f64` bits).
+    seconds_per_hash: AtomicU64,
+}
+
+struct QueueState {
+    jobs: VecDeque<Box<dyn Job>>,
+    /// The hasher is gone: threads end once the queue is empty.
+    closed: bool,
+}
+
+/// A queued password check.
+trait Job: Send {
+    /// The caller stopped waiting (its request ended or timed out).
+    fn abandoned(&self) -> bool;
+    /// Hashes and hands the result to the caller.
+    fn run(self: Box<Self>);
+}
+
+struct Pending<T, F> {
+    tx: tokio::sync::oneshot::Sender<Result<T, Error>>,
+    work: F,
+    span: tracing::Span,
+}
+
+impl<T: Send, F: FnOnce() -> Result<T, Error> + Send> Job for Pending<T, F> {
+    fn abandoned(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn run(self: Box<Self>) {
+        let Pending { tx, work, span } = *self;
+        let _ = tx.send(span.in_scope(work));
+    }
+}
+
+impl Queue {
+    /// Queues `job` unless `limit` jobs are already waiting for callers still there.
+    fn push(&self, job: Box<dyn Job>, limit: usize) -> bool {
+        let Ok(mut state) = self.state.lock() else { return false };
+        if state.jobs.len() >= limit {
+            // Jobs whose callers have gone hold no place.
+            let before = state.jobs.len();
+            state.jobs.retain(|job| !job.abandoned());
+            self.abandoned(before - state.jobs.len());
+        }
+        if state.jobs.len() >= limit {
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job, waiting for one; `None` once the hasher is gone and the queue is empty.
+    fn pop(&self) -> Option<Box<dyn Job>> {
+        let mut state = self.state.lock().ok()?;
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).ok()?;
+        }
+    }
+
+    fn abandoned(&self, n: usize) {
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            METRICS.password_hashes_abandoned(n);
+        }
+    }
+
+    /// A hashing thread: runs jobs until the hasher is gone.
+    fn serve(&self) {
+        lower_thread_priority();
+        while let Some(job) = self.pop() {
+            // The check is made as late as possible: a storm of callers with short deadlines
+            // leaves a queue of jobs nobody waits for, and skipping them costs nothing.
+            if job.abandoned() {
+                self.abandoned(1);
+                continue;
+            }
+            let started = Instant::now();
+            job.run();
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Folds one job's wall time into the moving average (weight 1/8 for the newest). Two
+    /// threads racing may lose one sample; that is harmless for an average.
+    fn record(&self, seconds: f64) {
+        let old = f64::from_bits(self.seconds_per_hash.load(Ordering::Relaxed));
+        let new = old + (seconds - old) / 8.0;
+        self.seconds_per_hash.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    fn seconds_per_hash(&self) -> f64 {
+        f64::from_bits(self.seconds_per_hash.load(Ordering::Relaxed)).max(1e-6)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.queue.state.lock() {
+            state.closed = true;
+        }
+        self.queue.ready.notify_all();
+    }
+}
+
 impl PasswordHasher {
-    /// Starts `threads` hashing threads that accept up to `queue_limit` waiting jobs.
-    pub fn start(params: HashParams, threads: usize, queue_limit: usize) -> anyhow::Result<Self> {
+    /// Starts `threads` hashing threads whose queue is bounded by `bound`.
+    pub fn start(params: HashParams, threads: usize, bound: QueueBound) -> anyhow::Result<Self> {
+        let threads = threads.max(1);
         let argon2 = Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
@@ -156,86 +299,99 @@ impl PasswordHasher {
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("OS RNG failed: {e}"))?;
         // Computed on a throwaway thread, so its Argon2 memory is freed with it rather than kept
-        // by whichever runtime thread started the server.
-        let dummy_hash = {
+        // by whichever runtime thread started the server. The same thread times a second,
+        // warm, hash: the rate the queue bound is derived from.
+        let (dummy_hash, one_hash) = {
             let argon2 = argon2.clone();
-            thread::spawn(move || hash_phc(&argon2, &params, &random))
-                .join()
-                .map_err(|_| anyhow::anyhow!("argon2 thread panicked"))?
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            thread::spawn(move || {
+                let dummy = hash_phc(&argon2, &params, &random)?;
+                let started = Instant::now();
+                hash_phc(&argon2, &params, &random)?;
+                Ok::<_, Error>((dummy, started.elapsed()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("argon2 thread panicked"))?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
         };
+        // Until jobs are measured: threads beyond the cores would add no throughput, so a hash
+        // on each of more threads than cores takes proportionally longer.
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let start_estimate = one_hash.as_secs_f64() * (threads as f64 / cores as f64).max(1.0);
 
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue_limit);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
-            thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
-                lower_thread_priority();
-                loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        // Every sender is gone: the server has shut down.
-                        Err(_) => return,
-                    }
-                }
-            })?;
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState { jobs: VecDeque::new(), closed: false }),
+            ready: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            seconds_per_hash: AtomicU64::new(start_estimate.to_bits()),
+        });
+        for i in 0..threads {
+            let queue = Arc::clone(&queue);
+            thread::Builder::new().name(format!("argon2-{i}")).spawn(move || queue.serve())?;
         }
-        Ok(Self { inner: Arc::new(Inner { argon2, params, jobs: tx, queued: AtomicUsize::new(0), dummy_hash }) })
+        let worker = Arc::new(Worker { argon2, params, dummy_hash });
+        Ok(Self { inner: Arc::new(Inner { worker, queue, bound, threads }) })
     }
 
     /// Jobs waiting for or running on a hashing thread.
     pub fn queue_depth(&self) -> usize {
-        self.inner.queued.load(Ordering::Relaxed)
+        self.inner.queue.queued.load(Ordering::Relaxed)
+    }
+
+    /// How many checks may wait for a thread now.
+    pub fn queue_limit(&self) -> usize {
+        match self.inner.bound {
+            QueueBound::Fixed(n) => n,
+            // At least one waiting check per thread, so that light load is never refused.
+            QueueBound::Within(wait) => {
+                ((self.hashes_per_second() * wait.as_secs_f64()) as usize).clamp(self.inner.threads, MAX_DERIVED_QUEUE)
+            }
+        }
+    }
+
+    /// Hashes per second all threads together manage now (see [`QueueBound::Within`]).
+    pub fn hashes_per_second(&self) -> f64 {
+        self.inner.threads as f64 / self.inner.queue.seconds_per_hash()
     }
 
     /// Hashes a new password into a PHC string.
     pub async fn hash(&self, password: Password) -> Result<String, Error> {
-        self.run(move |inner| hash_phc(&inner.argon2, &inner.params, password.as_bytes())).await
+        self.run(move |w| hash_phc(&w.argon2, &w.params, password.as_bytes())).await
     }
 
     /// Verifies `password` against `stored`; with no stored hash, verifies against a dummy so
     /// that the caller's timing does not reveal whether an account exists.
     pub async fn verify(&self, password: Password, stored: Option<String>) -> Result<Verification, Error> {
-        self.run(move |inner| {
+        self.run(move |w| {
             let (phc, real) = match &stored {
                 Some(phc) => (phc.as_str(), true),
-                None => (inner.dummy_hash.as_str(), false),
+                None => (w.dummy_hash.as_str(), false),
             };
             let Ok(hash) = PasswordHash::new(phc) else {
                 return Err(Error::Internal(anyhow::anyhow!("stored password hash is not a PHC string")));
             };
             let valid = verify_phc(&hash, password.as_bytes())? && real;
-            Ok(Verification { valid, needs_rehash: valid && !inner.is_current(&hash) })
+            Ok(Verification { valid, needs_rehash: valid && !w.is_current(&hash) })
         })
         .await
     }
 
+    /// Queues `work`. If the caller stops waiting (its request is dropped at its deadline or
+    /// by the client), the receiver goes with it and the job is skipped unhashed.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
+        work: impl FnOnce(&Worker) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let inner = Arc::clone(&self.inner);
-        let span = tracing::Span::current();
-        let job: Job = Box::new(move || {
-            let result = span.in_scope(|| work(&inner));
-            inner.queued.fetch_sub(1, Ordering::Relaxed);
-            let _ = tx.send(result);
-        });
-        self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.jobs.try_send(job).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+        let worker = Arc::clone(&self.inner.worker);
+        let job = Pending { tx, work: move || work(&worker), span: tracing::Span::current() };
+        if !self.inner.queue.push(Box::new(job), self.queue_limit()) {
             return Err(Error::ResourceExhausted("too many password checks in progress; retry shortly"));
         }
         rx.await.map_err(|_| Error::Internal(anyhow::anyhow!("hashing thread ended")))?
     }
 }
 
-impl Inner {
+impl Worker {
     fn is_current(&self, hash: &PasswordHash) -> bool {
         let Ok(params) = Params::try_from(hash) else {
             return false;
@@ -364,6 +520,62 @@ mod tests {
         let theirs = PasswordHash::new(&theirs).unwrap();
         assert!(verify_phc(&theirs, b"correct horse").unwrap());
         assert!(!verify_phc(&theirs, b"wrong horse").unwrap());
+    }
+
+    /// A few milliseconds per hash, even on a fast machine.
+    const SLOW: HashParams = HashParams { m_cost: 4096, t_cost: 24, p_cost: 1 };
+
+    fn presented() -> Password {
+        Password::presented("a password to check").unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once() {
+        // A bound far below one hash: one check may run and one wait (at least one per thread).
+        let hasher = PasswordHasher::start(SLOW, 1, QueueBound::Within(std::time::Duration::from_micros(1))).unwrap();
+        assert_eq!(hasher.queue_limit(), 1);
+        let one_hash = std::time::Duration::from_secs_f64(1.0 / hasher.hashes_per_second());
+        let checks: Vec<_> = (0..10)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    (hasher.verify(presented(), None).await, started.elapsed())
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for check in checks {
+            let (result, took) = check.await.unwrap();
+            if let Err(Error::ResourceExhausted(_)) = result {
+                refused += 1;
+                assert!(took < one_hash, "refused at once, not after {took:?}");
+            }
+        }
+        assert!(refused >= 5, "{refused} of 10 refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_of_callers_who_have_gone_are_skipped() {
+        let hasher = PasswordHasher::start(SLOW, 1, QueueBound::Fixed(100)).unwrap();
+        let started = Instant::now();
+        hasher.verify(presented(), None).await.unwrap();
+        let one_hash = started.elapsed();
+        // One check runs; twenty callers queue behind it and give up.
+        let running = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.verify(presented(), None).await }
+        });
+        for _ in 0..20 {
+            let _ = tokio::time::timeout(std::time::Duration::from_micros(10), hasher.verify(presented(), None)).await;
+        }
+        let started = Instant::now();
+        hasher.verify(presented(), None).await.unwrap();
+        let took = started.elapsed();
+        running.await.unwrap().unwrap();
+        // The running hash, then this one; not 20 more.
+        assert!(took < one_hash * 8, "took {took:?} with one hash at {one_hash:?}");
+        assert_eq!(hasher.queue_depth(), 0);
     }
 
     #[test]

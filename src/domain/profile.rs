@@ -1,6 +1,6 @@
 //! Learner profiles: field rules, partial updates and the consent rule.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -344,8 +344,22 @@ pub struct Profiles {
     clock: Arc<dyn Clock>,
 }
 
-/// Optimistic-concurrency attempts before giving up on a contended profile.
-const UPDATE_ATTEMPTS: usize = 5;
+/// Optimistic-concurrency attempts before giving up on a contended profile. With the backoff
+/// below a loser keeps trying for up to about two seconds, so that dozens of concurrent updates
+/// of one profile all apply (60 at once: every one, on both backends; `tests/api/profile.rs`).
+const UPDATE_ATTEMPTS: u32 = 16;
+/// The first retry waits up to this long; each further one up to twice as long, to the cap.
+const RETRY_BASE: Duration = Duration::from_millis(4);
+/// The longest wait between two attempts.
+const RETRY_CAP: Duration = Duration::from_millis(250);
+
+/// A random wait in `[0, min(cap, base * 2^attempt))` ("full jitter"): contenders that lost
+/// the same race spread out instead of colliding again in step.
+fn retry_delay(attempt: u32) -> Duration {
+    let ceiling = RETRY_BASE.saturating_mul(1u32 << attempt.min(16)).min(RETRY_CAP);
+    let unit = f64::from(getrandom::u32().unwrap_or(u32::MAX / 2)) / f64::from(u32::MAX);
+    ceiling.mul_f64(unit)
+}
 
 impl Profiles {
     /// Profile operations over `store`.
@@ -365,7 +379,10 @@ impl Profiles {
     /// Applies a partial update; concurrent updates of other fields are never lost.
     #[tracing::instrument(skip_all)]
     pub async fn update(&self, user_id: Uuid, values: &Profile, fields: &[ProfileField]) -> Result<Profile, Error> {
-        for _ in 0..UPDATE_ATTEMPTS {
+        for attempt in 0..UPDATE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(retry_delay(attempt - 1)).await;
+            }
             let now = self.clock.now();
             match self.store.get_profile(user_id).await? {
                 Some(row) => {
@@ -389,7 +406,8 @@ impl Profiles {
                 }
             }
         }
-        Err(Error::Unavailable(anyhow::anyhow!("profile update kept conflicting")))
+        // Lost every race: the store is fine, the caller may retry.
+        Err(Error::Aborted("the profile kept changing concurrently; retry the update"))
     }
 }
 
@@ -414,6 +432,15 @@ mod tests {
         let withdrawn = stored.apply(&Profile::default(), &[ProfileField::ConsentGiven], now).unwrap();
         assert_eq!(withdrawn.programming_level, None);
         assert!(!withdrawn.consent_given);
+    }
+
+    #[test]
+    fn retry_delays_grow_to_the_cap() {
+        for attempt in 0..20 {
+            let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(16)).min(RETRY_CAP);
+            assert!(retry_delay(attempt) <= ceiling);
+        }
+        assert!(retry_delay(0) <= Duration::from_millis(4));
     }
 
     #[test]

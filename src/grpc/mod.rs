@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod health;
 pub mod metadata;
@@ -10,6 +11,7 @@ pub mod profile;
 pub mod service_auth;
 pub mod status;
 pub mod token;
+pub mod transport_status;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -128,8 +130,13 @@ pub async fn serve(
         })
         .on_failure(());
 
+    // The request deadline is applied by the innermost layer rather than by tonic's
+    // `Server::timeout`, so that it answers DEADLINE_EXCEEDED and is traced and counted.
+    let statuses = transport_status::TransportStatusLayer {
+        request_timeout: settings.request_timeout,
+        max_request_bytes: settings.max_request_bytes,
+    };
     let router = Server::builder()
-        .timeout(settings.request_timeout)
         // Bounds what one connection can hold: abandoned streams beyond this wait instead of
         // piling up, and a burst of resets is answered with GOAWAY (hyper's defaults).
         .max_concurrent_streams(settings.max_streams_per_connection)
@@ -146,6 +153,7 @@ pub async fn serve(
         .layer(CallTrackingLayer)
         .layer(RpcMetricsLayer)
         .layer(trace)
+        .layer(statuses)
         .add_service(health)
         .add_service(auth_api)
         .add_service(profile_api)

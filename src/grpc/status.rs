@@ -47,6 +47,7 @@ impl From<Error> for Status {
                 details.set_retry_info(Some(Duration::from_secs(1)));
                 Status::with_error_details(Code::ResourceExhausted, why, details)
             }
+            Error::Aborted(why) => Status::aborted(why),
             Error::RateLimited { retry_after } => {
                 let mut details = ErrorDetails::new();
                 // Whole seconds, rounded up: clients sleep at least this long.

@@ -55,13 +55,16 @@ async fn deliver(transport: Arc<dyn Transport>, mail: Mail, attempts: u32, first
                 tracing::debug!(transport = transport.name(), subject = %mail.subject, "mail sent");
                 return;
             }
+            // The error names the relay and the step that failed (a refused connection, or a
+            // relay that accepted and then said nothing within GATEHOUSE_SMTP_TIMEOUT), never
+            // the message or the relay's credentials.
             Err(error) if attempt < attempts => {
-                tracing::warn!(transport = transport.name(), attempt, %error, "mail delivery failed; retrying");
+                tracing::warn!(transport = transport.name(), attempt, error = %format_args!("{error:#}"), retry_in = ?backoff, "mail delivery failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
             Err(error) => {
-                tracing::error!(transport = transport.name(), attempts, %error, subject = %mail.subject, "mail delivery failed; giving up");
+                tracing::error!(transport = transport.name(), attempts, error = %format_args!("{error:#}"), subject = %mail.subject, "mail delivery failed; giving up");
             }
         }
     }

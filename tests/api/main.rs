@@ -7,6 +7,7 @@ mod smtp;
 mod abuse;
 mod auth;
 mod connections;
+mod faults;
 mod health;
 mod idp;
 mod mesh;

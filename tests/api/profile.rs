@@ -207,3 +207,64 @@ async fn bad_profile_updates_name_the_field(app: &TestApp) {
         assert_eq!(violated_fields(&status), expected, "{status:?}");
     }
 }
+
+/// Contended updates of one profile. A pool with room for the whole burst, so that what is
+/// measured is the optimistic update, not connection waits.
+mod contention {
+    use super::*;
+
+    pub fn roomy_pool(c: &mut gatehouse::Config) {
+        c.db_max_connections = 16;
+        c.db_acquire_timeout = std::time::Duration::from_secs(10);
+    }
+
+    crate::both_backends_with!(super::contention::roomy_pool; conflicting_updates_succeed_or_abort);
+}
+
+/// Many concurrent updates of one profile: each is retried until it applies, and one that
+/// still conflicts is ABORTED, never UNAVAILABLE (the database is fine).
+async fn conflicting_updates_succeed_or_abort(app: &TestApp) {
+    const CALLS: usize = 60;
+    let token = app.sign_up("contended@example.com").await.session_token;
+    // Several connections, so the calls really run in parallel.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).unwrap().connect().await.unwrap(),
+        );
+    }
+    let calls = (0..CALLS).map(|i| {
+        let mut client = gatehouse::proto::v1::profile_service_client::ProfileServiceClient::new(
+            channels[i % channels.len()].clone(),
+        );
+        let request = bearer(
+            pb::UpdateProfileRequest {
+                profile: Some(pb::Profile {
+                    role: format!("role {i}"),
+                    interests: vec![format!("topic {i}")],
+                    ..Default::default()
+                }),
+                update_mask: mask(if i % 2 == 0 { &["role"] } else { &["interests"] }),
+            },
+            &token,
+        );
+        async move { client.update_profile(request).await.map(|_| ()) }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for result in &results {
+        let code = result.as_ref().map_or_else(|s| format!("{:?}", s.code()), |()| "Ok".into());
+        *codes.entry(code).or_default() += 1;
+    }
+    eprintln!("{CALLS} concurrent UpdateProfile calls on {:?}: {codes:?}", app.db.url().split(':').next());
+    for result in &results {
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        }
+    }
+    assert!(codes.get("Ok").copied().unwrap_or(0) >= CALLS * 9 / 10, "most updates apply: {codes:?}");
+    // Neither field's updates were lost to the other's.
+    let profile = get(app, &token).await;
+    assert!(profile.role.starts_with("role "), "{profile:?}");
+    assert!(profile.interests.len() == 1 && profile.interests[0].starts_with("topic "), "{profile:?}");
+}
