@@ -6,6 +6,7 @@ mod smtp;
 
 mod abuse;
 mod auth;
+mod full_disk;
 mod health;
 mod idp;
 mod mesh;
