@@ -19,7 +19,9 @@ use super::{
 use crate::{
     domain::revocations::RevocationHub,
     metrics::METRICS,
-    storage::{AttemptState, CredentialRow, NewSession, NewUser, Revoked, SessionRow, Store, StoreError, UserRow},
+    storage::{
+        AttemptState, CredentialRow, NewSession, NewUser, Revoked, SessionRow, SignUpRows, Store, StoreError, UserRow,
+    },
 };
 
 /// Longest display name.
@@ -260,20 +262,34 @@ impl Auth {
             password_hash: Some(password_hash),
             now,
         };
-        let user = match self.store.create_user(&new_user, profile.as_ref()).await {
-            Ok(user) => user,
+        // The user, its profile, its verification token and its first session are one
+        // transaction: a refused sign-up (a full disk, say) leaves nothing behind and mails
+        // nothing, and a retry starts afresh.
+        let (verification, link) = self.new_verification_link(user_id)?;
+        let session = if self.config.require_email_verification {
+            None
+        } else {
+            Some(self.new_session(user_id, client.clone())?)
+        };
+        let rows = SignUpRows {
+            profile: profile.as_ref(),
+            verification: Some(&verification),
+            session: session.as_ref().map(|(s, _)| s),
+        };
+        let (user, stored_session) = match self.store.create_user(&new_user, rows).await {
+            Ok(created) => created,
             // The only unique key a new random id can hit is the email's.
             Err(StoreError::Conflict(_)) => return self.duplicate_sign_up(&email, name, now, &client).await,
             Err(e) => return Err(e.into()),
         };
         self.audit.record(Some(user.id), Event::SignUp, Outcome::Success, None, &client).await;
-        self.send_verification(&user, &client).await?;
-        if self.config.require_email_verification {
-            return Ok(SignedUp { user, session: None });
-        }
-        let session = self.create_session(user.id, client).await?;
+        self.mail_verification(&user, &link, &client).await;
+        let session = match (stored_session, session) {
+            (Some(row), Some((_, token))) => Some((self.view(row, true), token)),
+            _ => None,
+        };
         tracing::info!(user_id = %user.id, "user signed up");
-        Ok(SignedUp { user, session: Some(session) })
+        Ok(SignedUp { user, session })
     }
 
     /// A sign-up for an address that has an account. With verification required the answer
@@ -685,6 +701,13 @@ impl Auth {
         user_id: Uuid,
         client: ClientInfo,
     ) -> Result<(SessionView, SessionToken), Error> {
+        let (new, token) = self.new_session(user_id, client)?;
+        let row = self.store.create_session(&new).await?;
+        Ok((self.view(row, true), token))
+    }
+
+    /// A new session token for `user_id` and the row that stores it (not stored yet).
+    fn new_session(&self, user_id: Uuid, client: ClientInfo) -> Result<(NewSession, SessionToken), Error> {
         let token = SessionToken::generate().map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
         let now = self.clock.now();
         let new = NewSession {
@@ -696,8 +719,7 @@ impl Auth {
             ip_address: client.ip,
             user_agent: client.user_agent,
         };
-        let row = self.store.create_session(&new).await?;
-        Ok((self.view(row, true), token))
+        Ok((new, token))
     }
 
     /// A revocation record for `reason`, now.

@@ -30,14 +30,14 @@ fn bad_token() -> Error {
 }
 
 impl Auth {
-    /// Issues a link token for `purpose`, superseding the user's earlier ones.
-    async fn issue_link(
+    /// A new link token for `purpose` and the row that stores it (not stored yet).
+    fn new_link(
         &self,
         user_id: Uuid,
         purpose: &'static str,
         ttl: TimeDelta,
         new_email: Option<String>,
-    ) -> Result<SecretToken, Error> {
+    ) -> Result<(NewVerificationToken, SecretToken), Error> {
         let token =
             SecretToken::generate_with(LINK_PREFIX).map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG: {e}")))?;
         let now = self.clock.now();
@@ -50,14 +50,39 @@ impl Auth {
             now,
             expires_at: now + ttl,
         };
+        Ok((row, token))
+    }
+
+    /// Issues a link token for `purpose`, superseding the user's earlier ones.
+    async fn issue_link(
+        &self,
+        user_id: Uuid,
+        purpose: &'static str,
+        ttl: TimeDelta,
+        new_email: Option<String>,
+    ) -> Result<SecretToken, Error> {
+        let (row, token) = self.new_link(user_id, purpose, ttl, new_email)?;
         self.store.issue_token(&row).await?;
         Ok(token)
     }
 
-    /// Emails `user` a verification link (after sign-up, or on request).
-    pub(crate) async fn send_verification(&self, user: &UserRow, client: &ClientInfo) -> Result<(), Error> {
+    /// A verification link for a user being signed up, stored with the user (see
+    /// [`Auth::mail_verification`] for after the commit).
+    pub(crate) fn new_verification_link(&self, user_id: Uuid) -> Result<(NewVerificationToken, SecretToken), Error> {
+        self.new_link(user_id, VERIFY_EMAIL, self.config.verification_ttl, None)
+    }
+
+    /// Emails `user` a new verification link (on request).
+    async fn send_verification(&self, user: &UserRow, client: &ClientInfo) -> Result<(), Error> {
+        let token = self.issue_link(user.id, VERIFY_EMAIL, self.config.verification_ttl, None).await?;
+        self.mail_verification(user, &token, client).await;
+        Ok(())
+    }
+
+    /// Mails a stored verification link to `user`: only ever after the token was committed, so
+    /// no mail leaves for a change the database refused.
+    pub(crate) async fn mail_verification(&self, user: &UserRow, token: &SecretToken, client: &ClientInfo) {
         let ttl = self.config.verification_ttl;
-        let token = self.issue_link(user.id, VERIFY_EMAIL, ttl, None).await?;
         let vars = Vars {
             name: &user.name,
             email: &user.email,
@@ -67,7 +92,6 @@ impl Auth {
         };
         self.notifier.send(Template::VerifyEmail, &user.email, vars);
         self.audit.record(Some(user.id), Event::VerificationSent, Outcome::Success, None, client).await;
-        Ok(())
     }
 
     /// SendVerificationEmail: a new link for the caller's unverified address.
@@ -247,8 +271,8 @@ impl Auth {
         let user = &caller.user;
         let notice =
             Vars { name: &user.name, email: &user.email, new_email: Some(new_email.as_str()), ..Default::default() };
-        self.notifier.send(Template::EmailChangeNotice, &user.email, notice);
         if self.store.find_credentials_by_email(new_email.as_str()).await?.is_some() {
+            self.notifier.send(Template::EmailChangeNotice, &user.email, notice);
             self.audit
                 .record(Some(user.id), Event::VerificationSent, Outcome::Denied, Some("email_taken"), client)
                 .await;
@@ -256,6 +280,8 @@ impl Auth {
         }
         let ttl = self.config.verification_ttl;
         let token = self.issue_link(user.id, CHANGE_EMAIL, ttl, Some(new_email.as_str().to_owned())).await?;
+        // Mail only for a request that was stored.
+        self.notifier.send(Template::EmailChangeNotice, &user.email, notice);
         let vars = Vars {
             name: &user.name,
             email: new_email.as_str(),

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use rows::{
     AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, CredentialRow, NewAccount, NewOAuthUser,
     NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow, Recovered, RedeemedToken, RevocationRow,
-    Revoked, SessionRow, SessionUserRow, SigningKeyRow, UserRow,
+    Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -49,9 +49,14 @@ pub struct DbOptions {
 /// Accounts and credentials.
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Inserts a user and, in the same transaction, their profile. A taken email is
-    /// `Conflict("users_email_key")`.
-    async fn create_user(&self, user: &NewUser, profile: Option<&ProfileRow>) -> Result<UserRow, StoreError>;
+    /// Inserts a user and, in the same transaction, what the sign-up stores with it (profile,
+    /// verification token, first session); returns the user and that session. A taken email is
+    /// `Conflict("users_email_key")`, and nothing is stored.
+    async fn create_user(
+        &self,
+        user: &NewUser,
+        with: SignUpRows<'_>,
+    ) -> Result<(UserRow, Option<SessionRow>), StoreError>;
     /// The user with this normalised email and their password hash.
     async fn find_credentials_by_email(&self, email: &str) -> Result<Option<CredentialRow>, StoreError>;
     /// The password hash of a user (`None` if they have none or do not exist).
@@ -306,7 +311,7 @@ pub trait Store:
     async fn wait_for_revocations(&self, timeout: Duration);
     /// Pool usage.
     fn pool_stats(&self) -> PoolStats;
-    /// Checks that the database answers (used by the health reporter).
+    /// Checks that the database answers and takes a write (used by the health reporter).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
@@ -354,8 +359,9 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
 fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
     // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
-    // intervention such as shutdown or "database does not allow connections" (57, 55000).
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55000"
+    // intervention such as shutdown or "database does not allow connections" (57, 55000), and
+    // a read-only transaction (25006: a standby after a failover takes no writes).
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55000" || code == "25006"
         // SQLite primary codes: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN (extended codes keep
         // the primary in the low byte).
         || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14))

@@ -66,9 +66,10 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    /// Healthy means the database takes a write: a read-only standby or a full disk answers
+    /// reads but refuses every change.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(classify)?;
-        Ok(())
+        probe_write(&self.pool).await
     }
 
     async fn close(&self) {

@@ -12,8 +12,8 @@ macro_rules! impl_queries {
             async fn create_user(
                 &self,
                 user: &$crate::storage::NewUser,
-                profile: Option<&$crate::storage::ProfileRow>,
-            ) -> Result<$crate::storage::UserRow, $crate::storage::StoreError> {
+                with: $crate::storage::SignUpRows<'_>,
+            ) -> Result<($crate::storage::UserRow, Option<$crate::storage::SessionRow>), $crate::storage::StoreError> {
                 use $crate::storage::classify;
                 let mut tx = self.pool.begin().await.map_err(classify)?;
                 let row = sqlx::query_as::<_, $crate::storage::UserRow>(concat!("INSERT INTO users (id, email, name, email_verified, password_hash, created_at, updated_at) \
@@ -26,11 +26,18 @@ macro_rules! impl_queries {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(classify)?;
-                if let Some(profile) = profile {
+                if let Some(profile) = with.profile {
                     insert_profile(&mut *tx, profile).await?;
                 }
+                if let Some(token) = with.verification {
+                    insert_token(&mut *tx, token).await?;
+                }
+                let session = match with.session {
+                    Some(session) => Some(insert_session(&mut *tx, session).await?),
+                    None => None,
+                };
                 tx.commit().await.map_err(classify)?;
-                Ok(row)
+                Ok((row, session))
             }
 
             #[tracing::instrument(skip_all)]
@@ -229,19 +236,7 @@ macro_rules! impl_queries {
                 &self,
                 s: &$crate::storage::NewSession,
             ) -> Result<$crate::storage::SessionRow, $crate::storage::StoreError> {
-                sqlx::query_as(concat!("INSERT INTO sessions (id, user_id, token_hash, created_at, updated_at, expires_at, \
-                     last_active_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $4, $6, $7) \
-                     RETURNING ", $crate::storage::queries::session_columns!()))
-                .bind(s.id)
-                .bind(s.user_id)
-                .bind(&s.token_hash)
-                .bind(s.now)
-                .bind(s.expires_at)
-                .bind(&s.ip_address)
-                .bind(&s.user_agent)
-                .fetch_one(&self.pool)
-                .await
-                .map_err($crate::storage::classify)
+                insert_session(&self.pool, s).await
             }
 
             #[tracing::instrument(skip_all)]
@@ -439,20 +434,7 @@ macro_rules! impl_queries {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
-                sqlx::query(
-                    "INSERT INTO verification_tokens (id, user_id, purpose, token_hash, new_email, created_at, \
-                     expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(t.id)
-                .bind(t.user_id)
-                .bind(t.purpose)
-                .bind(&t.token_hash)
-                .bind(&t.new_email)
-                .bind(t.now)
-                .bind(t.expires_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+                insert_token(&mut *tx, t).await?;
                 tx.commit().await.map_err(classify)
             }
 
@@ -763,6 +745,66 @@ macro_rules! impl_queries {
                     .map_err($crate::storage::classify)?;
             }
             <$store>::notify_revocations(tx).await
+        }
+
+        /// Writes the health probe's row: proof that the database takes writes, not only reads.
+        async fn probe_write(
+            pool: &sqlx::Pool<<$store as $crate::storage::queries::Backend>::Db>,
+        ) -> Result<(), $crate::storage::StoreError> {
+            sqlx::query(
+                "INSERT INTO health_probe (id, checks) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET checks = health_probe.checks + 1",
+            )
+            .execute(pool)
+            .await
+            .map_err($crate::storage::classify)?;
+            Ok(())
+        }
+
+        async fn insert_session<'e, E>(
+            executor: E,
+            s: &$crate::storage::NewSession,
+        ) -> Result<$crate::storage::SessionRow, $crate::storage::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = <$store as $crate::storage::queries::Backend>::Db>,
+        {
+            sqlx::query_as(concat!("INSERT INTO sessions (id, user_id, token_hash, created_at, updated_at, expires_at, \
+                 last_active_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $4, $6, $7) \
+                 RETURNING ", $crate::storage::queries::session_columns!()))
+            .bind(s.id)
+            .bind(s.user_id)
+            .bind(&s.token_hash)
+            .bind(s.now)
+            .bind(s.expires_at)
+            .bind(&s.ip_address)
+            .bind(&s.user_agent)
+            .fetch_one(executor)
+            .await
+            .map_err($crate::storage::classify)
+        }
+
+        async fn insert_token<'e, E>(
+            executor: E,
+            t: &$crate::storage::NewVerificationToken,
+        ) -> Result<(), $crate::storage::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = <$store as $crate::storage::queries::Backend>::Db>,
+        {
+            sqlx::query(
+                "INSERT INTO verification_tokens (id, user_id, purpose, token_hash, new_email, created_at, \
+                 expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(t.id)
+            .bind(t.user_id)
+            .bind(t.purpose)
+            .bind(&t.token_hash)
+            .bind(&t.new_email)
+            .bind(t.now)
+            .bind(t.expires_at)
+            .execute(executor)
+            .await
+            .map_err($crate::storage::classify)?;
+            Ok(())
         }
 
         async fn insert_profile<'e, E>(executor: E, p: &$crate::storage::ProfileRow) -> Result<(), $crate::storage::StoreError>

@@ -71,6 +71,18 @@ pub struct NewUser {
     pub now: DateTime<Utc>,
 }
 
+/// What a sign-up stores with its user, in the user's transaction: a refused sign-up then
+/// leaves nothing behind, and no mail goes out for it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SignUpRows<'a> {
+    /// The learner profile, when one was given.
+    pub profile: Option<&'a ProfileRow>,
+    /// The email verification token the welcome mail carries.
+    pub verification: Option<&'a NewVerificationToken>,
+    /// The first session, unless sign-in must wait for verification.
+    pub session: Option<&'a NewSession>,
+}
+
 /// A session as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SessionRow {

@@ -47,6 +47,15 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let stuck = left_in_transaction(conn).await?;
+                    if stuck {
+                        tracing::warn!("closing a SQLite connection left inside a failed transaction");
+                    }
+                    Ok(!stuck)
+                })
+            })
             .connect_with(connect)
             .await
             .map_err(classify)?;
@@ -67,10 +76,29 @@ impl SqliteStore {
     }
 }
 
+/// Whether a connection coming back to the pool is still inside a transaction. A write that
+/// fails on a full disk or an I/O error can leave one open (SQLite may or may not roll back by
+/// itself, and sqlx's rollback can fail too): that connection holds the write lock, so every
+/// other writer waits out its busy timeout and fails with "database is locked" long after
+/// space returns, and its next statements would join a transaction that never commits. Such a
+/// connection is closed, which rolls back and releases the lock, and the pool opens a new one.
+async fn left_in_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        return Ok(true);
+    }
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is locked away from the connection's worker thread while it is held,
+    // and sqlite3_get_autocommit only reads the connection's state.
+    let autocommit = unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) };
+    Ok(autocommit == 0)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    /// Healthy means the database takes a write: reads keep working on a full disk.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(classify)?;
+        probe_write(&self.pool).await?;
         if let Some((path, ino)) = &self.file {
             let meta = std::fs::metadata(path).map_err(|e| StoreError::Unavailable(e.into()))?;
             if meta.ino() != *ino {

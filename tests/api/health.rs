@@ -120,3 +120,50 @@ async fn production_mode_hides_reflection() {
     assert_eq!(list_services_v1alpha(&app).await.unwrap_err().code(), Code::Unimplemented);
     app.finish().await;
 }
+
+/// A database that answers reads but refuses writes (here a PostgreSQL database turned
+/// read-only, as a standby is after a failover) is not healthy: health follows writes.
+/// The SQLite twin, a full disk, is `tests/api/full_disk.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn health_turns_not_serving_when_postgres_refuses_writes() {
+    let Some(app) = spawn_app_with(Backend::Postgres, crate::helpers::no_tweak).await else { return };
+    wait_for(&app, ServingStatus::Serving).await;
+    let TestDb::Postgres { admin_url, name, .. } = &*app.db else { unreachable!() };
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    // New sessions pick the setting up: end the pool's current ones.
+    let set = |value: &str| {
+        format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = {value}; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+        )
+    };
+    sqlx::raw_sql(AssertSqlSafe(set("on"))).execute(&mut admin).await.unwrap();
+    // Ending the sessions alone flips health for a moment; once the pool has reconnected to
+    // the read-only database, health must stay NOT_SERVING, and writes fail.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        let status = app.health().check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(
+            status.into_inner().status,
+            ServingStatus::NotServing as i32,
+            "a read-only database reads as SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = app
+        .auth()
+        .sign_up(gatehouse::proto::v1::SignUpRequest {
+            email: "readonly@example.com".into(),
+            password: crate::helpers::PASSWORD.into(),
+            name: "Read Only".into(),
+            profile: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    sqlx::raw_sql(AssertSqlSafe(set("off"))).execute(&mut admin).await.unwrap();
+    wait_for(&app, ServingStatus::Serving).await;
+    app.sign_up("writable@example.com").await;
+    app.finish().await;
+}

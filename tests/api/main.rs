@@ -8,6 +8,7 @@ mod abuse;
 mod auth;
 mod connections;
 mod faults;
+mod full_disk;
 mod health;
 mod idp;
 mod mesh;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use gatehouse::{
     domain::profile::{Profile, ProgrammingLevel},
-    storage::{self, DbOptions, NewUser},
+    storage::{self, DbOptions, NewUser, SignUpRows},
 };
 use uuid::Uuid;
 
@@ -26,7 +26,10 @@ async fn user_and_profile_are_one_transaction(backend: Backend) {
     // after the user row was written, so the transaction must roll both back.
     let bad =
         Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() }.to_row(user.id, 1, now);
-    assert!(matches!(store.create_user(&user, Some(&bad)).await, Err(storage::StoreError::Conflict(_))));
+    assert!(matches!(
+        store.create_user(&user, SignUpRows { profile: Some(&bad), ..Default::default() }).await,
+        Err(storage::StoreError::Conflict(_))
+    ));
     assert!(store.find_credentials_by_email("tx@example.com").await.unwrap().is_none());
     assert_eq!(db.count("users").await, 0);
 
@@ -35,7 +38,7 @@ async fn user_and_profile_are_one_transaction(backend: Backend) {
         ..Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() }
     }
     .to_row(user.id, 1, now);
-    store.create_user(&user, Some(&good)).await.unwrap();
+    store.create_user(&user, SignUpRows { profile: Some(&good), ..Default::default() }).await.unwrap();
     assert_eq!(db.count("profiles").await, 1);
     store.close().await;
     db.drop_database().await;

@@ -1,0 +1,7 @@
+-- One row that every health check rewrites. A database that still answers reads but cannot
+-- take a write (a full disk, a read-only volume, a write lock that is never released) must
+-- not be reported SERVING. A counter rather than a time: the check has no clock to bind.
+CREATE TABLE health_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checks INTEGER NOT NULL
+);
