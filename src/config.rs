@@ -87,8 +87,10 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Database URL: sqlite://path/to/file.db or postgres://user@host/db
-    /// [default: sqlite://<data-dir>/gatehouse.db]
+    /// Database URL: sqlite://path/to/file.db or postgres://user@host/db?sslmode=verify-full.
+    /// Its password (user:password@ or ?password=) never reaches a log; production warns about
+    /// a PostgreSQL connection that is neither TLS (sslmode=require, verify-ca, verify-full)
+    /// nor loopback [default: sqlite://<data-dir>/gatehouse.db]
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -682,7 +684,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("environment", &self.environment)
             .field("listen", &self.listen)
-            .field("database_url", &redact_url(&self.database_url()))
+            .field("database_url", &crate::redact::url(&self.database_url()))
             .field("data_dir", &self.data_dir)
             .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
             .field("secret_file", &self.secret_file)
@@ -691,25 +693,11 @@ impl fmt::Debug for Config {
             .field("reflection", &self.reflection_enabled())
             .field("smtp_host", &self.smtp_host)
             .field("smtp_password", &self.smtp_password.as_ref().map(|_| "[redacted]"))
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(crate::redact::url))
             .field("google_client_id", &self.google.client_id)
             .field("github_client_id", &self.github.client_id)
             .field("oidc_providers", &self.oidc_providers)
             .finish_non_exhaustive()
-    }
-}
-
-/// `scheme://user:password@host` with the password replaced.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -971,13 +959,6 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://app:hunter2@db/x"), "postgres://app:***@db/x");
-        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(redact_url("sqlite://data/g.db"), "sqlite://data/g.db");
-    }
 
     #[test]
     fn production_requires_a_long_secret() {

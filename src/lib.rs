@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod ratelimit;
+pub mod redact;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -68,9 +68,18 @@ impl Application {
         let (session_tokens, link_tokens) = (key("session")?, key("email link")?);
 
         let db = config.db_options();
+        if config.is_production()
+            && let Some(host) = storage::plaintext_remote_host(&db)
+        {
+            tracing::warn!(
+                %host,
+                "the database connection is neither TLS nor loopback: its password and data cross the network in \
+                 the clear; add sslmode=verify-full (or at least sslmode=require) to DATABASE_URL"
+            );
+        }
         let store = storage::connect(&db)
             .await
-            .with_context(|| format!("opening the database {}", crate::config::redact_url(&db.url)))?;
+            .with_context(|| format!("opening the database {}", crate::redact::url(&db.url)))?;
 
         let threads =
             config.hash_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -143,7 +152,7 @@ impl Application {
             Some(url) => Arc::new(
                 RedisLimits::connect(url, &config.redis_prefix, Arc::clone(&clock))
                     .await
-                    .with_context(|| format!("connecting to Redis {}", crate::config::redact_url(url)))?,
+                    .with_context(|| format!("connecting to Redis {}", crate::redact::url(url)))?,
             ),
             None => Arc::new(MemoryLimits::new(&rates, Arc::clone(&clock))),
         };

@@ -332,6 +332,16 @@ pub async fn connect(opts: &DbOptions) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// For a connection that crosses the network in the clear (PostgreSQL neither over TLS nor
+/// to loopback), the host it goes to; `None` for TLS, loopback, a Unix socket or SQLite.
+pub fn plaintext_remote_host(opts: &DbOptions) -> Option<String> {
+    if opts.url.starts_with("postgres://") || opts.url.starts_with("postgresql://") {
+        postgres::plaintext_remote_host(&opts.url)
+    } else {
+        None
+    }
+}
+
 /// Applies pending migrations for the backend named by `opts.url`.
 pub async fn migrate(opts: &DbOptions) -> Result<(), StoreError> {
     let store = connect(opts).await?;

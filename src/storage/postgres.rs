@@ -37,7 +37,7 @@ impl PgStore {
     /// Connects and migrates (the migrator takes an advisory lock, so replicas starting
     /// together apply each migration once).
     pub async fn connect(opts: &DbOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(&opts.url).map_err(StoreError::Other)?;
+        let connect = connect_options(&opts.url)?;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
@@ -62,6 +62,73 @@ impl PgStore {
         sqlx::query("SELECT pg_notify($1, '')").bind(REVOCATION_CHANNEL).execute(&mut **tx).await.map_err(classify)?;
         Ok(())
     }
+}
+
+/// The query parameters sqlx reads from a PostgreSQL URL (`sqlx-postgres` `options/parse.rs`).
+const KNOWN_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parses a PostgreSQL URL. Parameters sqlx does not know are dropped here, before sqlx sees
+/// them: sqlx ignores them anyway, but logs each with its value, and libpq's `sslpassword`
+/// is a secret. Our own warning names the parameter only.
+fn connect_options(raw: &str) -> Result<PgConnectOptions, StoreError> {
+    let config = |why: &str| StoreError::Other(sqlx::Error::Configuration(why.to_owned().into()));
+    let mut url = url::Url::parse(raw).map_err(|e| config(&format!("DATABASE_URL does not parse: {e}")))?;
+    type Pairs = Vec<(String, String)>;
+    let (known, unknown): (Pairs, Pairs) = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| KNOWN_PARAMS.contains(&k.as_str()) || k.starts_with("options["));
+    if !unknown.is_empty() {
+        for (key, _) in &unknown {
+            tracing::warn!(%key, "DATABASE_URL: ignoring a connection parameter this client does not support");
+        }
+        if known.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(known);
+        }
+    }
+    PgConnectOptions::from_str(url.as_str()).map_err(StoreError::Other)
+}
+
+/// Where a PostgreSQL connection goes in the clear: the host, when it is neither loopback
+/// (nor a Unix socket) nor TLS (`sslmode=require`, `verify-ca` or `verify-full`, from the
+/// URL or `PGSSLMODE`). sqlx's default, `prefer`, falls back to plaintext without a word and
+/// verifies nothing, so it counts as clear.
+pub(super) fn plaintext_remote_host(raw: &str) -> Option<String> {
+    use sqlx::postgres::PgSslMode;
+    let options = connect_options(raw).ok()?;
+    if options.get_socket().is_some() {
+        return None;
+    }
+    if matches!(options.get_ssl_mode(), PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull) {
+        return None;
+    }
+    let host = options.get_host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_owned())
 }
 
 #[async_trait]

@@ -15,6 +15,7 @@ mod mesh;
 mod oauth;
 mod profile;
 mod recovery;
+mod redact;
 mod sessions;
 mod shutdown;
 mod storage;
