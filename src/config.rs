@@ -127,6 +127,17 @@ pub struct Config {
     #[arg(long, env = "GATEHOUSE_PASSWORD_MIN_LENGTH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub password_min_length: u16,
 
+    /// A Have I Been Pwned-style range API (such as https://api.pwnedpasswords.com/) against
+    /// which new passwords are checked by k-anonymity: only five hex digits of the password's
+    /// SHA-1 are sent. Unset (the default) means no check.
+    #[arg(long, env = "GATEHOUSE_BREACHED_PASSWORDS_API")]
+    pub breached_passwords_api: Option<String>,
+
+    /// Bound on one breached-password lookup. A lookup that fails or takes longer accepts the
+    /// password unchecked (fail open), with a log line and a metric.
+    #[arg(long, env = "GATEHOUSE_BREACHED_PASSWORDS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub breached_passwords_timeout: Duration,
+
     /// Argon2id memory cost in KiB.
     #[arg(long, env = "GATEHOUSE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -249,6 +260,12 @@ pub struct Config {
     /// SMTP transport security.
     #[arg(long, env = "GATEHOUSE_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls)]
     pub smtp_tls: SmtpTls,
+
+    /// PEM bundle of the CA certificates that sign the relay's certificate (a private CA). When
+    /// set, the relay must chain to one of these, for STARTTLS and implicit TLS alike, and the
+    /// public roots are not consulted.
+    #[arg(long, env = "GATEHOUSE_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
 
     /// SMTP login.
     #[arg(long, env = "GATEHOUSE_SMTP_USERNAME")]

@@ -35,6 +35,7 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     hash_queue: Gauge,
     hashes_abandoned: Counter,
+    breached_checks: Family<Labels, Counter>,
     pool_size: Gauge,
     pool_idle: Gauge,
     pool_max: Gauge,
@@ -66,6 +67,12 @@ impl Metrics {
             "Password checks skipped unhashed because the caller had gone (deadline passed or call dropped)",
             hashes_abandoned.clone(),
         );
+        let breached_checks = Family::<Labels, Counter>::default();
+        registry.register(
+            "breached_password_checks",
+            "Breached-password lookups, by result: breached, not_found, or failed (accepted unchecked)",
+            breached_checks.clone(),
+        );
         let pool_size = Gauge::default();
         registry.register("db_pool_connections", "Open database connections", pool_size.clone());
         let pool_idle = Gauge::default();
@@ -80,6 +87,7 @@ impl Metrics {
             rate_limited,
             hash_queue,
             hashes_abandoned,
+            breached_checks,
             pool_size,
             pool_idle,
             pool_max,
@@ -106,6 +114,11 @@ impl Metrics {
     /// Counts password checks skipped because their callers had gone.
     pub fn password_hashes_abandoned(&self, n: usize) {
         self.hashes_abandoned.inc_by(n as u64);
+    }
+
+    /// Counts a breached-password lookup by its result.
+    pub fn breached_password_check(&self, result: &'static str) {
+        self.breached_checks.get_or_create(&vec![("result", result.to_owned())]).inc();
     }
 
     /// The text exposition, with the sampled gauges set first.

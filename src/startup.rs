@@ -14,6 +14,7 @@ use crate::{
         Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles,
         admin::Admin,
         audit::AuditLog,
+        breach::BreachedPasswords,
         cipher::SecretCipher,
         keys::{AccessTokenConfig, KeyRing},
         limits::{Limiter, RateLimitBackend, Rates},
@@ -119,6 +120,7 @@ impl Application {
                     host: host.clone(),
                     port: config.smtp_port,
                     tls: config.smtp_tls,
+                    ca_file: config.smtp_ca_file.clone(),
                     username: config.smtp_username.clone(),
                     password: config.smtp_password()?,
                     timeout: config.smtp_timeout,
@@ -174,6 +176,11 @@ impl Application {
             limiter,
             notifier,
             revocations: Arc::clone(&revocations),
+            breached: config
+                .breached_passwords_api
+                .as_deref()
+                .map(|api| BreachedPasswords::new(api, config.breached_passwords_timeout))
+                .transpose()?,
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
         let mesh = Arc::new(Mesh::new(Arc::clone(&auth), keys));

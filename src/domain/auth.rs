@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{
     audit::{AuditLog, Event, Outcome},
+    breach::{BreachedPasswords, Verdict},
     clock::Clock,
     email::Email,
     error::{AuthFailure, Error, Violations},
@@ -104,6 +105,8 @@ pub struct AuthDeps {
     pub notifier: Arc<Notifier>,
     /// The revocation feed's follower, woken after local revocations.
     pub revocations: Arc<RevocationHub>,
+    /// The breached-password check, when configured.
+    pub breached: Option<BreachedPasswords>,
 }
 
 /// The end user behind a call, as forwarded by the calling backend.
@@ -180,6 +183,7 @@ pub struct Auth {
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) revocations: Arc<RevocationHub>,
+    breached: Option<BreachedPasswords>,
     pub(crate) config: AuthConfig,
 }
 
@@ -196,6 +200,7 @@ impl Auth {
             limiter: deps.limiter,
             notifier: deps.notifier,
             revocations: deps.revocations,
+            breached: deps.breached,
             config,
         }
     }
@@ -203,6 +208,20 @@ impl Auth {
     /// Whether sign-in needs a verified email (provider sign-in follows the same rule).
     pub(crate) fn requires_email_verification(&self) -> bool {
         self.config.require_email_verification
+    }
+
+    /// Refuses a new password that the breach corpus holds, when the check is configured. An
+    /// unanswered check accepts the password (fail open, counted and logged).
+    pub(crate) async fn refuse_breached(&self, field: &'static str, password: &Password) -> Result<(), Error> {
+        if let Some(check) = &self.breached
+            && let Verdict::Breached(_) = check.check(password).await
+        {
+            return Err(Error::invalid(
+                field,
+                "has appeared in a known data breach, so attackers will try it: choose a different password",
+            ));
+        }
+        Ok(())
     }
 
     /// The audit log (for ListAuditEvents and background pruning).
@@ -246,6 +265,7 @@ impl Auth {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-up lost a field")));
         };
         self.limit(Limit::SignUpPerIp, &[&self.ip_key(&client)], None, &client).await?;
+        self.refuse_breached("password", &password).await?;
 
         let now = self.clock.now();
         let user_id = Uuid::now_v7();
@@ -583,6 +603,8 @@ impl Auth {
                 return Err(e);
             }
         };
+        // After the current password, so that only its holder makes the server call out.
+        self.refuse_breached("new_password", &new).await?;
         let hash = self.hasher.hash(new).await?;
         // Of concurrent changes checked against one current password, exactly one lands; for
         // the others the current password no longer matches.

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod breach;
 pub mod cipher;
 pub mod clock;
 pub mod email;

@@ -85,7 +85,7 @@ impl Password {
         Ok(Self(normalized))
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(super) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
 }

@@ -206,6 +206,7 @@ impl Auth {
         let context = [user.email.as_str(), local_part(&user.email), user.name.as_str()];
         let password = Password::new_password(new_password, &self.config.password, &context)
             .map_err(|d| Error::invalid("new_password", d))?;
+        self.refuse_breached("new_password", &password).await?;
         let password_hash = self.hasher.hash(password).await?;
         // Redeeming is the single-use gate: of concurrent resets with one token, one wins.
         if self.store.redeem_token(&hash, purposes, self.clock.now()).await?.is_none() {

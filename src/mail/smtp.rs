@@ -1,4 +1,5 @@
-//! SMTP delivery through lettre: STARTTLS, implicit TLS or (loopback/tests only) plaintext.
+//! SMTP delivery through lettre: STARTTLS, implicit TLS or (loopback/tests only) plaintext;
+//! the relay's certificate chains to the public roots or to a private CA bundle.
 //!
 //! lettre's pooled transport bounds only the TCP connect: a relay that accepts the connection
 //! and never speaks would hold a delivery forever. So the connection is made here and every
@@ -12,6 +13,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -24,11 +26,11 @@ use lettre::{
     message::Mailbox,
     transport::smtp::{
         authentication::{Credentials, Mechanism},
-        client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters},
+        client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters},
         extension::ClientId,
     },
 };
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -59,6 +61,8 @@ pub struct SmtpSettings {
     pub port: u16,
     /// Transport security.
     pub tls: SmtpTls,
+    /// PEM bundle of the CAs trusted for the relay in place of the public roots.
+    pub ca_file: Option<PathBuf>,
     /// Login, if the relay needs one.
     pub username: Option<String>,
     /// Password for `username`.
@@ -91,14 +95,30 @@ enum Security {
 impl Smtp {
     /// A transport for `settings`, sending as `from`.
     pub fn new(settings: &SmtpSettings, from: &str) -> anyhow::Result<Self> {
+        let private_roots = settings.ca_file.as_deref().map(read_ca_file).transpose()?;
         let security = match settings.tls {
-            SmtpTls::Starttls => Security::Starttls(TlsParameters::new(settings.host.clone())?),
+            SmtpTls::Starttls => {
+                let mut parameters = TlsParameters::builder(settings.host.clone());
+                if let Some(roots) = &private_roots {
+                    parameters = parameters.certificate_store(CertificateStore::None);
+                    for root in roots {
+                        parameters = parameters.add_root_certificate(Certificate::from_der(root.to_vec())?);
+                    }
+                }
+                Security::Starttls(parameters.build()?)
+            }
             SmtpTls::Tls => {
                 let name = ServerName::try_from(settings.host.clone())
                     .with_context(|| format!("GATEHOUSE_SMTP_HOST {} is not a valid TLS server name", settings.host))?;
-                Security::Implicit(tokio_rustls::TlsConnector::from(Arc::new(client_config()?)), name)
+                let config = client_config(private_roots.as_deref())?;
+                Security::Implicit(tokio_rustls::TlsConnector::from(Arc::new(config)), name)
             }
-            SmtpTls::None => Security::None,
+            SmtpTls::None => {
+                if settings.ca_file.is_some() {
+                    anyhow::bail!("GATEHOUSE_SMTP_CA_FILE is set but GATEHOUSE_SMTP_TLS is none: nothing would use it");
+                }
+                Security::None
+            }
         };
         let credentials = match (&settings.username, &settings.password) {
             (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.expose_secret().to_owned())),
@@ -167,10 +187,35 @@ fn flat(error: lettre::transport::smtp::Error) -> anyhow::Error {
     anyhow::anyhow!("{error}")
 }
 
-/// rustls with the public (webpki) roots, as lettre's STARTTLS uses.
-fn client_config() -> anyhow::Result<rustls::ClientConfig> {
+/// The certificates of a CA bundle, refused at start if the file holds none (a misnamed file
+/// would otherwise fail every delivery, silently, until someone reads the logs).
+fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading GATEHOUSE_SMTP_CA_FILE {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("GATEHOUSE_SMTP_CA_FILE {} is not a PEM certificate bundle", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("GATEHOUSE_SMTP_CA_FILE {} holds no PEM certificate", path.display());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .with_context(|| format!("GATEHOUSE_SMTP_CA_FILE {}: a certificate is not a usable CA", path.display()))?;
+    }
+    Ok(certs)
+}
+
+/// rustls with the private roots when given, else the public (webpki) roots, as lettre's
+/// STARTTLS uses.
+fn client_config(private_roots: Option<&[CertificateDer<'static>]>) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    match private_roots {
+        Some(private) => {
+            roots.add_parsable_certificates(private.iter().cloned());
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -475,6 +475,32 @@ pub fn production_hashing(config: &mut Config) {
     config.argon2_parallelism = defaults.argon2_parallelism;
 }
 
+/// Runs each `async fn(Backend)` as a test on SQLite and on PostgreSQL, for behaviours that set
+/// up their own servers (several per test, or with stand-ins whose addresses the
+/// configuration needs): `each_backend!(name, ...)`.
+#[macro_export]
+macro_rules! each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 /// [`both_backends!`] with a configuration tweak: `both_backends_with!(tweak; name, ...)`.
 #[macro_export]
 macro_rules! both_backends_with {

@@ -6,11 +6,13 @@ mod smtp;
 
 mod abuse;
 mod auth;
+mod breach;
 mod connections;
 mod faults;
 mod full_disk;
 mod health;
 mod idp;
+mod mail_tls;
 mod mesh;
 mod oauth;
 mod profile;

@@ -13,25 +13,25 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-/// A certificate authority for the test.
-struct Ca {
+/// A certificate authority for the test (also signs the stand-in SMTP relay's certificate).
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A leaf certificate (PEM cert, PEM key) for `names`, with `cn` as subject.
-    fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+    pub(crate) fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
@@ -40,7 +40,7 @@ impl Ca {
     }
 }
 
-fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     // Write then rename, as certificate managers do, so the server never reads half a file.
     let tmp = dir.join(format!("{name}.tmp"));
