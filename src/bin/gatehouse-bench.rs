@@ -45,6 +45,17 @@ struct Args {
     /// Streams of GetSession measured with and without the sign-in storm.
     #[arg(long, default_value_t = 8)]
     probe_concurrency: usize,
+    /// Instead of the throughput runs, measure the server's memory while connections hold
+    /// abandoned streams (a request's headers and half its message, then nothing), and after
+    /// they close: `--abandoned-streams 2000` per connection.
+    #[arg(long)]
+    abandoned_streams: Option<usize>,
+    /// Connections for `--abandoned-streams`.
+    #[arg(long, default_value_t = 16)]
+    abandon_connections: usize,
+    /// Rounds of `--abandoned-streams`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// Results of one run.
@@ -197,6 +208,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let channels = Arc::new(channels);
     let (_, idle_rss) = peak_rss_kib(pid).unwrap_or_default();
+    if let Some(streams) = args.abandoned_streams {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        abandoned_streams(addr, pid, idle_rss, args.abandon_connections, streams, args.rounds).await?;
+        stop(pid, &mut child).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     println!(
         "gatehouse-bench: backend {backend}, {} streams over {} connections, {:?} per run, {} cores",
         args.concurrency,
@@ -290,14 +308,111 @@ async fn main() -> anyhow::Result<()> {
         probe_storm.percentile(0.99) / probe_quiet.percentile(0.99)
     );
 
-    // SIGTERM, then the graceful shutdown path.
+    stop(pid, &mut child).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// SIGTERM, then the graceful shutdown path.
+async fn stop(pid: u32, child: &mut tokio::process::Child) {
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     unsafe {
         libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGTERM);
     }
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rounds of `connections` HTTP/2 connections, each opening up to `streams` SignIn streams
+/// that send their headers and half of a 1 KiB message and then nothing, as a client that
+/// abandons its calls without resetting them. Prints the streams the server let open and its
+/// RSS while they are held and after the connections close.
+async fn abandoned_streams(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    idle_rss: u64,
+    connections: usize,
+    streams: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "gatehouse-bench: abandoned streams, {connections} connections x {streams} streams, {rounds} rounds; \
+         server RSS idle {:.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    for round in 1..=rounds {
+        let started = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..connections {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (client, connection) = h2::client::handshake(tcp).await?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            held.push((tokio::spawn(open_abandoned(client, addr, streams)), driver));
+        }
+        let mut open = 0;
+        let mut kept = Vec::new();
+        let mut drivers = Vec::new();
+        for (opener, driver) in held {
+            let (n, streams) = opener.await?;
+            open += n;
+            kept.push(streams);
+            drivers.push(driver);
+        }
+        // Give the server a moment to read what was sent.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, holding) = peak_rss_kib(pid).unwrap_or_default();
+        drop(kept);
+        for driver in drivers {
+            driver.abort();
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (peak, after) = peak_rss_kib(pid).unwrap_or_default();
+        println!(
+            "round {round}: {open} streams open after {:.1} s; RSS holding {:.1} MiB, 3 s after closing {:.1} MiB, \
+             peak {:.1} MiB",
+            started.elapsed().as_secs_f64(),
+            holding as f64 / 1024.0,
+            after as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+    }
     Ok(())
+}
+
+type Abandoned = Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>;
+
+/// Opens up to `n` abandoned streams on one connection; stops when the server's stream limit
+/// holds the next one back for half a second.
+async fn open_abandoned(
+    mut client: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> (usize, Abandoned) {
+    // A gRPC message header announcing 1024 bytes, and 512 of them.
+    let mut partial = vec![0u8, 0, 0, 4, 0];
+    partial.extend_from_slice(&[0x0a; 512]);
+    let partial = bytes::Bytes::from(partial);
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        client = match tokio::time::timeout(Duration::from_millis(500), client.ready()).await {
+            Ok(Ok(ready)) => ready,
+            _ => break,
+        };
+        let Ok(request) = http::Request::post(format!("http://{addr}/gatehouse.v1.AuthService/SignIn"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+        else {
+            break;
+        };
+        let Ok((response, mut body)) = client.send_request(request, false) else { break };
+        if body.send_data(partial.clone(), false).is_err() {
+            break;
+        }
+        kept.push((response, body));
+    }
+    (kept.len(), kept)
 }
 
 async fn connect_when_serving(endpoint: &str) -> anyhow::Result<Channel> {
