@@ -324,8 +324,10 @@ async fn stop(pid: u32, child: &mut tokio::process::Child) {
 
 /// Rounds of `connections` HTTP/2 connections, each opening up to `streams` SignIn streams
 /// that send their headers and half of a 1 KiB message and then nothing, as a client that
-/// abandons its calls without resetting them. Prints the streams the server let open and its
-/// RSS while they are held and after the connections close.
+/// abandons its calls without resetting them. Prints the streams sent (beyond the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS, h2 holds them back client-side, as a conforming client
+/// does; the server refuses any a client sends anyway) and the server's RSS while they are
+/// held and after the connections close.
 async fn abandoned_streams(
     addr: std::net::SocketAddr,
     pid: u32,
@@ -369,7 +371,7 @@ async fn abandoned_streams(
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (peak, after) = peak_rss_kib(pid).unwrap_or_default();
         println!(
-            "round {round}: {open} streams open after {:.1} s; RSS holding {:.1} MiB, 3 s after closing {:.1} MiB, \
+            "round {round}: {open} streams sent in {:.1} s; RSS holding {:.1} MiB, 3 s after closing {:.1} MiB, \
              peak {:.1} MiB",
             started.elapsed().as_secs_f64(),
             holding as f64 / 1024.0,

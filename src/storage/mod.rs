@@ -349,9 +349,30 @@ pub async fn migrate(opts: &DbOptions) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// When the database last failed a statement for a reason other than "no such row" or a
+/// constraint: milliseconds after [`EPOCH`], plus one (0 means never).
+static LAST_FAULT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+fn note_fault() {
+    let ms = u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1);
+    LAST_FAULT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a database fault was seen within `window` (process-wide: any store).
+pub(crate) fn faulted_within(window: Duration) -> bool {
+    let last = LAST_FAULT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    last != 0 && EPOCH.elapsed().as_millis() < u128::from(last) + window.as_millis()
+}
+
 /// Sorts a sqlx error into the store's categories.
 pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
+    if !matches!(&err, E::RowNotFound)
+        && !matches!(&err, E::Database(db) if db.is_unique_violation() || db.is_check_violation())
+    {
+        note_fault();
+    }
     match err {
         E::RowNotFound => StoreError::NotFound,
         E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) | E::WorkerCrashed => {

@@ -9,7 +9,7 @@ use sqlx::{
 };
 
 use super::{
-    DbOptions, PoolStats, Store, StoreError, classify,
+    DbOptions, PoolStats, Store, StoreError, classify, faulted_within,
     queries::{Backend, impl_queries},
 };
 
@@ -76,16 +76,30 @@ impl SqliteStore {
     }
 }
 
+/// How long after a database fault returning connections are asked whether SQLite still holds
+/// them inside a transaction.
+const FAULT_WINDOW: Duration = Duration::from_secs(60);
+
 /// Whether a connection coming back to the pool is still inside a transaction. A write that
 /// fails on a full disk or an I/O error can leave one open (SQLite may or may not roll back by
 /// itself, and sqlx's rollback can fail too): that connection holds the write lock, so every
 /// other writer waits out its busy timeout and fails with "database is locked" long after
 /// space returns, and its next statements would join a transaction that never commits. Such a
 /// connection is closed, which rolls back and releases the lock, and the pool opens a new one.
+///
+/// Asking SQLite itself costs a round trip to the connection's worker thread on every release
+/// (GetSession fell from 0.34–0.37 of the empty RPC's throughput to 0.27–0.32; BENCHMARKS.md). So it is asked only while database
+/// faults are recent: a failure leaves a connection stuck only together with a failed
+/// statement (classified, so noted, before its connection is returned), and a stuck
+/// connection makes every other writer fail with "database is locked", which keeps the window
+/// open until that connection is next released and closed.
 async fn left_in_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection;
     if conn.is_in_transaction() {
         return Ok(true);
+    }
+    if !faulted_within(FAULT_WINDOW) {
+        return Ok(false);
     }
     let mut handle = conn.lock_handle().await?;
     // SAFETY: the handle is locked away from the connection's worker thread while it is held,
