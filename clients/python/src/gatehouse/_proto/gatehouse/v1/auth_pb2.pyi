@@ -183,7 +183,8 @@ class SignUpRequest(_message.Message):
     """Email address (at most 254 characters); compared case-insensitively."""
     password: _builtins.str
     """Password: at least the configured minimum (default 8) and at most 128 characters
-    (Unicode code points). Common or guessable passwords are refused.
+    (Unicode code points). Common or guessable passwords are refused, and so, when the
+    breached-password check is configured, are passwords known from data breaches.
     """
     name: _builtins.str
     """Display name (1 to 200 characters)."""
