@@ -139,6 +139,10 @@ async fn health_turns_not_serving_when_postgres_refuses_writes() {
         )
     };
     sqlx::raw_sql(AssertSqlSafe(set("on"))).execute(&mut admin).await.unwrap();
+    // A connection the pool was opening at that moment read the old setting and may not yet
+    // have been listed: end the sessions once more when it is.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql(AssertSqlSafe(set("on"))).execute(&mut admin).await.unwrap();
     // Ending the sessions alone flips health for a moment; once the pool has reconnected to
     // the read-only database, health must stay NOT_SERVING, and writes fail.
     tokio::time::sleep(Duration::from_secs(1)).await;
