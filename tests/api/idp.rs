@@ -104,6 +104,7 @@ pub struct Idp {
     pub base: String,
     pub state: Arc<Mutex<IdpState>>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Idp {
@@ -149,20 +150,31 @@ impl Idp {
             .route("/user/emails", get(github_emails))
             .with_state(Arc::clone(&state));
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
                 .await;
         });
-        Self { base, state, shutdown: Mutex::new(Some(tx)) }
+        Self { base, state, shutdown: Mutex::new(Some(tx)), server: Mutex::new(Some(server)) }
     }
 
     /// Stops answering: the provider is down.
     pub fn stop(&self) {
         if let Some(tx) = self.shutdown.lock().unwrap().take() {
             let _ = tx.send(());
+        }
+    }
+
+    /// Stops answering and returns once the port is closed: a graceful shutdown signalled
+    /// alone may still serve a request that arrives before the server task next runs.
+    pub async fn stop_now(&self) {
+        self.stop();
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
         }
     }
 

@@ -586,7 +586,7 @@ async fn provider_errors_and_outages(env: &Env) {
     env.google.with(|s| s.token_failure = None);
 
     // A provider that is down (acme has not been reached yet, so nothing is cached).
-    env.acme.stop();
+    env.acme.stop_now().await;
     let err = env.start_flow("acme", ACME_REDIRECT, None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
