@@ -83,18 +83,6 @@ async fn spawn_checked(backend: Backend, url: &str) -> Option<TestApp> {
     .await
 }
 
-async fn sign_up_with(app: &TestApp, email: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
-    app.auth()
-        .sign_up(pb::SignUpRequest {
-            email: email.into(),
-            password: password.into(),
-            name: "Test Reader".into(),
-            profile: None,
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// The `gatehouse_breached_password_checks_total` sample for `result` (process-wide).
 async fn checks(app: &TestApp, result: &str) -> f64 {
     let body = reqwest::get(format!("http://{}/metrics", app.http_addr)).await.unwrap().text().await.unwrap();
@@ -106,7 +94,7 @@ async fn breached_passwords_are_refused_at_sign_up_change_and_reset(backend: Bac
     let (api, url) = Api::start().await;
     let Some(app) = spawn_checked(backend, &url).await else { return };
 
-    let refused = sign_up_with(&app, "breached@example.com", BREACHED).await.unwrap_err();
+    let refused = app.try_sign_up("breached@example.com", BREACHED).await.unwrap_err();
     assert_eq!(violated_fields(&refused), ["password"]);
     assert!(refused.message().contains("breach"), "{refused:?}");
     assert_eq!(app.db.query_texts("SELECT email FROM users").await, Vec::<String>::new(), "nothing was stored");
@@ -162,11 +150,11 @@ async fn an_api_that_fails_or_hangs_lets_the_password_through(backend: Backend) 
     let failed_before = checks(&app, "failed").await;
 
     api.mode.store(FAILING, Ordering::SeqCst);
-    sign_up_with(&app, "down@example.com", BREACHED).await.expect("an API answering 503 fails open");
+    app.try_sign_up("down@example.com", BREACHED).await.expect("an API answering 503 fails open");
 
     api.mode.store(HANGING, Ordering::SeqCst);
     let started = Instant::now();
-    sign_up_with(&app, "slow@example.com", BREACHED).await.expect("a hanging API fails open");
+    app.try_sign_up("slow@example.com", BREACHED).await.expect("a hanging API fails open");
     let took = started.elapsed();
     // The 500 ms lookup bound, plus a cheap hash and the inserts.
     assert!(took < Duration::from_secs(3), "a hanging API held the sign-up for {took:?}");
@@ -176,7 +164,7 @@ async fn an_api_that_fails_or_hangs_lets_the_password_through(backend: Backend) 
 
     // Once the API answers again, the check holds again.
     api.mode.store(NORMAL, Ordering::SeqCst);
-    let refused = sign_up_with(&app, "back@example.com", BREACHED).await.unwrap_err();
+    let refused = app.try_sign_up("back@example.com", BREACHED).await.unwrap_err();
     assert_eq!(violated_fields(&refused), ["password"]);
     assert_eq!(api.asked().len(), 3, "one lookup per sign-up");
     app.finish().await;
@@ -186,7 +174,7 @@ async fn an_api_that_fails_or_hangs_lets_the_password_through(backend: Backend) 
 async fn the_check_is_off_by_default(backend: Backend) {
     let (api, _url) = Api::start().await;
     let Some(app) = spawn_app_with(backend, |c| assert!(c.breached_passwords_api.is_none())).await else { return };
-    sign_up_with(&app, "unchecked@example.com", BREACHED).await.expect("no check configured");
+    app.try_sign_up("unchecked@example.com", BREACHED).await.expect("no check configured");
     assert!(api.asked().is_empty());
     app.finish().await;
 }

@@ -343,16 +343,20 @@ impl TestApp {
 
     /// Signs up `email` with [`PASSWORD`].
     pub async fn sign_up(&self, email: &str) -> pb::AuthResponse {
+        self.try_sign_up(email, PASSWORD).await.unwrap_or_else(|s| panic!("sign-up of {email} failed: {s:?}"))
+    }
+
+    /// Signs up `email` with `password`, returning the server's answer.
+    pub async fn try_sign_up(&self, email: &str, password: &str) -> Result<pb::AuthResponse, tonic::Status> {
         self.auth()
             .sign_up(pb::SignUpRequest {
                 email: email.into(),
-                password: PASSWORD.into(),
+                password: password.into(),
                 name: "Test Reader".into(),
                 profile: None,
             })
             .await
-            .unwrap_or_else(|s| panic!("sign-up of {email} failed: {s:?}"))
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 
     /// Signs up `email` and verifies it through the link mailed to the outbox, as its owner would.
