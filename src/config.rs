@@ -9,11 +9,8 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::{
-    domain::{
-        keys::SigningAlgorithm,
-        limits::Rate,
-        oauth::{ProviderKind, ProviderSettings},
-    },
+    domain::{keys::SigningAlgorithm, limits::Rate},
+    idp::provider::{ProviderKind, ProviderSettings},
     mail::SmtpTls,
     storage::DbOptions,
     tls::TlsSettings,

@@ -14,10 +14,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::{
-    domain::{Auth, keys::KeyRing},
+    domain::{Auth, core::Core, keys::KeyRing},
     metrics::METRICS,
     net::{AxumListener, ConnectionLimits},
-    storage::Store,
 };
 
 /// What the HTTP handlers read.
@@ -28,7 +27,7 @@ pub struct HttpState {
     /// For the hash-queue gauge.
     pub auth: Arc<Auth>,
     /// For the pool gauges.
-    pub store: Arc<dyn Store>,
+    pub core: Arc<Core>,
 }
 
 async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
@@ -62,8 +61,7 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let pool = state.store.pool_stats();
-    let body = METRICS.render(state.auth.hasher().queue_depth(), (pool.size, pool.idle, pool.max));
+    let body = METRICS.render(state.auth.hasher().queue_depth(), state.core.pool_stats());
     (
         [(
             header::CONTENT_TYPE,

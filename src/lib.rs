@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod idp;
 pub mod mail;
 pub mod metrics;
 pub mod net;

@@ -11,22 +11,26 @@ use tonic_health::ServingStatus;
 use crate::{
     config::Config,
     domain::{
-        Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles,
+        Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles, Recovery,
         admin::Admin,
         audit::AuditLog,
         breach::BreachedPasswords,
         cipher::SecretCipher,
+        core::Core,
         keys::{AccessTokenConfig, KeyRing},
         limits::{Limiter, RateLimitBackend, Rates},
+        links::{LinkLifetimes, Links},
         mesh::Mesh,
         notify::Notifier,
-        oauth::{OAuthConfig, Provider, http_client},
+        oauth::OAuthConfig,
         password::{HashParams, PasswordHasher, PasswordPolicy, QueueBound},
         revocations::RevocationHub,
+        session::SessionLifetimes,
         token::TokenHasher,
     },
     grpc::{self, GrpcSettings, ServiceAuth, Services, health},
     http::HttpState,
+    idp::{http_client, provider::Provider},
     mail::{MailQueue, Outbox, Smtp, SmtpSettings, Transport},
     net::ConnectionLimits,
     ratelimit::{MemoryLimits, RedisLimits},
@@ -39,12 +43,15 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     http_listener: TcpListener,
+    /// Closed last, after the grace period.
     store: Arc<dyn Store>,
+    core: Arc<Core>,
     auth: Arc<Auth>,
+    recovery: Arc<Recovery>,
+    links: Arc<Links>,
     profiles: Arc<Profiles>,
     oauth: Arc<OAuth>,
     mesh: Arc<Mesh>,
-    revocations: Arc<RevocationHub>,
     service_auth: Arc<ServiceAuth>,
     tls: Option<Arc<ReloadingTls>>,
 }
@@ -99,14 +106,14 @@ impl Application {
             queue_limit = hasher.queue_limit(),
             "password hashing ready"
         );
+        let lifetimes =
+            SessionLifetimes { ttl: delta(config.session_ttl)?, idle_timeout: delta(config.session_idle_timeout)? };
+        let link_lifetimes =
+            LinkLifetimes { verification: delta(config.verification_ttl)?, reset: delta(config.reset_ttl)? };
         let auth_config = AuthConfig {
-            session_ttl: delta(config.session_ttl)?,
-            idle_timeout: delta(config.session_idle_timeout)?,
             refresh_interval: delta(config.session_refresh_interval)?,
             password: PasswordPolicy { min_chars: usize::from(config.password_min_length) },
             require_email_verification: config.require_email_verification,
-            verification_ttl: delta(config.verification_ttl)?,
-            reset_ttl: delta(config.reset_ttl)?,
             lockout: Lockout {
                 threshold: config.lockout_threshold,
                 base: delta(config.lockout_base)?,
@@ -166,16 +173,21 @@ impl Application {
         let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
         let cipher = Arc::new(SecretCipher::new(secret.expose_secret(), &previous)?);
         let keys = Arc::new(open_keys(&config, Arc::clone(&store), Arc::clone(&cipher), Arc::clone(&clock)).await?);
-        let deps = AuthDeps {
-            store: Arc::clone(&store),
-            hasher,
-            session_tokens,
-            link_tokens,
-            clock: Arc::clone(&clock),
+        let core = Arc::new(Core::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
             audit,
             limiter,
             notifier,
-            revocations: Arc::clone(&revocations),
+            Arc::clone(&revocations),
+            lifetimes,
+        ));
+        let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, link_lifetimes));
+        let deps = AuthDeps {
+            core: Arc::clone(&core),
+            hasher,
+            session_tokens,
+            links: Arc::clone(&links),
             breached: config
                 .breached_passwords_api
                 .as_deref()
@@ -183,7 +195,8 @@ impl Application {
                 .transpose()?,
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
-        let mesh = Arc::new(Mesh::new(Arc::clone(&auth), keys));
+        let recovery = Arc::new(Recovery::new(Arc::clone(&core), Arc::clone(&auth), Arc::clone(&links)));
+        let mesh = Arc::new(Mesh::new(Arc::clone(&core), Arc::clone(&auth), keys));
         let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
 
         let http = http_client(config.oauth_http_timeout)?;
@@ -193,9 +206,8 @@ impl Application {
             .map(|p| Provider::new(p, http.clone()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let oauth = Arc::new(OAuth::new(
-            Arc::clone(&store),
+            Arc::clone(&core),
             Arc::clone(&auth),
-            clock,
             providers,
             cipher,
             secret.expose_secret(),
@@ -211,7 +223,21 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let http_listener =
             TcpListener::bind(config.http_listen).await.with_context(|| format!("binding {}", config.http_listen))?;
-        Ok(Self { config, listener, http_listener, store, auth, profiles, oauth, mesh, revocations, service_auth, tls })
+        Ok(Self {
+            config,
+            listener,
+            http_listener,
+            store,
+            core,
+            auth,
+            recovery,
+            links,
+            profiles,
+            oauth,
+            mesh,
+            service_auth,
+            tls,
+        })
     }
 
     /// The bound address of the HTTP side port (JWKS, discovery, metrics).
@@ -232,25 +258,27 @@ impl Application {
         let health_service = health::StoppingHealth::new(reporter.clone(), stopping_rx);
         health::set_all(&reporter, ServingStatus::NotServing).await;
         let watcher =
-            tokio::spawn(health::watch_store(Arc::clone(&self.store), reporter.clone(), self.config.health_interval));
+            tokio::spawn(health::watch_store(Arc::clone(&self.core), reporter.clone(), self.config.health_interval));
         let retention = Retention {
             audit: delta(self.config.audit_retention)?,
             revocations: delta(self.config.revocation_retention)?,
         };
         let pruner = tokio::spawn(prune(
+            Arc::clone(&self.core),
             Arc::clone(&self.auth),
+            Arc::clone(&self.links),
             Arc::clone(&self.oauth),
             self.config.session_prune_interval,
             retention,
         ));
-        let follower = tokio::spawn(Arc::clone(&self.revocations).run(Duration::from_millis(500)));
+        let follower = tokio::spawn(Arc::clone(self.core.revocations()).run(Duration::from_millis(500)));
         let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), key_check_interval(&self.config)));
         let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls_reload_interval)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_state = HttpState {
             keys: Arc::clone(self.mesh.keys()),
             auth: Arc::clone(&self.auth),
-            store: Arc::clone(&self.store),
+            core: Arc::clone(&self.core),
         };
         let http_addr = self.http_addr();
         let addr = self.local_addr();
@@ -276,7 +304,7 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let on_shutdown = {
             let reporter = reporter.clone();
-            let revocations = Arc::clone(&self.revocations);
+            let revocations = Arc::clone(self.core.revocations());
             let watcher = watcher.abort_handle();
             async move {
                 shutdown.await;
@@ -303,12 +331,13 @@ impl Application {
             keepalive_interval: self.config.http2_keepalive_interval,
         };
         let services = Services {
-            admin: Arc::new(Admin::new(Arc::clone(&self.auth))),
+            admin: Arc::new(Admin::new(Arc::clone(&self.core))),
             auth: self.auth,
+            recovery: self.recovery,
             profiles: self.profiles,
             oauth: self.oauth,
             mesh: self.mesh,
-            revocations: self.revocations,
+            revocations: Arc::clone(self.core.revocations()),
             service_auth: self.service_auth,
         };
         let server = grpc::serve(self.listener, settings, services, health_service, on_shutdown);
@@ -368,7 +397,14 @@ struct Retention {
 }
 
 /// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
-async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, retention: Retention) {
+async fn prune(
+    core: Arc<Core>,
+    auth: Arc<Auth>,
+    links: Arc<Links>,
+    oauth: Arc<OAuth>,
+    every: Duration,
+    retention: Retention,
+) {
     let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
     loop {
         ticker.tick().await;
@@ -378,11 +414,11 @@ async fn prune(auth: Arc<Auth>, oauth: Arc<OAuth>, every: Duration, retention: R
             Err(error) => tracing::warn!(%error, "pruning {what} failed"),
         };
         report("expired sessions", auth.prune_expired_sessions().await);
-        report("stale email tokens", auth.prune_stale_tokens().await);
-        report("old audit events", auth.audit().prune(retention.audit).await);
-        report("old revocation events", auth.prune_revocations(retention.revocations).await);
+        report("stale email tokens", links.prune_stale().await);
+        report("old audit events", core.audit().prune(retention.audit).await);
+        report("old revocation events", core.prune_revocations(retention.revocations).await);
         report("expired provider sign-in states", oauth.prune_expired_states().await);
-        auth.limiter().shrink();
+        core.limiter().shrink();
     }
 }
 

@@ -6,12 +6,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ClientInfo,
-    audit::{Event, Outcome, decode_cursor, encode_cursor},
-    auth::Auth,
+    audit::{AuditEvent, Event, Outcome, decode_cursor, encode_cursor},
+    client::ClientInfo,
+    core::{Core, EndReason, Ending},
     error::Error,
+    user::User,
 };
-use crate::storage::{AdminUserRow, AuditRow};
+use crate::storage::AdminUserRow;
 
 /// Largest page of ListUsers.
 pub const MAX_USERS_PAGE: u32 = 200;
@@ -20,9 +21,24 @@ pub const MAX_USERS_PAGE: u32 = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceIdentity(pub String);
 
+/// A user with the operator-only fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUser {
+    /// The user.
+    pub user: User,
+    /// When an operator disabled the account.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<AdminUserRow> for AdminUser {
+    fn from(r: AdminUserRow) -> Self {
+        Self { user: r.user.into(), disabled_at: r.disabled_at }
+    }
+}
+
 /// Admin operations.
 pub struct Admin {
-    auth: Arc<Auth>,
+    core: Arc<Core>,
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -30,14 +46,18 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
 }
 
 impl Admin {
-    /// Admin operations over `auth`'s store.
-    pub fn new(auth: Arc<Auth>) -> Self {
-        Self { auth }
+    /// Admin operations over the shared store.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    async fn find(&self, id: Uuid) -> Result<AdminUser, Error> {
+        self.core.store.admin_user(id).await?.map(Into::into).ok_or(Error::NotFound("user"))
     }
 
     async fn audit(&self, user_id: Option<Uuid>, event: Event, who: &ServiceIdentity, client: &ClientInfo) {
         let reason = format!("by {}", who.0);
-        self.auth.audit.record(user_id, event, Outcome::Success, Some(&reason), client).await;
+        self.core.audit.record(user_id, event, Outcome::Success, Some(&reason), client).await;
     }
 
     /// A page of users, oldest first, and the next page's token.
@@ -48,7 +68,7 @@ impl Admin {
         page_size: u32,
         page_token: &str,
         email_filter: &str,
-    ) -> Result<(Vec<AdminUserRow>, String), Error> {
+    ) -> Result<(Vec<AdminUser>, String), Error> {
         let size = match page_size {
             0 => 50,
             n if n <= MAX_USERS_PAGE => n,
@@ -60,7 +80,7 @@ impl Admin {
             decode_cursor(page_token)
                 .ok_or_else(|| Error::invalid("page_token", "is not a token from a previous page"))?
         };
-        let mut rows = self.auth.store.list_users(after, email_filter.trim(), i64::from(size) + 1).await?;
+        let mut rows = self.core.store.list_users(after, email_filter.trim(), i64::from(size) + 1).await?;
         let next = if rows.len() > size as usize {
             rows.truncate(size as usize);
             rows.last().map(|r| encode_cursor(r.user.created_at, r.user.id)).unwrap_or_default()
@@ -68,7 +88,7 @@ impl Admin {
             String::new()
         };
         self.audit(None, Event::AdminRead, who, client).await;
-        Ok((rows, next))
+        Ok((rows.into_iter().map(Into::into).collect(), next))
     }
 
     /// One user.
@@ -77,52 +97,40 @@ impl Admin {
         who: &ServiceIdentity,
         client: &ClientInfo,
         user_id: &str,
-    ) -> Result<AdminUserRow, Error> {
+    ) -> Result<AdminUser, Error> {
         let id = parse_id(user_id)?;
-        let user = self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))?;
+        let user = self.find(id).await?;
         self.audit(Some(id), Event::AdminRead, who, client).await;
         Ok(user)
     }
 
     /// Disables a user and ends their sessions.
-    pub async fn disable(
-        &self,
-        who: &ServiceIdentity,
-        client: &ClientInfo,
-        user_id: &str,
-    ) -> Result<AdminUserRow, Error> {
+    pub async fn disable(&self, who: &ServiceIdentity, client: &ClientInfo, user_id: &str) -> Result<AdminUser, Error> {
         let id = parse_id(user_id)?;
-        if !self.auth.store.set_disabled(id, Some(self.auth.clock.now())).await? {
+        if !self.core.store.set_disabled(id, Some(self.core.now())).await? {
             return Err(Error::NotFound("user"));
         }
-        self.auth.store.delete_all_sessions(id, self.auth.revoked("user_disabled")).await?;
-        self.auth.revocations.wake();
+        self.core.end_sessions(Ending::All { user_id: id }, EndReason::UserDisabled).await?;
         self.audit(Some(id), Event::UserDisabled, who, client).await;
-        self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))
+        self.find(id).await
     }
 
     /// Re-enables a user.
-    pub async fn enable(
-        &self,
-        who: &ServiceIdentity,
-        client: &ClientInfo,
-        user_id: &str,
-    ) -> Result<AdminUserRow, Error> {
+    pub async fn enable(&self, who: &ServiceIdentity, client: &ClientInfo, user_id: &str) -> Result<AdminUser, Error> {
         let id = parse_id(user_id)?;
-        if !self.auth.store.set_disabled(id, None).await? {
+        if !self.core.store.set_disabled(id, None).await? {
             return Err(Error::NotFound("user"));
         }
         self.audit(Some(id), Event::UserEnabled, who, client).await;
-        self.auth.store.admin_user(id).await?.ok_or(Error::NotFound("user"))
+        self.find(id).await
     }
 
     /// Deletes a user.
     pub async fn delete(&self, who: &ServiceIdentity, client: &ClientInfo, user_id: &str) -> Result<(), Error> {
         let id = parse_id(user_id)?;
-        if !self.auth.store.delete_user(id, self.auth.revoked("user_deleted")).await? {
+        if !self.core.delete_user(id).await? {
             return Err(Error::NotFound("user"));
         }
-        self.auth.revocations.wake();
         self.audit(Some(id), Event::AccountDeleted, who, client).await;
         Ok(())
     }
@@ -135,11 +143,10 @@ impl Admin {
         user_id: &str,
     ) -> Result<u64, Error> {
         let id = parse_id(user_id)?;
-        if self.auth.store.admin_user(id).await?.is_none() {
+        if self.core.store.admin_user(id).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        let n = self.auth.store.delete_all_sessions(id, self.auth.revoked("admin")).await?;
-        self.auth.revocations.wake();
+        let n = self.core.end_sessions(Ending::All { user_id: id }, EndReason::Admin).await?;
         self.audit(Some(id), Event::SessionRevoked, who, client).await;
         Ok(n)
     }
@@ -152,9 +159,9 @@ impl Admin {
         user_id: &str,
         page_size: u32,
         page_token: &str,
-    ) -> Result<(Vec<AuditRow>, String), Error> {
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
         let id = parse_id(user_id)?;
-        let page = self.auth.audit.list(id, page_size, page_token).await?;
+        let page = self.core.audit.list(id, page_size, page_token).await?;
         self.audit(Some(id), Event::AdminRead, who, client).await;
         Ok(page)
     }

@@ -7,7 +7,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use super::{ClientInfo, clock::Clock, error::Error};
+use super::{client::ClientInfo, clock::Clock, error::Error};
 use crate::storage::{AuditRow, Store};
 
 /// What happened.
@@ -101,6 +101,36 @@ pub struct AuditLog {
     clock: Arc<dyn Clock>,
 }
 
+/// A recorded event as its user (or an operator) sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Id (UUIDv7).
+    pub id: Uuid,
+    /// What happened (`sign_in`, ...).
+    pub event: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Client IP.
+    pub ip_address: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            id: r.id,
+            event: r.event,
+            outcome: r.outcome,
+            ip_address: r.ip_address,
+            user_agent: r.user_agent,
+            created_at: r.created_at,
+        }
+    }
+}
+
 /// Largest page of ListAuditEvents.
 pub const MAX_PAGE_SIZE: u32 = 100;
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -112,21 +142,9 @@ impl AuditLog {
     }
 
     /// Records an event. A failure to store it is logged, never returned: the action it
-    /// describes has already happened.
+    /// describes has already happened. The reason (a fixed word, or one with a provider's name)
+    /// must never be a secret.
     pub async fn record(
-        &self,
-        user_id: Option<Uuid>,
-        event: Event,
-        outcome: Outcome,
-        reason: Option<&str>,
-        client: &ClientInfo,
-    ) {
-        self.record_detail(user_id, event, outcome, reason, client).await;
-    }
-
-    /// Records an event whose detail is known only at run time (a provider's name). The
-    /// detail must never be a secret.
-    pub async fn record_detail(
         &self,
         user_id: Option<Uuid>,
         event: Event,
@@ -165,7 +183,7 @@ impl AuditLog {
         user_id: Uuid,
         page_size: u32,
         page_token: &str,
-    ) -> Result<(Vec<AuditRow>, String), Error> {
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n <= MAX_PAGE_SIZE => n,
@@ -186,7 +204,7 @@ impl AuditLog {
         } else {
             String::new()
         };
-        Ok((rows, next))
+        Ok((rows.into_iter().map(Into::into).collect(), next))
     }
 
     /// Deletes events older than `retention`.

@@ -8,21 +8,22 @@ use uuid::Uuid;
 use super::{
     audit::{AuditLog, Event, Outcome},
     breach::{BreachedPasswords, Verdict},
-    clock::Clock,
+    client::ClientInfo,
+    core::{Core, EndReason, Ending},
     email::Email,
     error::{AuthFailure, Error, Violations},
-    limits::{Limit, Limiter},
-    notify::{Notifier, Template, Vars},
+    limits::Limit,
+    links::Links,
+    notify::{Template, Vars},
     password::{Password, PasswordHasher, PasswordPolicy},
     profile::Profile,
+    session::Session,
     token::{SessionToken, TokenHasher},
+    user::User,
 };
 use crate::{
-    domain::revocations::RevocationHub,
     metrics::METRICS,
-    storage::{
-        AttemptState, CredentialRow, NewSession, NewUser, Revoked, SessionRow, SignUpRows, Store, StoreError, UserRow,
-    },
+    storage::{AttemptState, CredentialRow, NewSession, NewUser, SignUpRows, StoreError},
 };
 
 /// Longest display name.
@@ -31,20 +32,12 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Session and password settings.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// Absolute session lifetime.
-    pub session_ttl: TimeDelta,
-    /// A session unused for this long ends.
-    pub idle_timeout: TimeDelta,
     /// `last_active_at` is written at most this often.
     pub refresh_interval: TimeDelta,
     /// Rules for new passwords.
     pub password: PasswordPolicy,
     /// Sign-in needs a verified address, and sign-up returns no session.
     pub require_email_verification: bool,
-    /// Lifetime of verification and email-change links.
-    pub verification_ttl: TimeDelta,
-    /// Lifetime of password-reset links.
-    pub reset_ttl: TimeDelta,
     /// How repeated failed sign-ins slow an account down.
     pub lockout: Lockout,
     /// For an account without a password, a sign-in at most this old stands in for the password
@@ -87,64 +80,34 @@ impl Lockout {
 
 /// What Auth works with besides its configuration.
 pub struct AuthDeps {
-    /// Persistence.
-    pub store: Arc<dyn Store>,
+    /// The shared dependencies.
+    pub core: Arc<Core>,
     /// Argon2 pool.
     pub hasher: PasswordHasher,
     /// Keyed hash of session tokens.
     pub session_tokens: TokenHasher,
-    /// Keyed hash of email-link tokens.
-    pub link_tokens: TokenHasher,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// Security events.
-    pub audit: Arc<AuditLog>,
-    /// Rate limits.
-    pub limiter: Arc<Limiter>,
-    /// Outgoing mail.
-    pub notifier: Arc<Notifier>,
-    /// The revocation feed's follower, woken after local revocations.
-    pub revocations: Arc<RevocationHub>,
+    /// Email links (sign-up sends the first verification link).
+    pub links: Arc<Links>,
     /// The breached-password check, when configured.
     pub breached: Option<BreachedPasswords>,
-}
-
-/// The end user behind a call, as forwarded by the calling backend.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    /// IP address.
-    pub ip: Option<String>,
-    /// User agent.
-    pub user_agent: Option<String>,
 }
 
 /// A validated session and its user.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The user.
-    pub user: UserRow,
+    pub user: User,
     /// The session that authenticated the call.
-    pub session: SessionView,
-}
-
-/// A session as shown to its owner.
-#[derive(Debug, Clone)]
-pub struct SessionView {
-    /// The stored session.
-    pub row: SessionRow,
-    /// When it ends if unused: the earlier of absolute expiry and idle deadline.
-    pub expires_at: DateTime<Utc>,
-    /// Whether it is the calling session.
-    pub current: bool,
+    pub session: Session,
 }
 
 /// The result of signing up or in: the token is shown once.
 #[derive(Debug)]
 pub struct SignedIn {
     /// The user.
-    pub user: UserRow,
+    pub user: User,
     /// The new session.
-    pub session: SessionView,
+    pub session: Session,
     /// The new session's token.
     pub token: SessionToken,
 }
@@ -154,9 +117,9 @@ pub struct SignedIn {
 pub struct SignedUp {
     /// The user (for a duplicate sign-up under required verification, a look-alike that was
     /// never stored).
-    pub user: UserRow,
+    pub user: User,
     /// The new session and its token.
-    pub session: Option<(SessionView, SessionToken)>,
+    pub session: Option<(Session, SessionToken)>,
 }
 
 /// Sign-up input, unparsed: parsing reports every bad field at once.
@@ -174,35 +137,35 @@ pub struct SignUpInput {
 
 /// Account and session operations.
 pub struct Auth {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) hasher: PasswordHasher,
+    core: Arc<Core>,
+    hasher: PasswordHasher,
     tokens: TokenHasher,
-    pub(crate) link_tokens: TokenHasher,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) audit: Arc<AuditLog>,
-    pub(crate) limiter: Arc<Limiter>,
-    pub(crate) notifier: Arc<Notifier>,
-    pub(crate) revocations: Arc<RevocationHub>,
+    links: Arc<Links>,
     breached: Option<BreachedPasswords>,
-    pub(crate) config: AuthConfig,
+    config: AuthConfig,
 }
 
 impl Auth {
     /// Auth over its dependencies.
     pub fn new(deps: AuthDeps, config: AuthConfig) -> Self {
         Self {
-            store: deps.store,
+            core: deps.core,
             hasher: deps.hasher,
             tokens: deps.session_tokens,
-            link_tokens: deps.link_tokens,
-            clock: deps.clock,
-            audit: deps.audit,
-            limiter: deps.limiter,
-            notifier: deps.notifier,
-            revocations: deps.revocations,
+            links: deps.links,
             breached: deps.breached,
             config,
         }
+    }
+
+    /// The shared dependencies.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The rules for new passwords.
+    pub(crate) fn password_policy(&self) -> &PasswordPolicy {
+        &self.config.password
     }
 
     /// Whether sign-in needs a verified email (provider sign-in follows the same rule).
@@ -224,14 +187,16 @@ impl Auth {
         Ok(())
     }
 
-    /// The audit log (for ListAuditEvents and background pruning).
+    /// The audit log (for ListAuditEvents).
     pub fn audit(&self) -> &AuditLog {
-        &self.audit
+        &self.core.audit
     }
 
-    /// The rate limiter (for background pruning).
-    pub fn limiter(&self) -> &Limiter {
-        &self.limiter
+    /// Refuses a breached new password, then hashes it: for a password set without the current
+    /// one (a reset).
+    pub(crate) async fn hash_new_password(&self, field: &'static str, password: Password) -> Result<String, Error> {
+        self.refuse_breached(field, &password).await?;
+        self.hasher.hash(password).await
     }
 
     /// The password hashing pool (for its queue depth).
@@ -264,10 +229,10 @@ impl Auth {
         let (Some(email), Some(name), Some(password)) = (email, name, password) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-up lost a field")));
         };
-        self.limit(Limit::SignUpPerIp, &[&self.ip_key(&client)], None, &client).await?;
+        self.core.limit(Limit::SignUpPerIp, &[&self.core.ip_key(&client)], None, &client).await?;
         self.refuse_breached("password", &password).await?;
 
-        let now = self.clock.now();
+        let now = self.core.now();
         let user_id = Uuid::now_v7();
         let profile = match &input.profile {
             Some(p) => Some(Profile::default().apply(p, &p.set_fields(), now)?.to_row(user_id, 1, now)),
@@ -285,7 +250,7 @@ impl Auth {
         // The user, its profile, its verification token and its first session are one
         // transaction: a refused sign-up (a full disk, say) leaves nothing behind and mails
         // nothing, and a retry starts afresh.
-        let (verification, link) = self.new_verification_link(user_id)?;
+        let (verification, link) = self.links.new_verification_link(user_id)?;
         let session = if self.config.require_email_verification {
             None
         } else {
@@ -296,16 +261,16 @@ impl Auth {
             verification: Some(&verification),
             session: session.as_ref().map(|(s, _)| s),
         };
-        let (user, stored_session) = match self.store.create_user(&new_user, rows).await {
-            Ok(created) => created,
+        let (user, stored_session) = match self.core.store.create_user(&new_user, rows).await {
+            Ok((user, session)) => (User::from(user), session),
             // The only unique key a new random id can hit is the email's.
             Err(StoreError::Conflict(_)) => return self.duplicate_sign_up(&email, name, now, &client).await,
             Err(e) => return Err(e.into()),
         };
-        self.audit.record(Some(user.id), Event::SignUp, Outcome::Success, None, &client).await;
-        self.mail_verification(&user, &link, &client).await;
+        self.core.audit.record(Some(user.id), Event::SignUp, Outcome::Success, None, &client).await;
+        self.links.mail_verification(&user, &link, &client).await;
         let session = match (stored_session, session) {
-            (Some(row), Some((_, token))) => Some((self.view(row, true), token)),
+            (Some(row), Some((_, token))) => Some((self.core.session(row, true), token)),
             _ => None,
         };
         tracing::info!(user_id = %user.id, "user signed up");
@@ -322,17 +287,17 @@ impl Auth {
         now: DateTime<Utc>,
         client: &ClientInfo,
     ) -> Result<SignedUp, Error> {
-        let owner = self.store.find_credentials_by_email(email.as_str()).await?;
+        let owner = self.core.store.find_credentials_by_email(email.as_str()).await?;
         let owner_id = owner.as_ref().map(|o| o.user.id);
-        self.audit.record(owner_id, Event::SignUp, Outcome::Denied, Some("duplicate_email"), client).await;
+        self.core.audit.record(owner_id, Event::SignUp, Outcome::Denied, Some("duplicate_email"), client).await;
         if !self.config.require_email_verification {
             return Err(Error::AlreadyExists("an account with this email"));
         }
         if let Some(owner) = owner {
             let vars = Vars { name: &owner.user.name, email: &owner.user.email, ..Default::default() };
-            self.notifier.send(Template::SignUpAttempt, &owner.user.email, vars);
+            self.core.notifier.send(Template::SignUpAttempt, &owner.user.email, vars);
         }
-        let look_alike = UserRow {
+        let look_alike = User {
             id: Uuid::now_v7(),
             email: email.as_str().to_owned(),
             name,
@@ -355,17 +320,17 @@ impl Auth {
         let (Some(email), Some(password)) = (email, password) else {
             return Err(Error::Internal(anyhow::anyhow!("parsed sign-in lost a field")));
         };
-        let ip = self.ip_key(&client);
+        let ip = self.core.ip_key(&client);
         // Narrowest first, the global ceiling last: a guess refused per IP or per account does
         // not use up everyone's budget. Every limit is checked before the account is looked up,
         // so the answer is the same for an address with or without one.
-        self.limit_by_email(Limit::SignInPerIp, &[&ip], &email, &client).await?;
-        self.limit_by_email(Limit::SignInPerAccountIp, &[email.as_str(), &ip], &email, &client).await?;
-        self.limit_by_email(Limit::SignInPerEmail, &[email.as_str()], &email, &client).await?;
-        self.limit_by_email(Limit::SignInGlobal, &[], &email, &client).await?;
+        self.core.limit_by_email(Limit::SignInPerIp, &[&ip], &email, &client).await?;
+        self.core.limit_by_email(Limit::SignInPerAccountIp, &[email.as_str(), &ip], &email, &client).await?;
+        self.core.limit_by_email(Limit::SignInPerEmail, &[email.as_str()], &email, &client).await?;
+        self.core.limit_by_email(Limit::SignInGlobal, &[], &email, &client).await?;
 
-        let found = self.store.find_credentials_by_email(email.as_str()).await?;
-        let now = self.clock.now();
+        let found = self.core.store.find_credentials_by_email(email.as_str()).await?;
+        let now = self.core.now();
         // The slot is taken before hashing: a guess that finds the account locked (or that
         // comes after the threshold's worth of parallel guesses) is never evaluated, and is
         // hashed against the dummy so that it costs the same.
@@ -381,7 +346,7 @@ impl Auth {
         let client = &client;
         let fail = |user: Option<Uuid>, outcome: Outcome, reason: &'static str| async move {
             METRICS.sign_in_failed();
-            self.audit.record(user, Event::SignIn, outcome, Some(reason), client).await;
+            self.core.audit.record(user, Event::SignIn, outcome, Some(reason), client).await;
             Error::Unauthenticated(AuthFailure::InvalidCredentials)
         };
         let Some(CredentialRow { user, password_hash, disabled_at, .. }) = found else {
@@ -399,21 +364,24 @@ impl Auth {
         if !verdict.valid {
             return Err(fail(Some(user.id), Outcome::Failure, "wrong_password").await);
         }
-        self.store.clear_failed_sign_ins(user.id).await?;
+        self.core.store.clear_failed_sign_ins(user.id).await?;
         if verdict.needs_rehash
             && let Some(stored) = stored_hash
         {
             self.upgrade_hash(user.id, &stored, password).await;
         }
         if self.config.require_email_verification && !user.email_verified {
-            self.audit.record(Some(user.id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client).await;
+            self.core
+                .audit
+                .record(Some(user.id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client)
+                .await;
             return Err(Error::FailedPrecondition(
                 "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
             ));
         }
         let (session, token) = self.create_session(user.id, client.clone()).await?;
-        self.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
-        Ok(SignedIn { user, session, token })
+        self.core.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
+        Ok(SignedIn { user: user.into(), session, token })
     }
 
     /// Takes a password-attempt slot for `user_id`: true if this guess may be evaluated, false
@@ -427,66 +395,18 @@ impl Auth {
             }
             let attempts = seen.failed_sign_ins.saturating_add(1);
             let lock = self.config.lockout.duration(attempts);
-            if self.store.take_attempt(user_id, &seen, now, lock.map(|d| now + d)).await? {
+            if self.core.store.take_attempt(user_id, &seen, now, lock.map(|d| now + d)).await? {
                 if let Some(lock) = lock {
                     tracing::info!(user_id = %user_id, attempts, lock_seconds = lock.num_seconds(), "account temporarily locked unless this attempt is right");
                 }
                 return Ok(true);
             }
-            match self.store.attempt_state(user_id).await? {
+            match self.core.store.attempt_state(user_id).await? {
                 Some(state) => seen = state,
                 None => return Ok(false),
             }
         }
         Err(Error::Unavailable(anyhow::anyhow!("password attempts on one account kept conflicting")))
-    }
-
-    /// Counts an event against a rate limit; over it, audits and refuses.
-    pub(crate) async fn limit(
-        &self,
-        limit: Limit,
-        parts: &[&str],
-        user_id: Option<Uuid>,
-        client: &ClientInfo,
-    ) -> Result<(), Error> {
-        match self.limiter.check(limit, parts).await {
-            Err(e @ Error::RateLimited { .. }) => {
-                METRICS.rate_limited(limit.name());
-                self.audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), client).await;
-                Err(e)
-            }
-            other => other,
-        }
-    }
-
-    /// The key part of per-IP limits for `client` (IPv6 by network).
-    pub(crate) fn ip_key(&self, client: &ClientInfo) -> String {
-        self.limiter.ip_key(client.ip.as_deref())
-    }
-
-    /// [`Auth::limit`] for a request naming an address: a hit is audited against the address's
-    /// account when there is one, so it shows in that user's `ListAuditEvents`. The lookup and
-    /// the record happen after the answer, which stays the same for every address.
-    pub(crate) async fn limit_by_email(
-        &self,
-        limit: Limit,
-        parts: &[&str],
-        email: &Email,
-        client: &ClientInfo,
-    ) -> Result<(), Error> {
-        match self.limiter.check(limit, parts).await {
-            Err(e @ Error::RateLimited { .. }) => {
-                METRICS.rate_limited(limit.name());
-                let (store, audit, email, client) =
-                    (Arc::clone(&self.store), Arc::clone(&self.audit), email.as_str().to_owned(), client.clone());
-                tokio::spawn(async move {
-                    let user_id = store.find_user_by_email(&email).await.ok().flatten().map(|u| u.id);
-                    audit.record(user_id, Event::RateLimited, Outcome::Denied, Some(limit.name()), &client).await;
-                });
-                Err(e)
-            }
-            other => other,
-        }
     }
 
     /// Validates a presented token: the hot path. Reads one joined row, and writes only when
@@ -497,41 +417,41 @@ impl Auth {
         let Some(token) = presented.and_then(SessionToken::parse) else {
             return Err(invalid);
         };
-        let Some(found) = self.store.find_session(&self.tokens.hash(&token)).await? else {
+        let Some(found) = self.core.store.find_session(&self.tokens.hash(&token)).await? else {
             return Err(invalid);
         };
         let (mut session, user) = found.into_parts();
-        let now = self.clock.now();
-        if !self.is_live(&session, now) {
+        let now = self.core.now();
+        if !self.core.is_live(&session, now) {
             return Err(invalid);
         }
         if now - session.last_active_at >= self.config.refresh_interval {
-            self.store.touch_session(session.id, now).await?;
+            self.core.store.touch_session(session.id, now).await?;
             session.last_active_at = now;
         }
-        Ok(Authenticated { user, session: self.view(session, true) })
+        Ok(Authenticated { user: user.into(), session: self.core.session(session, true) })
     }
 
     /// Revokes the calling session.
     #[tracing::instrument(skip_all)]
     pub async fn sign_out(&self, caller: &Authenticated, client: &ClientInfo) -> Result<(), Error> {
-        self.store.delete_session(caller.user.id, caller.session.row.id, self.revoked("sign_out")).await?;
-        self.revocations.wake();
-        self.audit.record(Some(caller.user.id), Event::SignOut, Outcome::Success, None, client).await;
+        let one = Ending::One { user_id: caller.user.id, session_id: caller.session.id };
+        self.core.end_sessions(one, EndReason::SignOut).await?;
+        self.core.audit.record(Some(caller.user.id), Event::SignOut, Outcome::Success, None, client).await;
         Ok(())
     }
 
     /// The caller's live sessions, most recently used first.
     #[tracing::instrument(skip_all)]
-    pub async fn list_sessions(&self, caller: &Authenticated) -> Result<Vec<SessionView>, Error> {
-        let now = self.clock.now();
-        let rows = self.store.list_sessions(caller.user.id, now).await?;
+    pub async fn list_sessions(&self, caller: &Authenticated) -> Result<Vec<Session>, Error> {
+        let now = self.core.now();
+        let rows = self.core.store.list_sessions(caller.user.id, now).await?;
         Ok(rows
             .into_iter()
-            .filter(|s| self.is_live(s, now))
+            .filter(|s| self.core.is_live(s, now))
             .map(|s| {
-                let current = s.id == caller.session.row.id;
-                self.view(s, current)
+                let current = s.id == caller.session.id;
+                self.core.session(s, current)
             })
             .collect())
     }
@@ -547,23 +467,21 @@ impl Auth {
         let Ok(id) = Uuid::parse_str(session_id.trim()) else {
             return Err(Error::invalid("session_id", "must be a UUID"));
         };
-        if !self.store.delete_session(caller.user.id, id, self.revoked("revoked")).await? {
+        let one = Ending::One { user_id: caller.user.id, session_id: id };
+        if self.core.end_sessions(one, EndReason::Revoked).await? == 0 {
             return Err(Error::NotFound("session"));
         }
-        self.revocations.wake();
-        self.audit.record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, None, client).await;
+        self.core.audit.record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, None, client).await;
         Ok(())
     }
 
     /// Revokes every session of the caller but the calling one.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_other_sessions(&self, caller: &Authenticated, client: &ClientInfo) -> Result<u64, Error> {
-        let n = self
-            .store
-            .delete_other_sessions(caller.user.id, caller.session.row.id, self.revoked("other_sessions"))
-            .await?;
-        self.revocations.wake();
-        self.audit
+        let others = Ending::AllBut { user_id: caller.user.id, keep: caller.session.id };
+        let n = self.core.end_sessions(others, EndReason::OtherSessions).await?;
+        self.core
+            .audit
             .record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, Some("other_sessions"), client)
             .await;
         Ok(n)
@@ -591,7 +509,8 @@ impl Auth {
             Ok(Proof::Password(stored)) => stored,
             Ok(Proof::RecentSignIn) => return Err(Error::FailedPrecondition("this account has no password".into())),
             Err(e) => {
-                self.audit
+                self.core
+                    .audit
                     .record(
                         Some(caller.user.id),
                         Event::PasswordChanged,
@@ -608,8 +527,9 @@ impl Auth {
         let hash = self.hasher.hash(new).await?;
         // Of concurrent changes checked against one current password, exactly one lands; for
         // the others the current password no longer matches.
-        if !self.store.replace_password_hash(caller.user.id, &stored, &hash, self.clock.now()).await? {
-            self.audit
+        if !self.core.store.replace_password_hash(caller.user.id, &stored, &hash, self.core.now()).await? {
+            self.core
+                .audit
                 .record(
                     Some(caller.user.id),
                     Event::PasswordChanged,
@@ -621,18 +541,14 @@ impl Auth {
             return Err(Error::invalid("current_password", "no longer matches: the password was just changed"));
         }
         let revoked = if revoke_others {
-            let n = self
-                .store
-                .delete_other_sessions(caller.user.id, caller.session.row.id, self.revoked("password_changed"))
-                .await?;
-            self.revocations.wake();
-            n
+            let others = Ending::AllBut { user_id: caller.user.id, keep: caller.session.id };
+            self.core.end_sessions(others, EndReason::PasswordChanged).await?
         } else {
             0
         };
-        self.audit.record(Some(caller.user.id), Event::PasswordChanged, Outcome::Success, None, client).await;
+        self.core.audit.record(Some(caller.user.id), Event::PasswordChanged, Outcome::Success, None, client).await;
         let vars = Vars { name: &caller.user.name, email: &caller.user.email, ..Default::default() };
-        self.notifier.send(Template::PasswordChanged, &caller.user.email, vars);
+        self.core.notifier.send(Template::PasswordChanged, &caller.user.email, vars);
         Ok(revoked)
     }
 
@@ -646,16 +562,15 @@ impl Auth {
     ) -> Result<(), Error> {
         let password = optional_password(password, "password")?;
         self.check_password(caller, password, "password", client).await?;
-        self.store.delete_user(caller.user.id, self.revoked("user_deleted")).await?;
-        self.revocations.wake();
-        self.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
+        self.core.delete_user(caller.user.id).await?;
+        self.core.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
         Ok(())
     }
 
     /// Deletes sessions that can no longer validate; returns how many.
     pub async fn prune_expired_sessions(&self) -> Result<u64, Error> {
-        let now = self.clock.now();
-        Ok(self.store.delete_expired_sessions(now, now - self.config.idle_timeout).await?)
+        let now = self.core.now();
+        Ok(self.core.store.delete_expired_sessions(now, now - self.core.lifetimes.idle_timeout).await?)
     }
 
     /// Re-checks a signed-in user's password (before sensitive changes). Guesses share the
@@ -671,12 +586,12 @@ impl Auth {
     ) -> Result<Proof, Error> {
         let user_id = caller.user.id;
         let email = caller.user.email.as_str();
-        self.limit(Limit::SignInPerAccountIp, &[email, &self.ip_key(client)], Some(user_id), client).await?;
+        self.core.limit(Limit::SignInPerAccountIp, &[email, &self.core.ip_key(client)], Some(user_id), client).await?;
         // The account's own budget too, so guesses through a stolen session and through SignIn
         // add up.
-        self.limit(Limit::SignInPerEmail, &[email], Some(user_id), client).await?;
-        let Some(stored) = self.store.password_hash(user_id).await? else {
-            let signed_in = self.clock.now() - caller.session.row.created_at;
+        self.core.limit(Limit::SignInPerEmail, &[email], Some(user_id), client).await?;
+        let Some(stored) = self.core.store.password_hash(user_id).await? else {
+            let signed_in = self.core.now() - caller.session.created_at;
             if signed_in <= self.config.reauth_max_age {
                 return Ok(Proof::RecentSignIn);
             }
@@ -688,15 +603,15 @@ impl Auth {
         let Some(password) = password else {
             return Err(Error::invalid(field, "is required"));
         };
-        let now = self.clock.now();
-        let seen = self.store.attempt_state(user_id).await?.ok_or(Error::NotFound("user"))?;
+        let now = self.core.now();
+        let seen = self.core.store.attempt_state(user_id).await?.ok_or(Error::NotFound("user"))?;
         let evaluate = self.take_attempt(user_id, seen, now).await?;
         // A locked account is answered exactly like a wrong password, at the same cost.
         let verdict = self.hasher.verify(password, Some(stored.clone()).filter(|_| evaluate)).await?;
         if !evaluate || !verdict.valid {
             return Err(Error::invalid(field, "is incorrect"));
         }
-        self.store.clear_failed_sign_ins(user_id).await?;
+        self.core.store.clear_failed_sign_ins(user_id).await?;
         Ok(Proof::Password(stored))
     }
 
@@ -704,9 +619,12 @@ impl Auth {
     /// delays the upgrade.
     async fn upgrade_hash(&self, user_id: Uuid, stored: &str, password: Password) {
         let result = match self.hasher.hash(password).await {
-            Ok(hash) => {
-                self.store.replace_password_hash(user_id, stored, &hash, self.clock.now()).await.map_err(Error::from)
-            }
+            Ok(hash) => self
+                .core
+                .store
+                .replace_password_hash(user_id, stored, &hash, self.core.now())
+                .await
+                .map_err(Error::from),
             Err(e) => Err(e),
         };
         match result {
@@ -722,41 +640,26 @@ impl Auth {
         &self,
         user_id: Uuid,
         client: ClientInfo,
-    ) -> Result<(SessionView, SessionToken), Error> {
+    ) -> Result<(Session, SessionToken), Error> {
         let (new, token) = self.new_session(user_id, client)?;
-        let row = self.store.create_session(&new).await?;
-        Ok((self.view(row, true), token))
+        let row = self.core.store.create_session(&new).await?;
+        Ok((self.core.session(row, true), token))
     }
 
     /// A new session token for `user_id` and the row that stores it (not stored yet).
     fn new_session(&self, user_id: Uuid, client: ClientInfo) -> Result<(NewSession, SessionToken), Error> {
         let token = SessionToken::generate().map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
-        let now = self.clock.now();
+        let now = self.core.now();
         let new = NewSession {
             id: Uuid::new_v4(),
             user_id,
             token_hash: self.tokens.hash(&token),
             now,
-            expires_at: now + self.config.session_ttl,
+            expires_at: now + self.core.lifetimes.ttl,
             ip_address: client.ip,
             user_agent: client.user_agent,
         };
         Ok((new, token))
-    }
-
-    /// A revocation record for `reason`, now.
-    pub(crate) fn revoked(&self, reason: &'static str) -> Revoked {
-        Revoked { reason, at: self.clock.now() }
-    }
-
-    /// Whether a stored session can still validate at `now`.
-    pub(crate) fn is_live(&self, s: &SessionRow, now: DateTime<Utc>) -> bool {
-        now < s.expires_at && now < s.last_active_at + self.config.idle_timeout
-    }
-
-    pub(crate) fn view(&self, row: SessionRow, current: bool) -> SessionView {
-        let expires_at = row.expires_at.min(row.last_active_at + self.config.idle_timeout);
-        SessionView { row, expires_at, current }
     }
 }
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{
     auth::{Auth, Authenticated},
+    core::Core,
     error::{AuthFailure, Error},
     keys::{Claims, KeyRing, new_jti},
 };
@@ -46,14 +47,16 @@ pub struct Introspection {
 
 /// Access tokens and introspection.
 pub struct Mesh {
+    core: Arc<Core>,
+    /// Validates session tokens presented for introspection.
     auth: Arc<Auth>,
     keys: Arc<KeyRing>,
 }
 
 impl Mesh {
-    /// Token operations over `auth` and `keys`.
-    pub fn new(auth: Arc<Auth>, keys: Arc<KeyRing>) -> Self {
-        Self { auth, keys }
+    /// Token operations with `keys`.
+    pub fn new(core: Arc<Core>, auth: Arc<Auth>, keys: Arc<KeyRing>) -> Self {
+        Self { core, auth, keys }
     }
 
     /// The key ring (for the JWKS endpoints and rotation).
@@ -72,7 +75,7 @@ impl Mesh {
         if !config.audiences.iter().any(|a| a == audience) {
             return Err(Error::invalid("audience", "is not a configured audience"));
         }
-        let now = self.auth.clock.now();
+        let now = self.core.now();
         let expires_at = (now + config.ttl).min(caller.session.expires_at);
         let claims = Claims {
             iss: config.issuer.clone(),
@@ -82,7 +85,7 @@ impl Mesh {
             iat: now.timestamp(),
             nbf: now.timestamp(),
             jti: new_jti(),
-            sid: caller.session.row.id.to_string(),
+            sid: caller.session.id.to_string(),
             email: caller.user.email.clone(),
             email_verified: caller.user.email_verified,
             name: caller.user.name.clone(),
@@ -101,13 +104,13 @@ impl Mesh {
                 Ok(a) => Ok(Some(Introspection {
                     token_type: "session",
                     sub: a.user.id,
-                    sid: a.session.row.id,
+                    sid: a.session.id,
                     aud: None,
                     iss: None,
                     email: a.user.email,
                     email_verified: a.user.email_verified,
                     exp: a.session.expires_at,
-                    iat: a.session.row.created_at,
+                    iat: a.session.created_at,
                 })),
                 Err(Error::Unauthenticated(AuthFailure::InvalidSession)) => Ok(None),
                 Err(e) => Err(e),
@@ -115,8 +118,8 @@ impl Mesh {
         }
         let Some(claims) = self.keys.verify(token).await else { return Ok(None) };
         let (Ok(sub), Ok(sid)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else { return Ok(None) };
-        let Some(session) = self.auth.store.live_session(sid).await? else { return Ok(None) };
-        if session.user_id != sub || !self.auth.is_live(&session, self.auth.clock.now()) {
+        let Some(session) = self.core.store.live_session(sid).await? else { return Ok(None) };
+        if session.user_id != sub || !self.core.is_live(&session, self.core.now()) {
             return Ok(None);
         }
         let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap_or_default();

@@ -11,10 +11,51 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Notify, broadcast, watch};
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, broadcast, broadcast::error::RecvError, mpsc, watch};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use uuid::Uuid;
 
 use super::error::Error;
 use crate::storage::{RevocationRow, Store};
+
+/// One entry of the feed: a session that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Position in the feed (increasing; a watcher resumes after the last one it saw).
+    pub id: i64,
+    /// The session that ended.
+    pub session_id: Uuid,
+    /// Its user.
+    pub user_id: Uuid,
+    /// Why (`sign_out`, `password_changed`, ...).
+    pub reason: String,
+    /// When.
+    pub revoked_at: DateTime<Utc>,
+}
+
+impl From<RevocationRow> for Revocation {
+    fn from(r: RevocationRow) -> Self {
+        Self { id: r.id, session_id: r.session_id, user_id: r.user_id, reason: r.reason, revoked_at: r.created_at }
+    }
+}
+
+/// Why a watch stream ended early.
+#[derive(Debug)]
+pub enum WatchEnd {
+    /// The backlog could not be read.
+    Store(Error),
+    /// The server is stopping; the watcher resumes after `last` elsewhere, without a gap.
+    Stopping {
+        /// The last id sent.
+        last: i64,
+    },
+    /// The watcher read too slowly to keep up and must resume from its last id.
+    Lagged,
+}
+
+/// Most ids remembered to drop live duplicates of backlog entries.
+const DEDUPE_MAX: usize = 10_000;
 
 /// How long a hole in the id sequence is waited for (a transaction that took an id but has not
 /// committed yet) before it is taken for a rollback.
@@ -58,19 +99,78 @@ impl RevocationHub {
         self.wake.notify_one();
     }
 
-    /// Live entries from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<RevocationRow> {
-        self.tx.subscribe()
-    }
-
     /// The newest id broadcast so far.
     pub fn cursor(&self) -> i64 {
         self.cursor.load(Ordering::Acquire)
     }
 
-    /// Feed entries after `after_id` (for a watcher that resumes).
-    pub async fn after(&self, after_id: i64) -> Result<Vec<RevocationRow>, Error> {
-        Ok(self.store.revocations_after(after_id, PAGE).await?)
+    /// Every entry after `after_id` (after the newest one when `after_id` is 0 or less): the
+    /// backlog, then live entries, each once and in order. Returns where the stream starts (a
+    /// watcher that has seen nothing yet can resume from there without a gap) and the stream.
+    pub fn watch(
+        self: &Arc<Self>,
+        after_id: i64,
+    ) -> (i64, impl Stream<Item = Result<Revocation, WatchEnd>> + Send + 'static) {
+        // Subscribe before reading the backlog, so nothing falls between the two.
+        let mut live = self.tx.subscribe();
+        let after = if after_id > 0 { after_id } else { self.cursor() };
+        let hub = Arc::clone(self);
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut sent: BTreeSet<i64> = BTreeSet::new();
+            let mut last = after;
+            // The backlog: everything after the watcher's last id.
+            loop {
+                let page = match hub.store.revocations_after(last, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(WatchEnd::Store(e.into()))).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    break;
+                }
+                for row in page {
+                    last = last.max(row.id);
+                    sent.insert(row.id);
+                    if tx.send(Ok(row.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            loop {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = hub.stopped() => {
+                        // Ending the stream lets shutdown finish.
+                        let _ = tx.send(Err(WatchEnd::Stopping { last })).await;
+                        return;
+                    }
+                };
+                match received {
+                    Ok(row) if row.id > after && sent.insert(row.id) => {
+                        last = last.max(row.id);
+                        if tx.send(Ok(row.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        let _ = tx.send(Err(WatchEnd::Lagged)).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+                // Bound the dedupe set: ids far behind can no longer arrive live.
+                if sent.len() > DEDUPE_MAX
+                    && let Some(newest) = sent.last().copied()
+                {
+                    sent = sent.split_off(&(newest - DEDUPE_MAX as i64 / 2));
+                }
+            }
+        });
+        (after, ReceiverStream::new(rx))
     }
 
     /// Follows the feed until aborted, waking on local revocations, on other replicas' notices,

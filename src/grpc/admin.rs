@@ -5,11 +5,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
 
-use super::{convert::timestamp, metadata::client_info, service_auth::ServiceAuth};
+use super::{convert::saturate, metadata::client_info, service_auth::ServiceAuth};
 use crate::{
     domain::admin::Admin,
     proto::v1::{self as pb, admin_service_server::AdminService},
-    storage::AdminUserRow,
 };
 
 /// The gRPC face of [`Admin`].
@@ -23,12 +22,6 @@ impl AdminApi {
     /// Serves admin operations to authenticated services.
     pub fn new(admin: Arc<Admin>, services: Arc<ServiceAuth>, trusted_proxies: Arc<[IpNet]>) -> Self {
         Self { admin, services, trusted_proxies }
-    }
-}
-
-impl From<AdminUserRow> for pb::AdminUser {
-    fn from(row: AdminUserRow) -> Self {
-        pb::AdminUser { user: Some(row.user.into()), disabled_at: row.disabled_at.map(timestamp) }
     }
 }
 
@@ -78,7 +71,7 @@ impl AdminService for AdminApi {
         let who = self.services.authenticate(&req)?;
         let client = client_info(&req, &self.trusted_proxies);
         let n = self.admin.revoke_sessions(&who, &client, &req.into_inner().user_id).await?;
-        Ok(Response::new(pb::RevokeUserSessionsResponse { revoked_count: u32::try_from(n).unwrap_or(u32::MAX) }))
+        Ok(Response::new(pb::RevokeUserSessionsResponse { revoked_count: saturate(n) }))
     }
 
     async fn list_user_audit_events(

@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status};
 use secrecy::ExposeSecret;
 
 use super::{
-    convert::{profile_from_pb, timestamp},
+    convert::{profile_from_pb, saturate, timestamp},
     metadata::{bearer, client_info},
 };
 use crate::{
     domain::{
-        Auth, OAuth,
+        Auth, OAuth, Recovery,
         auth::{Authenticated, SignUpInput},
         error::Violations,
         oauth::CompleteInput,
@@ -21,18 +21,19 @@ use crate::{
     proto::v1::{self as pb, auth_service_server::AuthService},
 };
 
-/// The gRPC face of [`Auth`] and [`OAuth`].
+/// The gRPC face of [`Auth`], [`Recovery`] and [`OAuth`].
 pub struct AuthApi {
     auth: Arc<Auth>,
+    recovery: Arc<Recovery>,
     oauth: Arc<OAuth>,
     trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AuthApi {
-    /// Serves `auth` and `oauth`, believing forwarded client metadata from `trusted_proxies`
-    /// only.
-    pub fn new(auth: Arc<Auth>, oauth: Arc<OAuth>, trusted_proxies: Arc<[IpNet]>) -> Self {
-        Self { auth, oauth, trusted_proxies }
+    /// Serves `auth`, `recovery` and `oauth`, believing forwarded client metadata from
+    /// `trusted_proxies` only.
+    pub fn new(auth: Arc<Auth>, recovery: Arc<Recovery>, oauth: Arc<OAuth>, trusted_proxies: Arc<[IpNet]>) -> Self {
+        Self { auth, recovery, oauth, trusted_proxies }
     }
 
     /// The caller if the call carries an `authorization` entry (which must then be valid).
@@ -140,7 +141,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::SendVerificationEmailResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
-        self.auth.send_verification_email(&caller, &client).await?;
+        self.recovery.send_verification_email(&caller, &client).await?;
         Ok(Response::new(pb::SendVerificationEmailResponse {}))
     }
 
@@ -149,7 +150,7 @@ impl AuthService for AuthApi {
         req: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
-        self.auth.verify_email(&req.into_inner().token, &client).await?;
+        self.recovery.verify_email(&req.into_inner().token, &client).await?;
         Ok(Response::new(pb::VerifyEmailResponse {}))
     }
 
@@ -158,7 +159,7 @@ impl AuthService for AuthApi {
         req: Request<pb::RequestPasswordResetRequest>,
     ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
-        self.auth.request_password_reset(&req.into_inner().email, client).await?;
+        self.recovery.request_password_reset(&req.into_inner().email, client).await?;
         Ok(Response::new(pb::RequestPasswordResetResponse {}))
     }
 
@@ -168,7 +169,7 @@ impl AuthService for AuthApi {
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         let client = client_info(&req, &self.trusted_proxies);
         let r = req.into_inner();
-        self.auth.reset_password(&r.token, &r.new_password, &client).await?;
+        self.recovery.reset_password(&r.token, &r.new_password, &client).await?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 
@@ -179,7 +180,7 @@ impl AuthService for AuthApi {
         let client = client_info(&req, &self.trusted_proxies);
         let caller = self.auth.authenticate(bearer(req.metadata())).await?;
         let r = req.into_inner();
-        self.auth.request_email_change(&caller, &r.new_email, &r.current_password, &client).await?;
+        self.recovery.request_email_change(&caller, &r.new_email, &r.current_password, &client).await?;
         Ok(Response::new(pb::RequestEmailChangeResponse {}))
     }
 
@@ -257,8 +258,4 @@ impl AuthService for AuthApi {
             scopes: token.scopes,
         }))
     }
-}
-
-fn saturate(n: u64) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }

@@ -5,13 +5,16 @@ use prost_types::{FieldMask, Timestamp};
 
 use crate::{
     domain::{
-        auth::{SessionView, SignedIn, SignedUp},
+        admin::AdminUser,
+        audit::AuditEvent,
+        auth::{SignedIn, SignedUp},
         error::Violations,
-        oauth::Completed,
+        oauth::{Completed, LinkedAccount},
         profile::{AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField, ProgrammingLevel},
+        session::Session,
+        user::User,
     },
     proto::v1 as pb,
-    storage::{AccountRow, AuditRow, UserRow},
 };
 
 /// A protobuf timestamp.
@@ -19,8 +22,13 @@ pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
-impl From<UserRow> for pb::User {
-    fn from(u: UserRow) -> Self {
+/// A count for a `uint32` field, capped rather than wrapped.
+pub fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl From<User> for pb::User {
+    fn from(u: User) -> Self {
         pb::User {
             id: u.id.to_string(),
             email: u.email,
@@ -33,18 +41,24 @@ impl From<UserRow> for pb::User {
     }
 }
 
-impl From<SessionView> for pb::Session {
-    fn from(s: SessionView) -> Self {
+impl From<Session> for pb::Session {
+    fn from(s: Session) -> Self {
         pb::Session {
-            id: s.row.id.to_string(),
-            user_id: s.row.user_id.to_string(),
-            created_at: Some(timestamp(s.row.created_at)),
+            id: s.id.to_string(),
+            user_id: s.user_id.to_string(),
+            created_at: Some(timestamp(s.created_at)),
             expires_at: Some(timestamp(s.expires_at)),
-            last_active_at: Some(timestamp(s.row.last_active_at)),
-            ip_address: s.row.ip_address.unwrap_or_default(),
-            user_agent: s.row.user_agent.unwrap_or_default(),
+            last_active_at: Some(timestamp(s.last_active_at)),
+            ip_address: s.ip_address.unwrap_or_default(),
+            user_agent: s.user_agent.unwrap_or_default(),
             current: s.current,
         }
+    }
+}
+
+impl From<AdminUser> for pb::AdminUser {
+    fn from(u: AdminUser) -> Self {
+        pb::AdminUser { user: Some(u.user.into()), disabled_at: u.disabled_at.map(timestamp) }
     }
 }
 
@@ -59,8 +73,8 @@ impl From<SignedUp> for pb::AuthResponse {
     }
 }
 
-impl From<AuditRow> for pb::AuditEvent {
-    fn from(e: AuditRow) -> Self {
+impl From<AuditEvent> for pb::AuditEvent {
+    fn from(e: AuditEvent) -> Self {
         pb::AuditEvent {
             id: e.id.to_string(),
             event: e.event,
@@ -93,16 +107,15 @@ impl From<Completed> for pb::CompleteOAuthResponse {
     }
 }
 
-// Tokens stay out: only what the owner may see about the link.
-impl From<AccountRow> for pb::LinkedAccount {
-    fn from(a: AccountRow) -> Self {
+impl From<LinkedAccount> for pb::LinkedAccount {
+    fn from(a: LinkedAccount) -> Self {
         pb::LinkedAccount {
             provider: a.provider,
-            account_id: a.provider_account_id,
+            account_id: a.account_id,
             email: a.email.unwrap_or_default(),
             email_verified: a.email_verified,
-            linked_at: Some(timestamp(a.created_at)),
-            scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
+            linked_at: Some(timestamp(a.linked_at)),
+            scopes: a.scopes,
         }
     }
 }

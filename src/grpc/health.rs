@@ -14,15 +14,24 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
 };
 
-use crate::storage::Store;
+use tonic::server::NamedService;
+
+use super::{admin::AdminApi, auth::AuthApi, profile::ProfileApi, token::TokenApi};
+use crate::{
+    domain::core::Core,
+    proto::v1::{
+        admin_service_server::AdminServiceServer, auth_service_server::AuthServiceServer,
+        profile_service_server::ProfileServiceServer, token_service_server::TokenServiceServer,
+    },
+};
 
 /// Services whose status follows the database ("" is the server as a whole).
 pub const SERVICES: [&str; 5] = [
     "",
-    "gatehouse.v1.AuthService",
-    "gatehouse.v1.ProfileService",
-    "gatehouse.v1.TokenService",
-    "gatehouse.v1.AdminService",
+    <AuthServiceServer<AuthApi> as NamedService>::NAME,
+    <ProfileServiceServer<ProfileApi> as NamedService>::NAME,
+    <TokenServiceServer<TokenApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
 /// Sets every service's status.
@@ -33,20 +42,21 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Pings the store every `interval` and reports the result; runs until aborted.
-pub async fn watch_store(store: Arc<dyn Store>, reporter: HealthReporter, interval: Duration) {
+pub async fn watch_store(core: Arc<Core>, reporter: HealthReporter, interval: Duration) {
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         // A hung database must not leave the status stale.
-        let ok = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await, Ok(Ok(())));
+        let ok =
+            matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), core.check_store()).await, Ok(Ok(())));
         let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if ok {
-                tracing::info!(backend = store.backend(), "database answers: SERVING");
+                tracing::info!(backend = core.backend(), "database answers: SERVING");
             } else {
-                tracing::warn!(backend = store.backend(), "database does not answer: NOT_SERVING");
+                tracing::warn!(backend = core.backend(), "database does not answer: NOT_SERVING");
             }
             set_all(&reporter, status).await;
             last = Some(status);

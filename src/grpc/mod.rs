@@ -27,7 +27,7 @@ pub use service_auth::ServiceAuth;
 pub use token::TokenApi;
 
 use crate::{
-    domain::{Auth, OAuth, Profiles, admin::Admin, mesh::Mesh, revocations::RevocationHub},
+    domain::{Auth, OAuth, Profiles, Recovery, admin::Admin, mesh::Mesh, revocations::RevocationHub},
     metrics::RpcMetricsLayer,
     net::{CallTrackingLayer, ConnectionLimits, IdleRule},
     proto::{
@@ -65,6 +65,8 @@ pub struct GrpcSettings {
 pub struct Services {
     /// Accounts and sessions.
     pub auth: Arc<Auth>,
+    /// Verification, reset and email change.
+    pub recovery: Arc<Recovery>,
     /// Profiles.
     pub profiles: Arc<Profiles>,
     /// Sign-in with identity providers.
@@ -90,9 +92,13 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let trusted: Arc<[IpNet]> = settings.trusted_proxies.into();
     let limit = settings.max_request_bytes;
-    let auth_api =
-        AuthServiceServer::new(AuthApi::new(Arc::clone(&services.auth), services.oauth, Arc::clone(&trusted)))
-            .max_decoding_message_size(limit);
+    let auth_api = AuthServiceServer::new(AuthApi::new(
+        Arc::clone(&services.auth),
+        services.recovery,
+        services.oauth,
+        Arc::clone(&trusted),
+    ))
+    .max_decoding_message_size(limit);
     let profile_api = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&services.auth), services.profiles))
         .max_decoding_message_size(limit);
     let token_api = TokenServiceServer::new(TokenApi::new(

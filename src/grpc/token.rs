@@ -1,16 +1,18 @@
 //! `TokenService` over gRPC: access tokens, JWKS, introspection and the revocation stream.
 
-use std::{collections::HashSet, pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc};
 
-use tokio::sync::broadcast::error::RecvError;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{convert::timestamp, metadata::bearer, service_auth::ServiceAuth};
 use crate::{
-    domain::{Auth, mesh::Mesh, revocations::RevocationHub},
+    domain::{
+        Auth,
+        mesh::Mesh,
+        revocations::{Revocation, RevocationHub, WatchEnd},
+    },
     proto::v1::{self as pb, token_service_server::TokenService},
-    storage::RevocationRow,
 };
 
 /// The gRPC face of [`Mesh`].
@@ -28,13 +30,29 @@ impl TokenApi {
     }
 }
 
-fn event(row: RevocationRow) -> pb::RevocationEvent {
-    pb::RevocationEvent {
-        id: row.id,
-        session_id: row.session_id.to_string(),
-        user_id: row.user_id.to_string(),
-        reason: row.reason,
-        revoked_at: Some(timestamp(row.created_at)),
+impl From<Revocation> for pb::RevocationEvent {
+    fn from(r: Revocation) -> Self {
+        pb::RevocationEvent {
+            id: r.id,
+            session_id: r.session_id.to_string(),
+            user_id: r.user_id.to_string(),
+            reason: r.reason,
+            revoked_at: Some(timestamp(r.revoked_at)),
+        }
+    }
+}
+
+impl From<WatchEnd> for Status {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::Store(e) => e.into(),
+            // The watcher resumes on another replica (or this one, restarted) from its last id
+            // without a gap.
+            WatchEnd::Stopping { last } => {
+                Status::unavailable(format!("the server is shutting down; reconnect with after_id = {last}"))
+            }
+            WatchEnd::Lagged => Status::data_loss("watcher fell behind; resume from your last event id"),
+        }
     }
 }
 
@@ -88,77 +106,10 @@ impl TokenService for TokenApi {
         req: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let who = self.services.authenticate(&req)?;
-        // Subscribe before reading the backlog, so nothing falls between the two.
-        let mut live = self.hub.subscribe();
-        let after = match req.into_inner().after_id {
-            n if n > 0 => n,
-            _ => self.hub.cursor(),
-        };
-        let hub = Arc::clone(&self.hub);
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (after, events) = self.hub.watch(req.into_inner().after_id);
         tracing::info!(service = who.0, after, "revocation watcher connected");
-        tokio::spawn(async move {
-            let mut sent: HashSet<i64> = HashSet::new();
-            let mut last = after;
-            // The backlog: everything after the watcher's last id.
-            loop {
-                let page = match hub.after(last).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
-                if page.is_empty() {
-                    break;
-                }
-                for row in page {
-                    last = last.max(row.id);
-                    sent.insert(row.id);
-                    if tx.send(Ok(event(row))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            loop {
-                let received = tokio::select! {
-                    received = live.recv() => received,
-                    () = hub.stopped() => {
-                        // Ending the stream lets shutdown finish; the watcher resumes on another
-                        // replica (or this one, restarted) from its last id without a gap.
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!(
-                                "the server is shutting down; reconnect with after_id = {last}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                };
-                match received {
-                    Ok(row) if row.id > after && sent.insert(row.id) => {
-                        last = last.max(row.id);
-                        if tx.send(Ok(event(row))).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    // Too slow to keep up: tell the watcher to resume from its last id.
-                    Err(RecvError::Lagged(_)) => {
-                        let _ = tx
-                            .send(Err(Status::data_loss("watcher fell behind; resume from your last event id")))
-                            .await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-                // Bound the dedupe set: ids far behind can no longer arrive live.
-                if sent.len() > 10_000 {
-                    let keep_from = sent.iter().max().copied().unwrap_or(0) - 5_000;
-                    sent.retain(|id| *id >= keep_from);
-                }
-            }
-        });
-        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as EventStream);
+        let stream = events.map(|item| item.map(pb::RevocationEvent::from).map_err(Status::from));
+        let mut response = Response::new(Box::pin(stream) as EventStream);
         // Where the stream starts: a watcher that has seen no event yet can still resume from
         // here without a gap.
         if let Ok(value) = after.to_string().parse() {

@@ -96,8 +96,9 @@ pub trait UserStore: Send + Sync {
     async fn change_email(&self, user_id: Uuid, new_email: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// The owner proved the mailbox with a reset link: sets a new password hash, marks the
     /// address verified, clears any lock, deletes every session and removes provider links made
-    /// before the proof, in one transaction.
-    async fn reset_password(&self, user_id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<Recovered, StoreError>;
+    /// before the proof, in one transaction; the sessions are recorded as `revoked` (whose time
+    /// is the change's).
+    async fn reset_password(&self, user_id: Uuid, hash: &str, revoked: Revoked) -> Result<Recovered, StoreError>;
 }
 
 /// Single-use email tokens (verification, email change, password reset).

@@ -202,9 +202,10 @@ macro_rules! impl_queries {
                 &self,
                 user_id: uuid::Uuid,
                 hash: &str,
-                now: chrono::DateTime<chrono::Utc>,
+                revoked: $crate::storage::Revoked,
             ) -> Result<$crate::storage::Recovered, $crate::storage::StoreError> {
                 use $crate::storage::classify;
+                let now = revoked.at;
                 let mut tx = self.pool.begin().await.map_err(classify)?;
                 sqlx::query(
                     "UPDATE users SET password_hash = $2, email_verified = true, failed_sign_ins = 0, \
@@ -222,7 +223,7 @@ macro_rules! impl_queries {
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(classify)?;
-                record_revocations(&mut tx, &ended, $crate::storage::Revoked { reason: "password_reset", at: now }).await?;
+                record_revocations(&mut tx, &ended, revoked).await?;
                 let removed_providers = remove_unproven_links(&mut tx, user_id).await?;
                 tx.commit().await.map_err(classify)?;
                 Ok($crate::storage::Recovered { sessions_ended: ended.len() as u64, removed_providers })

@@ -2,10 +2,6 @@
 //! accounts to users. The browser never talks to Gatehouse: the calling backend asks where to
 //! send it (`start`) and hands back what the provider returned (`complete`).
 
-pub mod github;
-pub mod oidc;
-pub mod provider;
-
 use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -15,23 +11,24 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use provider::{Provider, ProviderKind, ProviderSettings, http_client};
-
 use super::{
     audit::{Event, Outcome},
-    auth::{Auth, Authenticated, ClientInfo, SessionView},
+    auth::{Auth, Authenticated},
     cipher::SecretCipher,
-    clock::Clock,
+    client::ClientInfo,
+    core::Core,
     email::Email,
     error::{AuthFailure, Error, Violations},
     limits::Limit,
     notify::{Template, Vars},
+    session::Session,
     token::SessionToken,
+    user::User,
 };
-use crate::storage::{
-    AccountRow, AccountTokens, NewAccount, NewOAuthUser, NewUser, OAuthStateRow, Store, StoreError, Unlinked, UserRow,
+use crate::{
+    idp::{Identity, ProviderError, ProviderTokens, provider::Provider},
+    storage::{AccountRow, AccountTokens, NewAccount, NewOAuthUser, NewUser, OAuthStateRow, StoreError, Unlinked},
 };
-use provider::{Identity, ProviderError, ProviderTokens};
 
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN: TimeDelta = TimeDelta::seconds(60);
@@ -72,13 +69,43 @@ pub struct CompleteInput {
     pub redirect_uri: String,
 }
 
+/// A provider account linked to a user, as its owner sees it: the tokens stay inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedAccount {
+    /// Provider name.
+    pub provider: String,
+    /// The provider's id for the person.
+    pub account_id: String,
+    /// The email the provider reported.
+    pub email: Option<String>,
+    /// Whether the provider vouched for it.
+    pub email_verified: bool,
+    /// When it was linked.
+    pub linked_at: DateTime<Utc>,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+}
+
+impl From<AccountRow> for LinkedAccount {
+    fn from(a: AccountRow) -> Self {
+        Self {
+            provider: a.provider,
+            account_id: a.provider_account_id,
+            email: a.email,
+            email_verified: a.email_verified,
+            linked_at: a.created_at,
+            scopes: a.scopes.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+}
+
 /// A finished flow.
 #[derive(Debug)]
 pub struct Completed {
     /// The user signed in or linked to.
-    pub user: UserRow,
+    pub user: User,
     /// The new session, or for a link flow the caller's own.
-    pub session: SessionView,
+    pub session: Session,
     /// The new session's token; none for a link flow, which keeps the caller's session.
     pub token: Option<SessionToken>,
     /// Whether the user was created by this flow.
@@ -97,9 +124,9 @@ pub struct ProviderAccessToken {
 
 /// Provider sign-in, linking and provider tokens.
 pub struct OAuth {
-    store: Arc<dyn Store>,
+    core: Arc<Core>,
+    /// Creates the sessions of provider sign-ins, under the same rules as password sign-in.
     auth: Arc<Auth>,
-    clock: Arc<dyn Clock>,
     providers: Vec<Provider>,
     cipher: Arc<SecretCipher>,
     state_key: Hmac<Sha256>,
@@ -107,11 +134,10 @@ pub struct OAuth {
 }
 
 impl OAuth {
-    /// Provider sign-in over `store`, creating sessions through `auth`.
+    /// Provider sign-in, creating sessions through `auth`.
     pub fn new(
-        store: Arc<dyn Store>,
+        core: Arc<Core>,
         auth: Arc<Auth>,
-        clock: Arc<dyn Clock>,
         providers: Vec<Provider>,
         cipher: Arc<SecretCipher>,
         server_secret: &[u8],
@@ -121,7 +147,7 @@ impl OAuth {
         let mut derive = Hmac::<Sha256>::new_from_slice(server_secret)?;
         derive.update(b"gatehouse oauth state v1");
         let state_key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?;
-        Ok(Self { store, auth, clock, providers, cipher, state_key, config })
+        Ok(Self { core, auth, providers, cipher, state_key, config })
     }
 
     /// Names of the configured providers.
@@ -151,8 +177,8 @@ impl OAuth {
         let Some(provider) = found else {
             return Err(Error::Internal(anyhow::anyhow!("provider check lost")));
         };
-        let ip = self.auth.ip_key(client);
-        self.auth.limit(Limit::OAuthStartPerIp, &[&ip], caller.map(|c| c.user.id), client).await?;
+        let ip = self.core.ip_key(client);
+        self.core.limit(Limit::OAuthStartPerIp, &[&ip], caller.map(|c| c.user.id), client).await?;
 
         let state = random_token()?;
         let nonce = if provider.is_oidc() { Some(random_token()?) } else { None };
@@ -161,7 +187,7 @@ impl OAuth {
             .await
             .map_err(|e| provider_error(provider.name(), e))?;
         let state_hash = self.hash_state(&state);
-        let now = self.clock.now();
+        let now = self.core.now();
         let expires_at = now + self.config.state_ttl;
         let row = OAuthStateRow {
             pkce_verifier_enc: self
@@ -178,7 +204,7 @@ impl OAuth {
             expires_at,
             used_at: None,
         };
-        self.store.create_oauth_state(&row).await?;
+        self.core.store.create_oauth_state(&row).await?;
         Ok(Started { authorization_url: request.url, state, expires_at })
     }
 
@@ -201,10 +227,11 @@ impl OAuth {
             return Err(Error::Internal(anyhow::anyhow!("provider check lost")));
         };
 
-        let now = self.clock.now();
+        let now = self.core.now();
         let state_hash = self.hash_state(&input.state);
         // Redeemed before anything is checked, so a state is burnt even by a failed attempt.
         let state = self
+            .core
             .store
             .consume_oauth_state(&state_hash, now)
             .await?
@@ -243,8 +270,8 @@ impl OAuth {
     }
 
     /// The caller's linked accounts, oldest first.
-    pub async fn list_accounts(&self, caller: &Authenticated) -> Result<Vec<AccountRow>, Error> {
-        Ok(self.store.list_accounts(caller.user.id).await?)
+    pub async fn list_accounts(&self, caller: &Authenticated) -> Result<Vec<LinkedAccount>, Error> {
+        Ok(self.core.store.list_accounts(caller.user.id).await?.into_iter().map(Into::into).collect())
     }
 
     /// Unlinks one of the caller's accounts, unless it is their last way to sign in.
@@ -260,7 +287,7 @@ impl OAuth {
         v.check("provider", required(provider));
         v.check("account_id", required(account_id));
         v.finish()?;
-        match self.store.unlink_account(caller.user.id, provider, account_id, self.clock.now()).await? {
+        match self.core.store.unlink_account(caller.user.id, provider, account_id, self.core.now()).await? {
             Unlinked::Removed => {
                 self.audit(Event::OAuthUnlinked, Outcome::Success, caller.user.id, provider, client).await;
                 Ok(())
@@ -284,14 +311,14 @@ impl OAuth {
         account_id: Option<&str>,
     ) -> Result<ProviderAccessToken, Error> {
         let p = self.provider(provider).map_err(|d| Error::invalid("provider", d))?;
-        let accounts = self.store.list_accounts(caller.user.id).await?;
+        let accounts = self.core.store.list_accounts(caller.user.id).await?;
         let account = accounts
             .into_iter()
             .filter(|a| a.provider == provider)
             .filter(|a| account_id.is_none_or(|id| a.provider_account_id == id))
             .max_by_key(|a| a.updated_at)
             .ok_or(Error::NotFound("linked account"))?;
-        let now = self.clock.now();
+        let now = self.core.now();
         let aad = |what: &str| token_aad(account.id, what);
         let expired = account.access_token_expires_at.is_some_and(|at| at <= now + REFRESH_MARGIN);
         if !expired {
@@ -338,7 +365,8 @@ impl OAuth {
             tokens.id_token = previous_id_token.map(SecretString::from);
         }
         let sealed = self.seal(account.id, &tokens)?;
-        self.store
+        self.core
+            .store
             .update_account_tokens(account.id, account.email.as_deref(), account.email_verified, &sealed, now)
             .await?;
         tracing::info!(user_id = %caller.user.id, "provider access token refreshed");
@@ -351,7 +379,7 @@ impl OAuth {
 
     /// Deletes flows that expired; returns how many.
     pub async fn prune_expired_states(&self) -> Result<u64, Error> {
-        Ok(self.store.delete_expired_oauth_states(self.clock.now()).await?)
+        Ok(self.core.store.delete_expired_oauth_states(self.core.now()).await?)
     }
 
     async fn sign_in(
@@ -372,10 +400,10 @@ impl OAuth {
                 Err(ResolveError::Domain(e)) => return Err(e),
                 Ok((user, is_new_user)) => {
                     // An operator disabled this user: no way in, by any method.
-                    if self.store.admin_user(user.id).await?.is_some_and(|u| u.disabled_at.is_some()) {
+                    if self.core.store.admin_user(user.id).await?.is_some_and(|u| u.disabled_at.is_some()) {
                         let detail = format!("oauth:{provider}:disabled");
                         self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;
-                        return Err(Error::Unauthenticated(crate::domain::error::AuthFailure::InvalidCredentials));
+                        return Err(Error::Unauthenticated(AuthFailure::InvalidCredentials));
                     }
                     if self.auth.requires_email_verification() && !user.email_verified {
                         let detail = format!("oauth:{provider}:email_not_verified");
@@ -402,8 +430,8 @@ impl OAuth {
         identity: &Identity,
         tokens: &ProviderTokens,
         client: &ClientInfo,
-    ) -> Result<(UserRow, bool), ResolveError> {
-        let now = self.clock.now();
+    ) -> Result<(User, bool), ResolveError> {
+        let now = self.core.now();
         let email = identity.email.as_deref().map(Email::parse).transpose();
         let email = match email {
             Ok(e) => e,
@@ -415,9 +443,10 @@ impl OAuth {
             }
         };
 
-        if let Some(account) = self.store.find_account(provider, &identity.subject).await.map_err(Error::from)? {
+        if let Some(account) = self.core.store.find_account(provider, &identity.subject).await.map_err(Error::from)? {
             let sealed = self.seal(account.id, tokens)?;
-            self.store
+            self.core
+                .store
                 .update_account_tokens(
                     account.id,
                     email.as_ref().map(Email::as_str),
@@ -427,9 +456,14 @@ impl OAuth {
                 )
                 .await
                 .map_err(Error::from)?;
-            let user =
-                self.store.find_user(account.user_id).await.map_err(Error::from)?.ok_or(Error::NotFound("user"))?;
-            return Ok((user, false));
+            let user = self
+                .core
+                .store
+                .find_user(account.user_id)
+                .await
+                .map_err(Error::from)?
+                .ok_or(Error::NotFound("user"))?;
+            return Ok((user.into(), false));
         }
 
         let Some(email) = email else {
@@ -438,7 +472,7 @@ impl OAuth {
             ))
             .into());
         };
-        if let Some(existing) = self.store.find_user_by_email(email.as_str()).await.map_err(Error::from)? {
+        if let Some(existing) = self.core.store.find_user_by_email(email.as_str()).await.map_err(Error::from)? {
             if !(identity.email_verified && existing.email_verified && self.config.link_by_verified_email) {
                 tracing::info!(
                     provider_verified = identity.email_verified,
@@ -454,12 +488,13 @@ impl OAuth {
                 .into());
             }
             let account = self.new_account_opt(existing.id, provider, identity, Some(&email), true, tokens)?;
-            match self.store.create_account(&account).await {
+            match self.core.store.create_account(&account).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => return Err(ResolveError::Raced),
                 Err(e) => return Err(Error::from(e).into()),
             }
             self.audit(Event::OAuthLinked, Outcome::Success, existing.id, provider, client).await;
+            let existing = User::from(existing);
             self.tell_linked(&existing, provider);
             return Ok((existing, false));
         }
@@ -486,11 +521,11 @@ impl OAuth {
             image: identity.picture.clone().filter(|p| p.len() <= MAX_PARAM_CHARS),
         };
         let account = self.new_account_opt(user_id, provider, identity, Some(&email), true, tokens)?;
-        match self.store.create_user_with_account(&new_user, &account).await {
+        match self.core.store.create_user_with_account(&new_user, &account).await {
             Ok(user) => {
                 tracing::info!(user_id = %user.id, "user created through a provider");
                 self.audit(Event::OAuthLinked, Outcome::Success, user.id, provider, client).await;
-                Ok((user, true))
+                Ok((user.into(), true))
             }
             Err(StoreError::Conflict(_)) => Err(ResolveError::Raced),
             Err(e) => Err(Error::from(e).into()),
@@ -506,20 +541,21 @@ impl OAuth {
         client: &ClientInfo,
     ) -> Result<Completed, Error> {
         let email = identity.email.as_deref().and_then(|e| Email::parse(e).ok());
-        if let Some(existing) = self.store.find_account(provider, &identity.subject).await? {
+        if let Some(existing) = self.core.store.find_account(provider, &identity.subject).await? {
             if existing.user_id != caller.user.id {
                 return Err(Error::FailedPrecondition(format!(
                     "this {provider} account is already linked to another user"
                 )));
             }
             let sealed = self.seal(existing.id, tokens)?;
-            self.store
+            self.core
+                .store
                 .update_account_tokens(
                     existing.id,
                     email.as_ref().map(Email::as_str),
                     identity.email_verified,
                     &sealed,
-                    self.clock.now(),
+                    self.core.now(),
                 )
                 .await?;
         } else {
@@ -533,7 +569,7 @@ impl OAuth {
             let asserted = identity.email_verified && email.as_ref().is_some_and(|e| e.as_str() == caller.user.email);
             let proven = caller.user.email_verified || asserted;
             let account = self.new_account_opt(caller.user.id, provider, identity, email.as_ref(), proven, tokens)?;
-            match self.store.create_account(&account).await {
+            match self.core.store.create_account(&account).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => {
                     return Err(Error::FailedPrecondition(format!(
@@ -549,9 +585,9 @@ impl OAuth {
     }
 
     /// Tells the address's owner that a new sign-in method was added.
-    fn tell_linked(&self, user: &UserRow, provider: &str) {
+    fn tell_linked(&self, user: &User, provider: &str) {
         let vars = Vars { name: &user.name, email: &user.email, provider: Some(provider), ..Default::default() };
-        self.auth.notifier.send(Template::AccountLinked, &user.email, vars);
+        self.core.notifier.send(Template::AccountLinked, &user.email, vars);
     }
 
     fn new_account_opt(
@@ -573,7 +609,7 @@ impl OAuth {
             email_verified: identity.email_verified,
             proven,
             tokens: self.seal(id, tokens)?,
-            now: self.clock.now(),
+            now: self.core.now(),
         })
     }
 
@@ -605,7 +641,7 @@ impl OAuth {
     /// Records a link, unlink or provider sign-in (provider named) in the audit log, with
     /// the end user's address and agent.
     async fn audit(&self, event: Event, outcome: Outcome, user_id: Uuid, detail: &str, client: &ClientInfo) {
-        self.auth.audit().record_detail(Some(user_id), event, outcome, Some(detail), client).await;
+        self.core.audit.record(Some(user_id), event, outcome, Some(detail), client).await;
     }
 
     fn hash_state(&self, state: &str) -> Vec<u8> {

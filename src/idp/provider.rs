@@ -1,7 +1,7 @@
 //! Identity providers: their configuration, the authorization-code exchange (through the
 //! `oauth2` crate) and how each kind tells who the person is.
 
-use std::{fmt, time::Duration};
+use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::Algorithm;
@@ -17,7 +17,7 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{github, oidc::Oidc};
+use super::{Identity, ProviderError, ProviderTokens, github, oidc::Oidc};
 
 /// How a provider is reached and what kind it is.
 #[derive(Clone)]
@@ -75,59 +75,6 @@ pub enum ProviderKind {
         /// REST API base (`/user`, `/user/emails`).
         api_url: String,
     },
-}
-
-/// Why a provider call failed, sorted by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// The provider did not answer, timed out, or answered nonsense: retry later.
-    #[error("identity provider unavailable")]
-    Unavailable(#[source] anyhow::Error),
-    /// The provider refused the authorization code or refresh token (`error` code named).
-    #[error("identity provider rejected the grant: {0}")]
-    Rejected(String),
-    /// The provider refused our client credentials: a configuration problem.
-    #[error("identity provider refused the client: {0}")]
-    Misconfigured(String),
-    /// The ID token failed validation (reason named, for the log only).
-    #[error("invalid ID token: {0}")]
-    InvalidIdToken(&'static str),
-}
-
-impl ProviderError {
-    /// A transport failure or an unusable answer.
-    pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
-        Self::Unavailable(e.into())
-    }
-}
-
-/// Who the provider says the person is.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The provider's stable id for the person.
-    pub subject: String,
-    /// Email, if shared.
-    pub email: Option<String>,
-    /// Whether the provider vouches for the email.
-    pub email_verified: bool,
-    /// Display name.
-    pub name: Option<String>,
-    /// Picture URL.
-    pub picture: Option<String>,
-}
-
-/// Tokens the provider issued.
-pub struct ProviderTokens {
-    /// Access token.
-    pub access_token: SecretString,
-    /// Refresh token, if issued.
-    pub refresh_token: Option<SecretString>,
-    /// ID token, if issued (OIDC).
-    pub id_token: Option<SecretString>,
-    /// When the access token expires, if the provider said.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Scopes granted.
-    pub scopes: Vec<String>,
 }
 
 /// The `id_token` field of an OpenID Connect token response.
@@ -429,15 +376,4 @@ async fn token_request(
         return Err(TokenHttpError::Unavailable { status: status.as_u16(), retry_after });
     }
     Ok(response)
-}
-
-/// A reqwest client for provider calls: bounded in time and never following redirects (an
-/// endpoint that redirects could otherwise send a token elsewhere).
-pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-        .build()?)
 }

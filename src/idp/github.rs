@@ -4,10 +4,7 @@
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{
-    oidc::get_json,
-    provider::{Identity, ProviderError},
-};
+use super::{Identity, ProviderError, get_json};
 
 #[derive(Deserialize)]
 struct User {

@@ -9,12 +9,12 @@ use jsonwebtoken::{
     errors::ErrorKind,
     jwk::{Jwk, JwkSet, PublicKeyUse},
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
-use super::provider::{Identity, ProviderError};
+use super::{Identity, ProviderError, get_json};
 
 /// Discovery and keys are cached this long.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -287,22 +287,4 @@ fn truthy(value: Option<&serde_json::Value>) -> bool {
         Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
     }
-}
-
-/// GETs JSON, treating every failure as the provider being unavailable.
-pub async fn get_json<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
-    url: &str,
-    bearer: Option<&SecretString>,
-) -> Result<T, ProviderError> {
-    let mut request = http.get(url).header(reqwest::header::ACCEPT, "application/json");
-    if let Some(token) = bearer {
-        request = request.bearer_auth(token.expose_secret());
-    }
-    let response = request.send().await.map_err(ProviderError::unavailable)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(ProviderError::Unavailable(anyhow::anyhow!("{url} answered {status}")));
-    }
-    response.json().await.map_err(ProviderError::unavailable)
 }
