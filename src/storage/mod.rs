@@ -2,8 +2,8 @@
 //! implementation, chosen at run time from the database URL. Knows sqlx, never tonic.
 
 mod postgres;
-mod queries;
 pub mod rows;
+mod sql;
 mod sqlite;
 
 use std::{sync::Arc, time::Duration};

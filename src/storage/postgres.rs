@@ -10,7 +10,7 @@ use sqlx::{
 
 use super::{
     DbOptions, PoolStats, Store, StoreError, classify,
-    queries::{Backend, impl_queries},
+    sql::{Backend, impl_queries},
 };
 
 /// The channel on which every replica announces new revocations.

@@ -10,7 +10,7 @@ use sqlx::{
 
 use super::{
     DbOptions, PoolStats, Store, StoreError, classify, faulted_within,
-    queries::{Backend, impl_queries},
+    sql::{Backend, impl_queries},
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
