@@ -212,9 +212,9 @@ class _Source:
     def offset(self, lineno: int, col: int) -> int:
         return self.line_starts[lineno - 1] + col
 
-    def span(self, node: ast.AST) -> tuple[int, int]:
+    def span(self, node: ast.expr | ast.stmt) -> tuple[int, int]:
         start = self.offset(node.lineno, node.col_offset)
-        end = self.offset(node.end_lineno, node.end_col_offset)
+        end = self.offset(node.end_lineno or node.lineno, node.end_col_offset or node.col_offset)
         return start, end
 
     def lines_of(self, first: int, last: int) -> tuple[int, int]:
@@ -234,7 +234,7 @@ def _rename_edits(src: _Source, root: ast.AST, renames: Mapping[str, str]) -> li
     for node in ast.walk(root):
         if isinstance(node, (ast.Name, ast.Attribute)):
             name = _dotted(node)
-            if name in renames:
+            if name is not None and name in renames:
                 edits.append((*src.span(node), renames[name]))
     # An Attribute's own Name (``grpc`` of ``grpc.X``) is never renamed, so no edits overlap.
     return edits
@@ -270,7 +270,7 @@ def _class_edits(
         for node in ast.walk(fn):
             if isinstance(node, ast.YieldFrom):
                 src.fail(node, "an async generator cannot `yield from`; write a for loop")
-            if _self_method(node) in awaited | {RPC_METHOD}:
+            if isinstance(node, ast.Call) and _self_method(node) in awaited | {RPC_METHOD}:
                 parent = parents[node]
                 # `await` binds looser than `.y`, `[i]` and `(...)`: `await f().y` awaits `f().y`.
                 if (
