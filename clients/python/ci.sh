@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI for the Python client and the FastAPI integration: stubs up to date, types, then the
+# CI for the Python client and the FastAPI integration: generated code up to date, types, then the
 # pytest suite against the real gatehouse binary (SQLite, and PostgreSQL when
 # TEST_POSTGRES_URL is set; CI=true makes a missing TEST_POSTGRES_URL a failure).
 # Run from anywhere; .ci/run calls it from the repository root.
@@ -19,7 +19,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[fastapi,dev]"
 
-step "generated stubs match proto/"
+step "generated code up to date (stubs from proto/, asyncio clients from the sync ones)"
 "$venv/bin/python" "$here/generate.py" --check
 
 step "mypy (strict)"

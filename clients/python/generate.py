@@ -1,29 +1,38 @@
 #!/usr/bin/env python3
-"""Generate the gRPC stubs of the ``gatehouse`` package from ``proto/``.
+"""Generate the gRPC stubs and the asyncio clients of the ``gatehouse`` package.
 
 The stubs (``*_pb2.py``, ``*_pb2_grpc.py`` and their ``.pyi`` type stubs from mypy-protobuf)
-are committed under ``src/gatehouse/_proto/``. protoc writes imports such as
-``from gatehouse.v1 import profile_pb2``; they are rewritten to
+are generated from ``proto/`` and committed under ``src/gatehouse/_proto/``. protoc writes
+imports such as ``from gatehouse.v1 import profile_pb2``; they are rewritten to
 ``gatehouse._proto.gatehouse.v1`` so the stubs live inside the package without claiming the
 top-level ``gatehouse.v1`` name.
+
+The asyncio clients are generated from the sync ones (``client.py`` -> ``_async_client.py``,
+``service.py`` -> ``_async_service.py``, see TWINS) and committed too, so that each method is
+written once.
 
 Usage::
 
     python generate.py           # regenerate in place
-    python generate.py --check   # regenerate into a temporary directory; exit 1 if it differs
+    python generate.py --check   # regenerate aside; exit 1 if anything committed differs
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import filecmp
+import inspect
 import re
 import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, NoReturn
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -81,6 +90,285 @@ def generate(out_dir: Path) -> None:
         (package / "__init__.py").write_text(_INIT, encoding="utf-8")
 
 
+# The asyncio twins. Each sync client class is the source of its asyncio twin, written to a
+# module of its own by a fixed transformation of the syntax tree's positions (so the sync
+# file's formatting and comments carry over, like unasync or qdrant-client's generator):
+#
+# - the class gets the twin's name and docstring, and every name in RENAMES is renamed;
+# - a method that calls ``self._call(...)``, or a method of the class that does, becomes
+#   ``async def`` and each such call is awaited; other methods (``__init__``) stay sync;
+# - the module imports what the generated classes use, from the source's imports (renamed).
+#
+# What differs beyond that (channels per event loop, the revocation watch) is written by hand
+# in the base classes, so the transformation stays this small. It refuses source it would get
+# wrong (``yield from`` in a method that becomes async, an awaited call used as ``x(...).y``).
+
+
+@dataclass(frozen=True)
+class Twin:
+    """One generated module: the asyncio twins of classes of a hand-written sync module."""
+
+    source: str  # module file under src/gatehouse
+    target: str
+    summary: str  # the generated module's docstring, after the "do not edit" line
+    classes: tuple[tuple[str, str, str], ...]  # (sync class, async class, async docstring)
+
+
+_ASYNC_CLIENT_DOC: Final = """
+asyncio Gatehouse client (``grpc.aio``), with the same methods as :class:`Client`.
+
+>>> async with AsyncClient("localhost:50051") as gatehouse:
+...     me = await gatehouse.get_session(token=token)
+
+A ``grpc.aio`` channel belongs to one event loop, so the channel is opened lazily on first
+use in the running loop (and a separate one in any other loop, as test clients create).
+"""
+
+TWINS: Final = (
+    Twin(
+        source="client.py",
+        target="_async_client.py",
+        summary="The asyncio client, :class:`AsyncClient`, re-exported by :mod:`gatehouse.client`.",
+        classes=(
+            ("Client", "AsyncClient", _ASYNC_CLIENT_DOC),
+        ),
+    ),
+    Twin(
+        source="service.py",
+        target="_async_service.py",
+        summary=(
+            "The asyncio service client, :class:`AsyncServiceClient`, re-exported by\n"
+            ":mod:`gatehouse.service`."
+        ),
+        classes=(
+            (
+                "ServiceClient",
+                "AsyncServiceClient",
+                "asyncio :class:`ServiceClient` (``grpc.aio``), with the same methods.",
+            ),
+        ),
+    ),
+)
+
+#: Names (or dotted names) of the sync code and what the asyncio code says instead.
+RENAMES: Final = {
+    "Iterator": "AsyncIterator",
+    "_SyncBase": "_AsyncBase",
+    "_SyncServiceBase": "_AsyncServiceBase",
+    "grpc.UnaryUnaryClientInterceptor": "grpc.aio.ClientInterceptor",
+}
+#: The base-class method that performs an RPC; calling it (or a method that does) makes async.
+RPC_METHOD: Final = "_call"
+GENERATED_DIR: Final = HERE / "src" / "gatehouse"
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def _self_method(node: ast.AST) -> str | None:
+    """``name`` when node is a call ``self.name(...)``."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self"
+    ):
+        return node.func.attr
+    return None
+
+
+def _async_methods(cls: ast.ClassDef) -> set[str]:
+    """The methods that become async: those calling the RPC method or another of these."""
+    calls = {
+        fn.name: {name for node in ast.walk(fn) if (name := _self_method(node)) is not None}
+        for fn in cls.body
+        if isinstance(fn, ast.FunctionDef)
+    }
+    result: set[str] = set()
+    while True:
+        more = {name for name, called in calls.items() if called & (result | {RPC_METHOD})}
+        if more <= result:
+            return result
+        result |= more
+
+
+class _Source:
+    """A source file with byte offsets for ast positions (col_offset counts UTF-8 bytes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = path.read_bytes()
+        self.tree = ast.parse(self.data, filename=str(path))
+        self.line_starts = [0]
+        for line in self.data.splitlines(keepends=True):
+            self.line_starts.append(self.line_starts[-1] + len(line))
+
+    def offset(self, lineno: int, col: int) -> int:
+        return self.line_starts[lineno - 1] + col
+
+    def span(self, node: ast.expr | ast.stmt) -> tuple[int, int]:
+        start = self.offset(node.lineno, node.col_offset)
+        end = self.offset(node.end_lineno or node.lineno, node.end_col_offset or node.col_offset)
+        return start, end
+
+    def lines_of(self, first: int, last: int) -> tuple[int, int]:
+        """Byte range of whole lines first..last (1-based, inclusive)."""
+        return self.line_starts[first - 1], self.line_starts[last]
+
+    def fail(self, node: ast.AST, message: str) -> NoReturn:
+        line = getattr(node, "lineno", "?")
+        raise SystemExit(f"{self.path.name}:{line}: cannot generate the asyncio twin: {message}")
+
+
+Edit = tuple[int, int, str]  # byte range of the source and its replacement
+
+
+def _rename_edits(src: _Source, root: ast.AST, renames: Mapping[str, str]) -> list[Edit]:
+    edits: list[Edit] = []
+    for node in ast.walk(root):
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = _dotted(node)
+            if name is not None and name in renames:
+                edits.append((*src.span(node), renames[name]))
+    # An Attribute's own Name (``grpc`` of ``grpc.X``) is never renamed, so no edits overlap.
+    return edits
+
+
+def _class_edits(
+    src: _Source, cls: ast.ClassDef, name: str, doc: str, renames: Mapping[str, str]
+) -> list[Edit]:
+    edits = _rename_edits(src, cls, renames)
+    line_start = src.offset(cls.lineno, 0)
+    header = re.match(rb"\s*class\s+", src.data[line_start:])
+    assert header is not None
+    start = line_start + header.end()
+    edits.append((start, start + len(cls.name.encode()), name))
+    first = cls.body[0]
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
+        src.fail(cls, f"class {cls.name} needs a docstring")
+    indent = " " * (cls.col_offset + 4)
+    body = inspect.cleandoc(doc).splitlines()
+    text = "\n".join([body[0], *(indent + line if line else "" for line in body[1:])])
+    closing = f"\n{indent}" if len(body) > 1 else ""
+    edits.append((*src.span(first), f'"""{text}{closing}"""'))
+
+    awaited = _async_methods(cls)
+    parents = {child: parent for parent in ast.walk(cls) for child in ast.iter_child_nodes(parent)}
+    for fn in cls.body:
+        if not isinstance(fn, ast.FunctionDef) or fn.name not in awaited:
+            continue
+        if fn.name.startswith("__"):
+            src.fail(fn, f"{fn.name} would become async")
+        start = src.offset(fn.lineno, fn.col_offset)
+        edits.append((start, start, "async "))
+        for node in ast.walk(fn):
+            if isinstance(node, ast.YieldFrom):
+                src.fail(node, "an async generator cannot `yield from`; write a for loop")
+            if isinstance(node, ast.Call) and _self_method(node) in awaited | {RPC_METHOD}:
+                parent = parents[node]
+                # `await` binds looser than `.y`, `[i]` and `(...)`: `await f().y` awaits `f().y`.
+                if (
+                    isinstance(parent, (ast.Attribute, ast.Subscript)) and parent.value is node
+                ) or (isinstance(parent, ast.Call) and parent.func is node):
+                    src.fail(node, "an awaited call must not be used as x(...).y; assign it first")
+                start = src.offset(node.lineno, node.col_offset)
+                edits.append((start, start, "await "))
+    return edits
+
+
+def _apply(src: _Source, start: int, end: int, edits: Iterable[Edit]) -> str:
+    """The source bytes start..end with the edits inside that range applied."""
+    out = bytearray(src.data[start:end])
+    for edit_start, edit_end, text in sorted(
+        (e for e in edits if start <= e[0] and e[1] <= end), reverse=True
+    ):
+        out[edit_start - start : edit_end - start] = text.encode()
+    return out.decode("utf-8")
+
+
+def _import(
+    node: ast.Import | ast.ImportFrom, module: str, renames: Mapping[str, str], used: set[str]
+) -> str | None:
+    """The import statement renamed and cut to the names the twin uses, or None for none."""
+    if isinstance(node, ast.Import):
+        kept = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
+        return "\n".join(
+            f"import {a.name}" + (f" as {a.asname}" if a.asname else "") for a in kept
+        ) or None
+    names = sorted(
+        renames.get(a.name, a.name) + (f" as {a.asname}" if a.asname else "")
+        for a in node.names
+        if (a.asname or renames.get(a.name, a.name)) in used
+    )
+    if not names:
+        return None
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= 100:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {name},\n" for name in names) + ")"
+
+
+def _used_names(code: str) -> set[str]:
+    return {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
+
+
+def generate_twin(twin: Twin) -> str:
+    """The text of twin's generated module."""
+    src = _Source(GENERATED_DIR / twin.source)
+    renames = {**RENAMES, **{sync: asyn for sync, asyn, _ in twin.classes}}
+    generated_modules = {"." + t.target.removesuffix(".py") for t in TWINS}
+
+    classes: list[str] = []
+    by_name = {node.name: node for node in src.tree.body if isinstance(node, ast.ClassDef)}
+    for sync_name, async_name, doc in twin.classes:
+        cls = by_name.get(sync_name)
+        if cls is None:
+            raise SystemExit(f"{twin.source}: no class {sync_name}")
+        first = min([cls.lineno, *(d.lineno for d in cls.decorator_list)])
+        start, end = src.lines_of(first, cls.end_lineno or cls.lineno)
+        edits = _class_edits(src, cls, async_name, doc, renames)
+        classes.append(_apply(src, start, end, edits).rstrip("\n"))
+    used = _used_names("\n\n".join(classes))
+
+    imports: list[str] = []
+    source_lines = src.data.decode("utf-8").splitlines()
+    new_group = False  # the source has a blank line since the last import kept
+    for node in src.tree.body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        new_group = new_group or not source_lines[node.lineno - 2].strip()
+        module = "." * getattr(node, "level", 0) + (getattr(node, "module", None) or "")
+        if module == "__future__" or module in generated_modules:
+            continue
+        statement = _import(node, module, renames, used)
+        if statement is None:
+            continue
+        if imports and new_group:
+            imports.append("")
+        imports.append(statement)
+        new_group = False
+
+    names = ", ".join(f'"{async_name}"' for _, async_name, _ in twin.classes)
+    text = (
+        f'"""Generated by clients/python/generate.py from {twin.source}; do not edit.\n\n'
+        f"{twin.summary}\n\nChange {twin.source} and run ``python clients/python/generate.py``.\n"
+        '"""\n\n'
+        "from __future__ import annotations\n\n"
+        + "\n".join(imports)
+        + f"\n\n__all__ = [{names}]\n\n\n"
+        + "\n\n\n".join(classes)
+        + "\n"
+    )
+    ast.parse(text, filename=twin.target)  # a transformation bug shows up here, not at import
+    return text
+
+
 def _files(root: Path) -> set[str]:
     return {
         str(p.relative_to(root))
@@ -89,26 +377,38 @@ def _files(root: Path) -> set[str]:
     }
 
 
+def _diff(name: str, committed: str, generated: str) -> str:
+    diff = difflib.unified_diff(
+        committed.splitlines(keepends=True),
+        generated.splitlines(keepends=True),
+        f"committed/{name}",
+        f"generated/{name}",
+        n=1,
+    )
+    return "".join(line[:160].rstrip("\n") + "\n" for line in list(diff)[:30])
+
+
 def check() -> int:
-    """Regenerates into a temporary directory and compares it with the committed stubs."""
+    """Regenerates stubs and twins and compares them with the committed files."""
+    problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "_proto"
         generate(fresh)
         want, have = _files(fresh), _files(PACKAGE_DIR) if PACKAGE_DIR.exists() else set()
-        problems: list[str] = []
         problems += [f"missing: {name}" for name in sorted(want - have)]
         problems += [f"not generated (stale): {name}" for name in sorted(have - want)]
         for name in sorted(want & have):
             if not filecmp.cmp(fresh / name, PACKAGE_DIR / name, shallow=False):
-                diff = difflib.unified_diff(
-                    (PACKAGE_DIR / name).read_text(encoding="utf-8").splitlines(keepends=True),
-                    (fresh / name).read_text(encoding="utf-8").splitlines(keepends=True),
-                    f"committed/{name}",
-                    f"generated/{name}",
-                    n=1,
-                )
-                excerpt = "".join(line[:160].rstrip("\n") + "\n" for line in list(diff)[:30])
-                problems.append(f"differs: {name}\n{excerpt}")
+                committed = (PACKAGE_DIR / name).read_text(encoding="utf-8")
+                generated = (fresh / name).read_text(encoding="utf-8")
+                problems.append(f"differs: {name}\n{_diff(name, committed, generated)}")
+    for twin in TWINS:
+        path = GENERATED_DIR / twin.target
+        generated = generate_twin(twin)
+        if not path.exists():
+            problems.append(f"missing: {twin.target}")
+        elif (committed := path.read_text(encoding="utf-8")) != generated:
+            problems.append(f"differs: {twin.target}\n{_diff(twin.target, committed, generated)}")
     if problems:
         print(
             "generated code is out of date; run: python clients/python/generate.py", file=sys.stderr
@@ -116,14 +416,14 @@ def check() -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print(f"generated code is up to date ({len(want)} files)")
+    print(f"generated code is up to date ({len(want) + len(TWINS)} files)")
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "--check", action="store_true", help="fail if the committed stubs are stale"
+        "--check", action="store_true", help="fail if the committed generated code is stale"
     )
     opts = parser.parse_args()
     if opts.check:
@@ -135,6 +435,10 @@ def main() -> int:
             shutil.rmtree(PACKAGE_DIR)
         shutil.copytree(fresh, PACKAGE_DIR)
     print(f"wrote {PACKAGE_DIR.relative_to(REPO)}")
+    for twin in TWINS:
+        path = GENERATED_DIR / twin.target
+        path.write_text(generate_twin(twin), encoding="utf-8")
+        print(f"wrote {path.relative_to(REPO)}")
     return 0
 
 

@@ -152,7 +152,7 @@ def test_session_cache_ttl_and_eviction(monkeypatch: pytest.MonkeyPatch) -> None
     from gatehouse._proto.gatehouse.v1 import auth_pb2
 
     now = [1000.0]
-    monkeypatch.setattr("gatehouse.fastapi.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("gatehouse.fastapi.cache.time.monotonic", lambda: now[0])
     cache = SessionCache(ttl=5, max_entries=2)
     response = auth_pb2.GetSessionResponse()
     response.user.id = "u1"

@@ -1,0 +1,101 @@
+"""Gatehouse errors as HTTP answers: the status mapping and the exception handler."""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from fastapi import HTTPException, Request, status
+from fastapi.responses import JSONResponse
+
+from ..errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    GatehouseError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from .._models import field_location
+
+__all__ = ["gatehouse_exception_handler", "http_exception"]
+
+_STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
+    (Unauthenticated, status.HTTP_401_UNAUTHORIZED),
+    (PermissionDenied, status.HTTP_403_FORBIDDEN),
+    (NotFound, status.HTTP_404_NOT_FOUND),
+    (InvalidArgument, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (AlreadyExists, status.HTTP_409_CONFLICT),
+    (FailedPrecondition, status.HTTP_400_BAD_REQUEST),
+    (ResourceExhausted, status.HTTP_429_TOO_MANY_REQUESTS),
+    (Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
+    (DeadlineExceeded, status.HTTP_504_GATEWAY_TIMEOUT),
+)
+
+
+def _violation_detail(
+    violation: FieldViolation, strip_prefix: str, location: str
+) -> dict[str, Any]:
+    field = violation.field.removeprefix(strip_prefix)
+    return {
+        "loc": [location, *field_location(field)],
+        "msg": violation.description,
+        "type": "gatehouse.invalid_argument",
+    }
+
+
+def http_exception(
+    exc: GatehouseError, *, strip_field_prefix: str = "", location: str = "body"
+) -> HTTPException:
+    """The HTTPException a Gatehouse error becomes (see :mod:`gatehouse.fastapi` for the table).
+
+    ``strip_field_prefix`` removes a proto prefix from field violation paths when the HTTP body
+    is shaped differently (the profile update body is the profile itself, so ``profile.``).
+    ``location`` is the first element of each field error's ``loc`` (``"query"`` for fields
+    sent as query parameters).
+    Messages of 5xx answers are generic; 4xx answers carry Gatehouse's message, which never
+    contains secrets or internal details.
+    """
+    code = next(
+        (http for cls, http in _STATUS_BY_ERROR if isinstance(exc, cls)),
+        status.HTTP_502_BAD_GATEWAY,
+    )
+    headers: dict[str, str] = {}
+    detail: Any = exc.message
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, InvalidArgument):
+        detail = [
+            _violation_detail(v, strip_field_prefix, location) for v in exc.field_violations
+        ] or [{"loc": [location], "msg": exc.message, "type": "gatehouse.invalid_argument"}]
+    elif isinstance(exc, ResourceExhausted):
+        retry = exc.retry_after if exc.retry_after is not None else 1.0
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    elif isinstance(exc, Unavailable):
+        headers["Retry-After"] = "1"
+        detail = "authentication service unavailable"
+    elif code >= 500:
+        detail = "authentication service error"
+    return HTTPException(status_code=code, detail=detail, headers=headers or None)
+
+
+async def gatehouse_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI exception handler for :class:`GatehouseError` raised in application code."""
+    if not isinstance(exc, GatehouseError):  # pragma: no cover - registered for GatehouseError
+        raise exc
+    http = http_exception(exc)
+    return JSONResponse({"detail": http.detail}, status_code=http.status_code, headers=http.headers)
+
+
+@contextmanager
+def _http_errors(strip_field_prefix: str = "", location: str = "body") -> Iterator[None]:
+    """Turns a GatehouseError raised in the block into its HTTPException."""
+    try:
+        yield
+    except GatehouseError as exc:
+        raise http_exception(exc, strip_field_prefix=strip_field_prefix, location=location) from exc

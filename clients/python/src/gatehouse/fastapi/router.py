@@ -1,0 +1,430 @@
+"""The routes of :meth:`gatehouse.fastapi.Gatehouse.router`, a function per group."""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations, which use the
+# alias `User` local to each group.
+
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Final
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from .._models import (
+    AccessTokenIn,
+    AccessTokenOut,
+    AuditEventsOut,
+    AuthOut,
+    ChangePasswordIn,
+    DeleteAccountIn,
+    MessageOut,
+    ProfileIn,
+    ProfileOut,
+    RequestEmailChangeIn,
+    RequestPasswordResetIn,
+    ResetPasswordIn,
+    RevokedOut,
+    SessionInfoOut,
+    SessionOut,
+    SessionsOut,
+    SignInIn,
+    SignUpIn,
+    UserOut,
+    VerifyEmailIn,
+    timestamp,
+)
+from .._proto.gatehouse.v1 import auth_pb2
+from ..errors import GatehouseError, Unauthenticated
+from .caller import CurrentUser
+from .errors import _http_errors, http_exception
+from .origins import _REDIRECT_TO_MAX, _safe_redirect
+
+if TYPE_CHECKING:
+    from .integration import Gatehouse
+
+__all__ = ["build_router"]
+
+#: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
+_OAUTH_STATE_MAX_AGE: Final = 600
+_RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
+
+
+def build_router(gh: "Gatehouse", *, tags: list[str] | None = None) -> APIRouter:
+    """The router of :meth:`Gatehouse.router <gatehouse.fastapi.Gatehouse.router>`."""
+    router = APIRouter(tags=list(tags or ["auth"]), dependencies=[Depends(gh.check_origin)])
+    # In this order so that the routes (and the OpenAPI document) keep theirs.
+    _add_session_routes(router, gh)
+    _add_account_routes(router, gh)
+    _add_recovery_routes(router, gh)
+    _add_token_routes(router, gh)
+    _add_oauth_routes(router, gh)
+    return router
+
+
+def _auth_out(gh: "Gatehouse", result: auth_pb2.AuthResponse) -> AuthOut:
+    signed_in = result.HasField("session") and bool(result.session_token)
+    return AuthOut(
+        user=UserOut.from_proto(result.user),
+        session=SessionOut.from_proto(result.session) if signed_in else None,
+        session_token=result.session_token if gh.expose_token and signed_in else None,
+    )
+
+
+def _set_cookie_for(gh: "Gatehouse", response: Response, result: auth_pb2.AuthResponse) -> None:
+    if result.HasField("session") and result.session_token:
+        gh.set_session_cookie(response, result.session_token, result.session)
+
+
+def _add_session_routes(router: APIRouter, gh: "Gatehouse") -> None:
+    """Sign-up, sign-in, sign-out and the caller's sessions."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    @router.post("/sign-up", status_code=status.HTTP_201_CREATED)
+    async def sign_up(body: SignUpIn, request: Request, response: Response) -> AuthOut:
+        """Creates an account (with optional profile), signs in and sets the cookie."""
+        profile = body.profile.to_proto() if body.profile is not None else None
+        with _http_errors():
+            result = await gh.client.sign_up(
+                body.email, body.password, body.name, profile, **gh.client_meta(request)
+            )
+        _set_cookie_for(gh, response, result)
+        return _auth_out(gh, result)
+
+    @router.post("/sign-in")
+    async def sign_in(body: SignInIn, request: Request, response: Response) -> AuthOut:
+        """Signs in and sets the session cookie."""
+        with _http_errors():
+            result = await gh.client.sign_in(
+                body.email, body.password, **gh.client_meta(request)
+            )
+        _set_cookie_for(gh, response, result)
+        return _auth_out(gh, result)
+
+    @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+    async def sign_out(request: Request) -> Response:
+        """Revokes the caller's session (if any) and clears the cookie. Always 204."""
+        response = Response(status_code=status.HTTP_204_NO_CONTENT)
+        found = gh.token_from_request(request)
+        if found is not None:
+            if gh.cache is not None:
+                gh.cache.evict(found[0])
+            try:
+                with _http_errors():
+                    await gh.client.sign_out(token=found[0], **meta(request))
+            except HTTPException as exc:
+                if exc.status_code != status.HTTP_401_UNAUTHORIZED:
+                    raise
+        gh.clear_session_cookie(response)
+        return response
+
+    @router.get("/session")
+    async def session(user: User, request: Request, response: Response) -> SessionInfoOut:
+        """The signed-in user and session; a cookie session gets its cookie's lifetime
+        renewed to the session's (sliding) expiry."""
+        found = gh.token_from_request(request)
+        if found is not None and found[1] == "cookie":
+            gh.set_session_cookie(response, user.token, user.session)
+        return SessionInfoOut(
+            user=UserOut.from_proto(user.user), session=SessionOut.from_proto(user.session)
+        )
+
+    @router.get("/sessions")
+    async def list_sessions(user: User) -> SessionsOut:
+        """The caller's active sessions, the current one marked."""
+        with _http_errors():
+            sessions = await gh.client.list_sessions(token=user.token)
+        return SessionsOut(sessions=[SessionOut.from_proto(s) for s in sessions])
+
+    @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+    async def revoke_session(session_id: str, user: User, request: Request) -> Response:
+        """Revokes one of the caller's sessions."""
+        with _http_errors():
+            await gh.client.revoke_session(session_id, token=user.token, **meta(request))
+        if gh.cache is not None:
+            gh.cache.evict_user(user.id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.post("/sessions/revoke-others")
+    async def revoke_other_sessions(user: User, request: Request) -> RevokedOut:
+        """Signs the caller out everywhere else."""
+        with _http_errors():
+            count = await gh.client.revoke_other_sessions(token=user.token, **meta(request))
+        if gh.cache is not None:
+            gh.cache.evict_user(user.id)
+        return RevokedOut(revoked_count=count)
+
+
+def _add_account_routes(router: APIRouter, gh: "Gatehouse") -> None:
+    """Password change, account deletion and the profile."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    @router.post("/change-password")
+    async def change_password(
+        body: ChangePasswordIn, user: User, request: Request
+    ) -> RevokedOut:
+        """Changes the password, optionally revoking the other sessions."""
+        with _http_errors():
+            count = await gh.client.change_password(
+                body.current_password,
+                body.new_password,
+                token=user.token,
+                revoke_other_sessions=body.revoke_other_sessions,
+                **meta(request),
+            )
+        if gh.cache is not None and body.revoke_other_sessions:
+            gh.cache.evict_user(user.id)
+        return RevokedOut(revoked_count=count)
+
+    @router.post("/delete-account", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_account(body: DeleteAccountIn, user: User, request: Request) -> Response:
+        """Deletes the caller's account after checking the password; clears the cookie."""
+        with _http_errors():
+            await gh.client.delete_account(body.password, token=user.token, **meta(request))
+        if gh.cache is not None:
+            gh.cache.evict_user(user.id)
+        response = Response(status_code=status.HTTP_204_NO_CONTENT)
+        gh.clear_session_cookie(response)
+        return response
+
+    @router.get("/profile")
+    async def get_profile(user: User) -> ProfileOut:
+        """The caller's learner profile."""
+        with _http_errors():
+            profile = await gh.client.get_profile(token=user.token)
+        return ProfileOut.from_proto(profile)
+
+    @router.patch("/profile")
+    async def update_profile(body: ProfileIn, user: User) -> ProfileOut:
+        """Changes the profile fields present in the body (null clears a field)."""
+        return await gh.update_profile(user, body)
+
+
+def _add_recovery_routes(router: APIRouter, gh: "Gatehouse") -> None:
+    """Email verification, password reset and email change."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    # Email and recovery. The link in the mail points to the front end
+    # (GATEHOUSE_FRONTEND_URL/verify-email?token=... or /reset-password?token=...), which
+    # posts the token here.
+
+    @router.post("/send-verification", status_code=status.HTTP_202_ACCEPTED)
+    async def send_verification(user: User, request: Request) -> MessageOut:
+        """Mails the caller a new verification link (400 if already verified)."""
+        with _http_errors():
+            await gh.client.send_verification_email(token=user.token, **meta(request))
+        return MessageOut(message="A new verification link is on its way.")
+
+    @router.post("/verify-email")
+    async def verify_email(body: VerifyEmailIn, request: Request) -> MessageOut:
+        """Redeems a verification or email-change link's token; needs no session. A used,
+        expired or unknown token is 422 on ``token``."""
+        with _http_errors():
+            await gh.client.verify_email(body.token, **meta(request))
+        found = gh.token_from_request(request)
+        if gh.cache is not None and found is not None:
+            gh.cache.evict(found[0])
+        return MessageOut(message="Your email address is verified.")
+
+    @router.post("/request-password-reset", status_code=status.HTTP_202_ACCEPTED)
+    async def request_password_reset(
+        body: RequestPasswordResetIn, request: Request
+    ) -> MessageOut:
+        """Mails a reset link if the address has an account. The answer is the same either
+        way (only a malformed address, 422, or a rate limit, 429, differ)."""
+        with _http_errors():
+            await gh.client.request_password_reset(body.email, **meta(request))
+        return MessageOut(message=_RESET_REQUESTED)
+
+    @router.post("/reset-password")
+    async def reset_password(
+        body: ResetPasswordIn, request: Request, response: Response
+    ) -> MessageOut:
+        """Sets a new password with a reset link's token. Every session of the user ends
+        (the caller signs in again); the browser's cookie is cleared if it was one of them."""
+        with _http_errors():
+            await gh.client.reset_password(body.token, body.new_password, **meta(request))
+        if gh.cache is not None:
+            gh.cache.clear()  # the reset's user is unknown here; resets are rare
+        found = gh.token_from_request(request)
+        if found is not None and found[1] == "cookie":
+            try:
+                await gh.client.get_session(token=found[0])
+            except Unauthenticated:
+                gh.clear_session_cookie(response)
+            except GatehouseError:
+                pass
+        return MessageOut(message="Your password was reset. Sign in with the new one.")
+
+    @router.post("/request-email-change", status_code=status.HTTP_202_ACCEPTED)
+    async def request_email_change(
+        body: RequestEmailChangeIn, user: User, request: Request
+    ) -> MessageOut:
+        """Sends a confirmation link to the new address (and a notice to the current one);
+        the address changes when the link is redeemed at ``/verify-email``. A wrong
+        ``current_password`` is 422 on that field."""
+        with _http_errors():
+            await gh.client.request_email_change(
+                body.new_email, body.current_password, token=user.token, **meta(request)
+            )
+        return MessageOut(message="A confirmation link was sent to the new address.")
+
+
+def _add_token_routes(router: APIRouter, gh: "Gatehouse") -> None:
+    """Access tokens for other services, and the caller's audit log."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+
+    @router.post("/access-token")
+    async def access_token(body: AccessTokenIn, user: User) -> AccessTokenOut:
+        """A short-lived signed JWT for another service (``audience``), for the signed-in
+        caller; an audience Gatehouse is not configured for is 422 on ``audience``."""
+        with _http_errors():
+            issued = await gh.client.issue_access_token(body.audience, token=user.token)
+        return AccessTokenOut(
+            access_token=issued.access_token,
+            token_type=issued.token_type or "Bearer",
+            expires_at=timestamp(issued, "expires_at"),
+        )
+
+    @router.get("/audit-events")
+    async def audit_events(
+        user: User,
+        page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
+        page_token: Annotated[str, Query(max_length=1024)] = "",
+    ) -> AuditEventsOut:
+        """The caller's security events, newest first, a page at a time (default 50)."""
+        with _http_errors(location="query"):
+            page = await gh.client.list_audit_events(
+                token=user.token, page_size=page_size or 0, page_token=page_token
+            )
+        return AuditEventsOut.from_proto(page)
+
+
+# Provider sign-in. The browser goes to /oauth/{provider}/start, is redirected to the
+# provider, comes back to /oauth/{provider}/callback with code and state, and leaves
+# signed in (the session cookie) to redirect_to.
+
+
+def _redirect_uri_for(gh: "Gatehouse", provider: str) -> str:
+    uri = gh.oauth_redirect_uri(provider)
+    if uri is None:
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"sign-in with {provider!r} is not configured here",
+        )
+    return uri
+
+
+def _check_redirect_to(redirect_to: str | None) -> None:
+    if redirect_to is not None and not _safe_redirect(redirect_to):
+        raise HTTPException(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["query", "redirect_to"],
+                    "msg": "must be a path on this site, starting with a single /",
+                    "type": "gatehouse.redirect_to",
+                }
+            ],
+        )
+
+
+def _state_max_age(started: auth_pb2.StartOAuthResponse) -> int:
+    """Seconds the state cookie lives: until the flow expires, at most _OAUTH_STATE_MAX_AGE."""
+    max_age = _OAUTH_STATE_MAX_AGE
+    if started.HasField("expires_at"):
+        expires = started.expires_at.ToDatetime(tzinfo=UTC)
+        left = int((expires - datetime.now(UTC)).total_seconds())
+        max_age = max(1, min(left, _OAUTH_STATE_MAX_AGE))
+    return max_age
+
+
+def _bad_state(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+def _signed_in(
+    gh: "Gatehouse", result: auth_pb2.CompleteOAuthResponse, redirect_to: str | None
+) -> Response:
+    """The callback's answer once Gatehouse has signed the browser in."""
+    response: Response
+    if redirect_to:
+        response = RedirectResponse(redirect_to, status_code=status.HTTP_302_FOUND)
+    else:
+        out = _auth_out(
+            gh,
+            auth_pb2.AuthResponse(
+                user=result.user,
+                session=result.session,
+                session_token=result.session_token,
+            ),
+        )
+        response = JSONResponse({**out.model_dump(mode="json"), "is_new_user": result.is_new_user})
+    response.headers["Cache-Control"] = "no-store"
+    if result.HasField("session") and result.session_token:
+        gh.set_session_cookie(response, result.session_token, result.session)
+    gh.clear_oauth_state_cookie(response)
+    return response
+
+
+def _add_oauth_routes(router: APIRouter, gh: "Gatehouse") -> None:
+    """Provider sign-in: the start and the callback."""
+    meta = gh.client_meta
+
+    @router.get("/oauth/{provider}/start", response_model=None)
+    async def oauth_start(
+        provider: Annotated[str, Path(min_length=1, max_length=64)],
+        request: Request,
+        redirect_to: Annotated[str | None, Query(max_length=_REDIRECT_TO_MAX)] = None,
+    ) -> Response:
+        """302 to the provider's sign-in page. ``redirect_to`` (a same-site path such as
+        ``/books``; anything else is 422) is where the callback sends the browser after."""
+        _check_redirect_to(redirect_to)
+        redirect_uri = _redirect_uri_for(gh, provider)
+        with _http_errors(location="query"):
+            started = await gh.client.start_o_auth(provider, redirect_uri)
+        max_age = _state_max_age(started)
+        response = RedirectResponse(started.authorization_url, status_code=status.HTTP_302_FOUND)
+        response.headers["Cache-Control"] = "no-store"
+        gh.set_oauth_state_cookie(response, started.state, redirect_to, max_age)
+        return response
+
+    @router.get("/oauth/{provider}/callback", response_model=None)
+    async def oauth_callback(
+        provider: Annotated[str, Path(min_length=1, max_length=64)],
+        request: Request,
+        code: Annotated[str, Query(max_length=4096)] = "",
+        state: Annotated[str, Query(max_length=1024)] = "",
+        error: Annotated[str | None, Query(max_length=256)] = None,
+    ) -> Response:
+        """Where the provider sends the browser back. The ``state`` must equal the state
+        cookie set by ``start`` (else 400, and Gatehouse is not asked); then the session
+        cookie is set and the browser goes to ``redirect_to`` (302), or, without one, the
+        answer is JSON like sign-in's."""
+        kept = gh.oauth_state_from_request(request)
+        if kept is None:
+            return _bad_state("no sign-in in progress in this browser (state cookie missing)")
+        expected, redirect_to = kept
+        if not state or not hmac.compare_digest(expected.encode(), state.encode()):
+            return _bad_state("the state does not match this browser's sign-in")
+        if error is not None or not code:
+            refused = _bad_state(
+                f"the provider did not sign you in: {error}" if error else "code is missing"
+            )
+            gh.clear_oauth_state_cookie(refused)
+            return refused
+        redirect_uri = _redirect_uri_for(gh, provider)
+        try:
+            result = await gh.client.complete_o_auth(
+                provider, code, state, redirect_uri, **meta(request)
+            )
+        except GatehouseError as exc:
+            http = http_exception(exc, location="query")
+            failed = JSONResponse(
+                {"detail": http.detail}, status_code=http.status_code, headers=http.headers
+            )
+            gh.clear_oauth_state_cookie(failed)  # the state is spent either way
+            return failed
+        return _signed_in(gh, result, redirect_to)
