@@ -7,22 +7,22 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::{
-    both_backends,
+    backends,
     helpers::{Backend, PASSWORD, TestApp, bearer, from_ip, spawn_app_with, spawn_on, violated_fields},
-    mail_backends,
     smtp::SmtpServer,
 };
 
-both_backends!(
-    lockout_grows_and_expires,
-    password_rechecks_count_towards_the_lockout,
-    locked_accounts_refuse_password_rechecks,
-    racing_password_changes_have_one_winner,
-    audit_log_lists_the_callers_events
-);
-mail_backends!(password_reset_works_while_locked => defaults);
-
-fn defaults(_: &mut Config) {}
+backends! {
+    app:
+        lockout_grows_and_expires,
+        password_rechecks_count_towards_the_lockout,
+        locked_accounts_refuse_password_rechecks,
+        racing_password_changes_have_one_winner,
+        audit_log_lists_the_callers_events;
+    mail: password_reset_works_while_locked;
+    own: limits_trip_and_recover;
+    (own redis): replicas_share_one_limit_through_redis;
+}
 
 async fn lockout_grows_and_expires(app: &TestApp) {
     app.sign_up("locked@example.com").await;
@@ -105,11 +105,11 @@ mod bursts {
         c.db_acquire_timeout = std::time::Duration::from_secs(10);
     }
 
-    crate::both_backends_with!(
-        super::roomy_pool;
-        a_parallel_burst_gets_no_more_guesses_than_the_threshold,
-        a_burst_split_over_two_replicas_gets_no_more_guesses
-    );
+    crate::backends! {
+        app:
+            a_parallel_burst_gets_no_more_guesses_than_the_threshold => roomy_pool,
+            a_burst_split_over_two_replicas_gets_no_more_guesses => roomy_pool;
+    }
 
     async fn a_parallel_burst_gets_no_more_guesses_than_the_threshold(app: &TestApp) {
         burst_outcome(&[app], app).await;
@@ -356,7 +356,7 @@ async fn sign_in_from(app: &TestApp, email: &str, ip: &str) -> Result<(), tonic:
     app.auth().sign_in(request).await.map(|_| ())
 }
 
-async fn limits_trip_and_recover_on(backend: Backend) {
+async fn limits_trip_and_recover(backend: Backend) {
     let Some(app) = spawn_app_with(backend, production_limits).await else { return };
     app.sign_up("other@example.com").await;
     let session = app.sign_up("limited@example.com").await.session_token;
@@ -408,17 +408,6 @@ async fn limits_trip_and_recover_on(backend: Backend) {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_trip_and_recover_sqlite() {
-    limits_trip_and_recover_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn limits_trip_and_recover_postgres() {
-    limits_trip_and_recover_on(Backend::Postgres).await;
-}
-
 /// Redis for the shared-limit tests; skipped locally when not reachable, required under CI.
 pub(crate) async fn redis_url() -> Option<String> {
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -434,7 +423,7 @@ pub(crate) async fn redis_url() -> Option<String> {
     None
 }
 
-async fn replicas_share_one_limit_on(backend: Backend) {
+async fn replicas_share_one_limit_through_redis(backend: Backend) {
     let Some(url) = redis_url().await else { return };
     let prefix = format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple());
     let shared = |c: &mut Config| {
@@ -461,19 +450,4 @@ async fn replicas_share_one_limit_on(backend: Backend) {
     let mut two = two;
     two.stop().await;
     one.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
-async fn replicas_share_one_limit_through_redis_sqlite() {
-    replicas_share_one_limit_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(all(gatehouse_test_redis, gatehouse_test_postgres)),
-    ignore = "TEST_REDIS_URL or TEST_POSTGRES_URL is not set"
-)]
-async fn replicas_share_one_limit_through_redis_postgres() {
-    replicas_share_one_limit_on(Backend::Postgres).await;
 }

@@ -4,12 +4,13 @@ use futures_util::future::join_all;
 use tonic::Code;
 
 use crate::{
-    both_backends,
+    backends,
     helpers::{Backend, PASSWORD, TestApp, bearer, production_hashing, spawn_app_with, spawn_on, violated_fields},
 };
 use gatehouse::proto::v1 as pb;
 
-both_backends!(
+backends! {
+    app:
     round_trip,
     unknown_email_and_wrong_password_are_indistinguishable,
     emails_are_case_insensitive,
@@ -22,8 +23,9 @@ both_backends!(
     delete_account,
     sign_in_issues_a_new_token_each_time,
     forwarded_client_metadata_is_recorded,
-    oversized_requests_are_refused,
-);
+    oversized_requests_are_refused;
+    own: old_hash_parameters_are_upgraded_at_sign_in;
+}
 
 async fn round_trip(app: &TestApp) {
     let up = app.sign_up("reader@example.com").await;
@@ -264,7 +266,7 @@ async fn passwords_are_normalized_and_never_truncated(app: &TestApp) {
 mod stored_hashes {
     use super::*;
 
-    crate::both_backends_with!(crate::helpers::production_hashing; passwords_are_stored_as_argon2id);
+    crate::backends! { app: passwords_are_stored_as_argon2id => production_hashing }
 
     async fn passwords_are_stored_as_argon2id(app: &TestApp) {
         app.sign_up("one@example.com").await;
@@ -434,19 +436,7 @@ async fn oversized_requests_are_refused(app: &TestApp) {
     app.sign_up("after@example.com").await;
 }
 
-/// A hash made with old parameters is upgraded at the next sign-in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_hash_parameters_are_upgraded_at_sign_in_sqlite() {
-    upgrade_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn old_hash_parameters_are_upgraded_at_sign_in_postgres() {
-    upgrade_on(Backend::Postgres).await;
-}
-
-async fn upgrade_on(backend: Backend) {
+async fn old_hash_parameters_are_upgraded_at_sign_in(backend: Backend) {
     let Some(mut old) = spawn_app_with(backend, |c| {
         c.argon2_memory_kib = 8192;
         c.argon2_iterations = 3;

@@ -11,7 +11,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     helpers::TestDb,
-    shutdown::{ServerProcess, process_tests, with_key},
+    shutdown::{ServerProcess, with_key},
 };
 
 /// Reads from a socket the server should close: how long until it did, or `None` if it was
@@ -163,9 +163,10 @@ async fn one_connection_carries_at_most_the_stream_limit(db: &TestDb) {
     assert!(health_check(server.channel.clone(), Duration::from_secs(2)).await, "served once a stream ended");
 }
 
-process_tests!(
-    idle_connections_are_closed_but_not_busy_ones,
-    at_the_connection_cap_established_clients_are_served,
-    out_of_file_descriptors_the_accept_loop_backs_off,
-    one_connection_carries_at_most_the_stream_limit
-);
+crate::backends! {
+    (fixture crate::helpers::TestDb):
+        idle_connections_are_closed_but_not_busy_ones,
+        at_the_connection_cap_established_clients_are_served,
+        out_of_file_descriptors_the_accept_loop_backs_off,
+        one_connection_carries_at_most_the_stream_limit;
+}

@@ -68,7 +68,7 @@ const SIGN_IN: &str = "/gatehouse.v1.AuthService/SignIn";
 mod messages {
     use super::*;
 
-    crate::both_backends!(malformed_messages_are_invalid_argument, oversized_messages_are_resource_exhausted);
+    crate::backends! { app: malformed_messages_are_invalid_argument, oversized_messages_are_resource_exhausted }
 }
 
 /// Bytes that are not a valid protobuf message are the caller's fault.
@@ -115,7 +115,7 @@ mod deadlines {
         c.request_timeout = Duration::from_millis(200);
     }
 
-    crate::both_backends_with!(super::deadlines::slow_hashing; requests_past_their_deadline_are_deadline_exceeded);
+    crate::backends! { app: requests_past_their_deadline_are_deadline_exceeded => slow_hashing }
 }
 
 /// The server's own bound ends a call with DEADLINE_EXCEEDED, not CANCELLED.
@@ -152,7 +152,7 @@ mod storms {
         c.db_acquire_timeout = Duration::from_secs(10);
     }
 
-    crate::both_backends_with!(super::storms::storm_config; abandoned_sign_ins_are_not_hashed);
+    crate::backends! { app: abandoned_sign_ins_are_not_hashed => storm_config }
 }
 
 /// What a storm of sign-ins with a short client deadline got.
@@ -238,7 +238,7 @@ async fn abandoned_sign_ins_are_not_hashed(app: &TestApp) {
 
 /// A relay that accepts connections and never speaks: each attempt ends at
 /// GATEHOUSE_SMTP_TIMEOUT and the message is retried with backoff until the relay answers.
-async fn a_stuck_relay_is_timed_out_and_retried_on(backend: Backend) {
+async fn a_stuck_relay_is_timed_out_and_retried(backend: Backend) {
     let mut smtp = SmtpServer::start().await;
     smtp.set_silent(true);
     let Some(app) = spawn_app_with(backend, |c| {
@@ -267,13 +267,4 @@ async fn a_stuck_relay_is_timed_out_and_retried_on(backend: Backend) {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_relay_is_timed_out_and_retried_sqlite() {
-    a_stuck_relay_is_timed_out_and_retried_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn a_stuck_relay_is_timed_out_and_retried_postgres() {
-    a_stuck_relay_is_timed_out_and_retried_on(Backend::Postgres).await;
-}
+crate::backends! { own: a_stuck_relay_is_timed_out_and_retried }

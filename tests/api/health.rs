@@ -8,11 +8,11 @@ use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use crate::{
-    both_backends,
+    backends,
     helpers::{Backend, TestApp, TestDb, spawn_app_with},
 };
 
-both_backends!(health_turns_not_serving_when_the_database_goes_away, reflection_lists_both_services);
+backends! { app: health_turns_not_serving_when_the_database_goes_away, reflection_lists_both_services }
 
 /// Waits (bounded) until the watched status of the whole server is `want`.
 async fn wait_for(app: &TestApp, want: ServingStatus) {

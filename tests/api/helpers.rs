@@ -459,13 +459,126 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Runs each named behaviour as a test on SQLite and on PostgreSQL. The database of a failed
-/// test is kept for inspection.
+/// Runs each behaviour as a test on SQLite and on PostgreSQL: the one shape of a test in this
+/// suite. Groups name how a behaviour is set up; `=> tweak` adjusts its configuration first
+/// (a `fn(&mut Config)`, named as from the invoking module):
+///
+/// ```text
+/// backends! {
+///     app: sign_in_round_trip, stored_hash_is_argon2id => production_hashing;  // async fn(&TestApp)
+///     mail: sign_up_sends_a_link => require_verification;  // async fn(&TestApp, &mut SmtpServer)
+///     own: two_servers_on_one_database;                    // async fn(Backend): sets itself up
+///     (fixture Env): google_sign_in;                       // async fn(&Env), Env: Fixture
+/// }
+/// ```
+///
+/// The twins are `sqlite::name` and `postgres::name`. Without `TEST_POSTGRES_URL` the PostgreSQL
+/// twin is reported as ignored (build.rs sets the cfg; CI=true always sets it, so a missing URL
+/// fails there). A group written `(own redis)` or `(fixture redis T)` also needs Redis. The
+/// database of a failed test is kept for inspection.
 #[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $crate::both_backends_with!($crate::helpers::no_tweak; $($name),*);
+macro_rules! backends {
+    ($( $kind:tt : $( $name:ident $(=> $tweak:path)? ),* $(,)? );* $(;)?) => {
+        mod sqlite {
+            $( $( $crate::backends!(@test Sqlite $kind $name [$($tweak)?]); )* )*
+        }
+        mod postgres {
+            $( $( $crate::backends!(@test Postgres $kind $name [$($tweak)?]); )* )*
+        }
     };
+    (@test Sqlite (own redis) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
+        async fn $name() { $crate::backends!(@run Sqlite (own) [$($tweak)?] $name); }
+    };
+    (@test Postgres (own redis) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(all(gatehouse_test_redis, gatehouse_test_postgres)),
+            ignore = "TEST_REDIS_URL or TEST_POSTGRES_URL is not set"
+        )]
+        async fn $name() { $crate::backends!(@run Postgres (own) [$($tweak)?] $name); }
+    };
+    (@test Sqlite (fixture redis $t:ty) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
+        async fn $name() { $crate::backends!(@run Sqlite (fixture $t) [$($tweak)?] $name); }
+    };
+    (@test Postgres (fixture redis $t:ty) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(all(gatehouse_test_redis, gatehouse_test_postgres)),
+            ignore = "TEST_REDIS_URL or TEST_POSTGRES_URL is not set"
+        )]
+        async fn $name() { $crate::backends!(@run Postgres (fixture $t) [$($tweak)?] $name); }
+    };
+    (@test Sqlite $kind:tt $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() { $crate::backends!(@run Sqlite $kind [$($tweak)?] $name); }
+    };
+    (@test Postgres $kind:tt $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+        async fn $name() { $crate::backends!(@run Postgres $kind [$($tweak)?] $name); }
+    };
+    (@run $backend:ident app [$($tweak:path)?] $name:ident) => {
+        // The tweak is named as from the invoking module.
+        #[allow(unused_imports)]
+        use super::*;
+        let tweak = $crate::backends!(@tweak $($tweak)?);
+        if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::$backend, tweak).await {
+            super::$name(&app).await;
+            app.finish().await;
+        }
+    };
+    (@run $backend:ident mail [$($tweak:path)?] $name:ident) => {
+        #[allow(unused_imports)]
+        use super::*;
+        let tweak = $crate::backends!(@tweak $($tweak)?);
+        $crate::helpers::run_with_mail($crate::helpers::Backend::$backend, tweak, |app, smtp| {
+            Box::pin(super::$name(app, smtp))
+        })
+        .await;
+    };
+    (@run $backend:ident (own) [] $name:ident) => {
+        super::$name($crate::helpers::Backend::$backend).await;
+    };
+    (@run $backend:ident own [] $name:ident) => {
+        super::$name($crate::helpers::Backend::$backend).await;
+    };
+    (@run $backend:ident (fixture $t:ty) [$($tweak:path)?] $name:ident) => {
+        #[allow(unused_imports)]
+        use super::*;
+        let tweak = $crate::backends!(@tweak $($tweak)?);
+        if let Some(fixture) =
+            <$t as $crate::helpers::Fixture>::start($crate::helpers::Backend::$backend, tweak).await
+        {
+            super::$name(&fixture).await;
+            $crate::helpers::Fixture::finish(fixture).await;
+        }
+    };
+    (@tweak) => { $crate::helpers::no_tweak as fn(&mut gatehouse::Config) };
+    (@tweak $tweak:path) => { $tweak as fn(&mut gatehouse::Config) };
+}
+
+/// What a `(fixture T)` group of [`backends!`] sets up for each test: started on a backend
+/// (`None`: the backend is not configured here) and finished after the body passes.
+pub trait Fixture: Sized {
+    /// Starts on `backend`, with `tweak` applied to the server configuration.
+    async fn start(backend: Backend, tweak: fn(&mut Config)) -> Option<Self>;
+    /// Cleans up after a passing test.
+    async fn finish(self);
+}
+
+/// A test database alone, for tests that start the server binary themselves.
+impl Fixture for TestDb {
+    async fn start(backend: Backend, _tweak: fn(&mut Config)) -> Option<Self> {
+        TestDb::create(backend).await
+    }
+
+    async fn finish(self) {
+        self.drop_database().await;
+    }
 }
 
 /// The default test configuration.
@@ -477,95 +590,6 @@ pub fn production_hashing(config: &mut Config) {
     config.argon2_memory_kib = defaults.argon2_memory_kib;
     config.argon2_iterations = defaults.argon2_iterations;
     config.argon2_parallelism = defaults.argon2_parallelism;
-}
-
-/// Runs each `async fn(Backend)` as a test on SQLite and on PostgreSQL, for behaviours that set
-/// up their own servers (several per test, or with stand-ins whose addresses the
-/// configuration needs): `each_backend!(name, ...)`.
-#[macro_export]
-macro_rules! each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-/// [`both_backends!`] with a configuration tweak: `both_backends_with!(tweak; name, ...)`.
-#[macro_export]
-macro_rules! both_backends_with {
-    ($tweak:path; $($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, $tweak).await {
-                        super::$name(&app).await;
-                        app.finish().await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    if let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, $tweak).await {
-                        super::$name(&app).await;
-                        app.finish().await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-/// Like [`both_backends!`], for behaviours that need mail: each test gets a loopback SMTP
-/// server wired into the server's configuration, plus its own configuration tweak.
-/// Use as `mail_backends!(name => tweak, ...)` with `async fn name(&TestApp, &mut SmtpServer)`
-/// and `fn tweak(&mut Config)`.
-#[macro_export]
-macro_rules! mail_backends {
-    ($($name:ident => $tweak:ident),* $(,)?) => {
-        mod sqlite_mail {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $crate::helpers::run_with_mail($crate::helpers::Backend::Sqlite, super::$tweak, |app, smtp| {
-                        Box::pin(super::$name(app, smtp))
-                    })
-                    .await;
-                }
-            )*
-        }
-        mod postgres_mail {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    $crate::helpers::run_with_mail($crate::helpers::Backend::Postgres, super::$tweak, |app, smtp| {
-                        Box::pin(super::$name(app, smtp))
-                    })
-                    .await;
-                }
-            )*
-        }
-    };
 }
 
 /// Starts an SMTP server and an app mailing to it, runs `body`, and cleans up after success.

@@ -111,10 +111,11 @@ async fn implicit_tls_refused_without_the_relays_ca(backend: Backend) {
     refused_unless_the_bundle_holds_the_relays_ca(backend, RelayTls::Implicit).await;
 }
 
-crate::each_backend!(
-    starttls_through_a_private_ca,
-    implicit_tls_through_a_private_ca,
-    starttls_refused_without_the_relays_ca,
-    implicit_tls_refused_without_the_relays_ca,
-    a_bundle_without_certificates_stops_the_start,
-);
+crate::backends! {
+    own:
+        starttls_through_a_private_ca,
+        implicit_tls_through_a_private_ca,
+        starttls_refused_without_the_relays_ca,
+        implicit_tls_refused_without_the_relays_ca,
+        a_bundle_without_certificates_stops_the_start;
+}

@@ -418,20 +418,21 @@ async fn metrics_count_the_traffic(app: &TestApp) {
     }
 }
 
-crate::both_backends_with!(
-    super::mesh_config;
-    access_tokens_verify_offline,
-    introspection_follows_the_session,
-    rotation_keeps_old_tokens_until_they_expire,
-    tokens_of_another_type_are_refused,
-    tokens_of_an_unpublished_key_are_refused,
-    admin_needs_service_credentials,
-    metrics_count_the_traffic,
-);
+crate::backends! {
+    app:
+        access_tokens_verify_offline => mesh_config,
+        introspection_follows_the_session => mesh_config,
+        rotation_keeps_old_tokens_until_they_expire => mesh_config,
+        tokens_of_another_type_are_refused => mesh_config,
+        tokens_of_an_unpublished_key_are_refused => mesh_config,
+        admin_needs_service_credentials => mesh_config,
+        metrics_count_the_traffic => mesh_config;
+    own: watch_across_replicas, rotation_across_replicas, hs256_compatibility_mode;
+}
 
 /// Revocations made on one replica reach a watcher on another within a second, and a watcher
 /// that reconnects resumes from its last id without losing any.
-async fn watch_across_replicas_on(backend: Backend) {
+async fn watch_across_replicas(backend: Backend) {
     let Some(one) = spawn_app_with(backend, mesh_config).await else { return };
     let two = spawn_on(one.db.clone(), mesh_config).await;
     let mut sessions = Vec::new();
@@ -483,17 +484,6 @@ async fn watch_across_replicas_on(backend: Backend) {
     let mut two = two;
     two.stop().await;
     one.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_across_replicas_sqlite() {
-    watch_across_replicas_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn watch_across_replicas_postgres() {
-    watch_across_replicas_on(Backend::Postgres).await;
 }
 
 /// What a verifier has seen: every token still unexpired, and every key set it may still hold
@@ -551,7 +541,7 @@ async fn sample(apps: &[&TestApp], session: &str, verifier: &mut Verifier, momen
 /// with a 200 ms key check interval and a 1 min JWKS max-age: at every sampled moment every
 /// unexpired token from either replica verifies against the key set served by either
 /// replica, and against any copy a verifier cached within the max-age.
-async fn rotation_across_replicas_on(backend: Backend) {
+async fn rotation_across_replicas(backend: Backend) {
     let check = Duration::from_millis(200);
     let tweak = move |c: &mut Config| {
         mesh_config(c);
@@ -604,20 +594,9 @@ async fn rotation_across_replicas_on(backend: Backend) {
     one.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_across_replicas_sqlite() {
-    rotation_across_replicas_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn rotation_across_replicas_postgres() {
-    rotation_across_replicas_on(Backend::Postgres).await;
-}
-
 /// HS256 compatibility: existing code that checks an HMAC with the shared secret and reads
 /// `sub` keeps working.
-async fn hs256_compat_on(backend: Backend) {
+async fn hs256_compatibility_mode(backend: Backend) {
     const SHARED: &str = "better-auth-shared-secret-0123456789";
     let Some(app) = spawn_app_with(backend, |c| {
         mesh_config(c);
@@ -652,15 +631,4 @@ async fn hs256_compat_on(backend: Backend) {
     };
     assert!(!introspect(&app, &other).await.active, "a JWT of another type is refused");
     app.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hs256_compatibility_mode_sqlite() {
-    hs256_compat_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn hs256_compatibility_mode_postgres() {
-    hs256_compat_on(Backend::Postgres).await;
 }

@@ -189,35 +189,18 @@ impl Env {
     }
 }
 
-macro_rules! oauth_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(env) = super::Env::start($crate::helpers::Backend::Sqlite).await {
-                        super::$name(&env).await;
-                        env.finish().await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    if let Some(env) = super::Env::start($crate::helpers::Backend::Postgres).await {
-                        super::$name(&env).await;
-                        env.finish().await;
-                    }
-                }
-            )*
-        }
-    };
+impl crate::helpers::Fixture for Env {
+    async fn start(backend: Backend, _tweak: fn(&mut gatehouse::Config)) -> Option<Self> {
+        Env::start(backend).await
+    }
+
+    async fn finish(self) {
+        Env::finish(self).await;
+    }
 }
 
-oauth_tests!(
+crate::backends! {
+    (fixture Env):
     google_sign_in_creates_a_verified_user,
     returning_user_signs_in_to_the_same_account,
     github_uses_the_primary_verified_email,
@@ -245,8 +228,8 @@ oauth_tests!(
     asserted_links_survive_the_owners_reset,
     linking_tells_the_owner,
     provider_only_accounts_reauthenticate_by_a_recent_sign_in,
-    a_refresh_against_an_unavailable_provider_is_unavailable,
-);
+    a_refresh_against_an_unavailable_provider_is_unavailable;
+}
 
 async fn google_sign_in_creates_a_verified_user(env: &Env) {
     let started = env.start_flow("google", GOOGLE_REDIRECT, None).await.unwrap();

@@ -4,20 +4,21 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::{
-    both_backends,
+    backends,
     helpers::{PASSWORD, TestApp, bearer, violated_fields},
 };
 use gatehouse::proto::v1 as pb;
 
-both_backends!(
+backends! {
+    app:
     new_users_have_an_empty_profile,
     partial_update_changes_only_masked_fields,
     background_fields_need_consent,
     withdrawing_consent_erases_background,
     sign_up_with_profile_stores_it,
     sign_up_with_profile_is_all_or_nothing,
-    bad_profile_updates_name_the_field,
-);
+    bad_profile_updates_name_the_field;
+}
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
@@ -218,7 +219,7 @@ mod contention {
         c.db_acquire_timeout = std::time::Duration::from_secs(10);
     }
 
-    crate::both_backends_with!(super::contention::roomy_pool; conflicting_updates_succeed_or_abort);
+    crate::backends! { app: conflicting_updates_succeed_or_abort => roomy_pool }
 }
 
 /// Many concurrent updates of one profile: each is retried until it applies, and one that

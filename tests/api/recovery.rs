@@ -9,26 +9,25 @@ use gatehouse::{Config, proto::v1 as pb};
 use tonic::Code;
 
 use crate::{
+    backends,
     helpers::{PASSWORD, TestApp, bearer, violated_fields},
-    mail_backends,
     smtp::SmtpServer,
 };
 
-mail_backends!(
-    sign_up_sends_a_link_that_verifies_the_email => defaults,
-    verification_links_are_single_use_superseded_and_expiring => defaults,
-    tokens_are_bound_to_their_purpose => defaults,
-    password_reset_ends_every_session => defaults,
-    reset_links_expire_after_an_hour => defaults,
-    concurrent_redemptions_of_one_token_succeed_once => defaults,
-    reset_for_an_unknown_email_is_indistinguishable => defaults,
-    email_change_happens_when_the_new_address_is_confirmed => defaults,
+backends! {
+    mail:
+    sign_up_sends_a_link_that_verifies_the_email,
+    verification_links_are_single_use_superseded_and_expiring,
+    tokens_are_bound_to_their_purpose,
+    password_reset_ends_every_session,
+    reset_links_expire_after_an_hour,
+    concurrent_redemptions_of_one_token_succeed_once,
+    reset_for_an_unknown_email_is_indistinguishable,
+    email_change_happens_when_the_new_address_is_confirmed,
     required_verification_hides_duplicate_sign_ups => require_verification,
-    mail_is_retried_when_the_relay_fails => defaults,
-    tokens_are_stored_hashed => defaults,
-);
-
-fn defaults(_: &mut Config) {}
+    mail_is_retried_when_the_relay_fails,
+    tokens_are_stored_hashed;
+}
 
 fn require_verification(c: &mut Config) {
     c.require_email_verification = true;

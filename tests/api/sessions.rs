@@ -4,19 +4,20 @@ use chrono::TimeDelta;
 use tonic::Code;
 
 use crate::{
-    both_backends,
+    backends,
     helpers::{PASSWORD, TestApp, bearer},
 };
 use gatehouse::proto::v1 as pb;
 
-both_backends!(
+backends! {
+    app:
     idle_timeout_slides_with_use,
     absolute_lifetime_ends_even_an_active_session,
     last_active_is_written_once_per_refresh_interval,
     list_sessions_marks_the_current_one,
     revoke_one_session,
-    revoke_other_sessions_spares_other_users,
-);
+    revoke_other_sessions_spares_other_users;
+}
 
 const IDLE: TimeDelta = TimeDelta::days(7);
 const TTL: TimeDelta = TimeDelta::days(30);

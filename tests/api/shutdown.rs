@@ -221,37 +221,9 @@ async fn sigterm_under_load_exits_within_the_grace(db: &TestDb) {
     eprintln!("loaded server ({served} sign-ins) exited {:?} after SIGTERM", sent.elapsed());
 }
 
-/// Runs each `async fn(&TestDb)` once on SQLite and once on PostgreSQL.
-macro_rules! process_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::helpers::TestDb::create(crate::helpers::Backend::Sqlite).await.unwrap();
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    if let Some(db) = crate::helpers::TestDb::create(crate::helpers::Backend::Postgres).await {
-                        super::$name(&db).await;
-                        db.drop_database().await;
-                    }
-                }
-            )*
-        }
-    };
+crate::backends! {
+    (fixture crate::helpers::TestDb):
+        sigterm_ends_an_idle_server,
+        sigterm_ends_open_streams_and_reports_not_serving,
+        sigterm_under_load_exits_within_the_grace;
 }
-
-pub(crate) use process_tests;
-
-process_tests!(
-    sigterm_ends_an_idle_server,
-    sigterm_ends_open_streams_and_reports_not_serving,
-    sigterm_under_load_exits_within_the_grace
-);

@@ -44,13 +44,4 @@ async fn user_and_profile_are_one_transaction(backend: Backend) {
     db.drop_database().await;
 }
 
-#[tokio::test]
-async fn user_and_profile_are_one_transaction_sqlite() {
-    user_and_profile_are_one_transaction(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn user_and_profile_are_one_transaction_postgres() {
-    user_and_profile_are_one_transaction(Backend::Postgres).await;
-}
+crate::backends! { own: user_and_profile_are_one_transaction }

@@ -16,73 +16,74 @@ use crate::helpers::{Backend, PASSWORD, TestApp, TestDb, bearer, from_ip, spawn_
 
 const GITHUB_REDIRECT: &str = "https://app.example/auth/github/callback";
 
-/// Runs each `name => tweak` behaviour, `async fn name(&[&TestApp])`, on one server per
-/// database backend (in-process counters) and on two replicas sharing Redis counters.
-macro_rules! throttle_tests {
-    ($($name:ident => $tweak:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Sqlite, super::$tweak).await
-                    else { return };
-                    super::$name(&[&app]).await;
-                    app.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-                async fn $name() {
-                    let Some(app) = $crate::helpers::spawn_app_with($crate::helpers::Backend::Postgres, super::$tweak).await
-                    else { return };
-                    super::$name(&[&app]).await;
-                    app.finish().await;
-                }
-            )*
-        }
-        mod redis_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(not(gatehouse_test_redis), ignore = "TEST_REDIS_URL is not set")]
-                async fn $name() {
-                    let Some((one, two)) = super::replicas($crate::helpers::Backend::Sqlite, super::$tweak).await
-                    else { return };
-                    super::$name(&[&one, &two]).await;
-                    two.stop_only().await;
-                    one.finish().await;
-                }
-            )*
-        }
-        mod redis_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[cfg_attr(
-                    not(all(gatehouse_test_redis, gatehouse_test_postgres)),
-                    ignore = "TEST_REDIS_URL or TEST_POSTGRES_URL is not set"
-                )]
-                async fn $name() {
-                    let Some((one, two)) = super::replicas($crate::helpers::Backend::Postgres, super::$tweak).await
-                    else { return };
-                    super::$name(&[&one, &two]).await;
-                    two.stop_only().await;
-                    one.finish().await;
-                }
-            )*
-        }
-    };
+crate::backends! {
+    (fixture OneServer):
+        a_guesser_on_many_addresses_meets_the_account_limit => account_limit,
+        the_global_ceiling_holds_when_emails_and_addresses_vary => global_ceiling,
+        ipv6_clients_are_counted_by_network => ipv6_per_ip,
+        start_oauth_is_limited_per_address => oauth_start_limit;
 }
 
-throttle_tests!(
-    a_guesser_on_many_addresses_meets_the_account_limit => account_limit,
-    the_global_ceiling_holds_when_emails_and_addresses_vary => global_ceiling,
-    ipv6_clients_are_counted_by_network => ipv6_per_ip,
-    start_oauth_is_limited_per_address => oauth_start_limit,
-);
+/// The same behaviours on two replicas sharing Redis counters.
+mod redis {
+    use super::*;
+
+    crate::backends! {
+        (fixture redis Replicas):
+            a_guesser_on_many_addresses_meets_the_account_limit => account_limit,
+            the_global_ceiling_holds_when_emails_and_addresses_vary => global_ceiling,
+            ipv6_clients_are_counted_by_network => ipv6_per_ip,
+            start_oauth_is_limited_per_address => oauth_start_limit;
+    }
+}
+
+/// One server with in-process counters.
+pub struct OneServer(Vec<TestApp>);
+
+impl std::ops::Deref for OneServer {
+    type Target = [TestApp];
+    fn deref(&self) -> &[TestApp] {
+        &self.0
+    }
+}
+
+impl crate::helpers::Fixture for OneServer {
+    async fn start(backend: Backend, tweak: fn(&mut Config)) -> Option<Self> {
+        Some(OneServer(vec![spawn_app_with(backend, tweak).await?]))
+    }
+
+    async fn finish(mut self) {
+        if let Some(app) = self.0.pop() {
+            app.finish().await;
+        }
+    }
+}
 
 /// Two servers on one database whose counters live under one fresh Redis prefix.
+pub struct Replicas(Vec<TestApp>);
+
+impl std::ops::Deref for Replicas {
+    type Target = [TestApp];
+    fn deref(&self) -> &[TestApp] {
+        &self.0
+    }
+}
+
+impl crate::helpers::Fixture for Replicas {
+    async fn start(backend: Backend, tweak: fn(&mut Config)) -> Option<Self> {
+        let (one, two) = replicas(backend, tweak).await?;
+        Some(Replicas(vec![one, two]))
+    }
+
+    async fn finish(mut self) {
+        if let (Some(two), Some(one)) = (self.0.pop(), self.0.pop()) {
+            two.stop_only().await;
+            one.finish().await;
+        }
+    }
+}
+
+/// Two servers on one database, counting under one fresh Redis prefix.
 async fn replicas(backend: Backend, tweak: fn(&mut Config)) -> Option<(TestApp, TestApp)> {
     let url = crate::abuse::redis_url().await?;
     let prefix = format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple());
@@ -97,7 +98,7 @@ async fn replicas(backend: Backend, tweak: fn(&mut Config)) -> Option<(TestApp, 
 }
 
 /// Moves every replica's clock.
-fn advance(apps: &[&TestApp], by: TimeDelta) {
+fn advance(apps: &[TestApp], by: TimeDelta) {
     for app in apps {
         app.clock.advance(by);
     }
@@ -118,22 +119,22 @@ fn account_limit(c: &mut Config) {
     c.rate_sign_in_per_email = Config::default_for_test().rate_sign_in_per_email;
 }
 
-async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[&TestApp]) {
+async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[TestApp]) {
     let email = "target@example.com";
     let session = apps[0].sign_up(email).await.session_token;
     apps[0].sign_up("bystander@example.com").await;
     // Twenty attempts, each from its own address (so no per-IP or per-email-and-IP limit is
     // near), spread over the replicas; and as many for an address without an account.
     for i in 0..20 {
-        let app = apps[i % apps.len()];
+        let app = &apps[i % apps.len()];
         sign_in(app, email, PASSWORD, &format!("198.51.100.{}", i + 1)).await.unwrap();
         let unknown = sign_in(app, "nobody@example.com", PASSWORD, &format!("203.0.113.{}", i + 1)).await;
         assert_eq!(unknown.unwrap_err().code(), Code::Unauthenticated);
     }
     // The next one, from yet another address and spelled differently, meets the account's
     // limit, right password or not; the address without an account gets the same answer.
-    let known = sign_in(apps[apps.len() - 1], " Target@Example.COM", PASSWORD, "192.0.2.1").await.unwrap_err();
-    let unknown = sign_in(apps[0], "nobody@example.com", PASSWORD, "192.0.2.2").await.unwrap_err();
+    let known = sign_in(&apps[apps.len() - 1], " Target@Example.COM", PASSWORD, "192.0.2.1").await.unwrap_err();
+    let unknown = sign_in(&apps[0], "nobody@example.com", PASSWORD, "192.0.2.2").await.unwrap_err();
     let delay = retry_delay(&known);
     assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(15 * 60), "{delay:?}");
     assert_eq!(
@@ -142,7 +143,7 @@ async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[&TestApp]) 
         "the same answer whether the address has an account or not"
     );
     // The limit is the account's, not the addresses': others sign in from those addresses.
-    sign_in(apps[0], "bystander@example.com", PASSWORD, "192.0.2.1").await.unwrap();
+    sign_in(&apps[0], "bystander@example.com", PASSWORD, "192.0.2.1").await.unwrap();
 
     // Audited against the account, in its owner's history; without a user for the other address.
     let mut attributed = Vec::new();
@@ -171,7 +172,7 @@ async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[&TestApp]) 
 
     // The budget comes back with time.
     advance(apps, TimeDelta::minutes(15) + TimeDelta::seconds(1));
-    sign_in(apps[0], email, PASSWORD, "192.0.2.3").await.unwrap();
+    sign_in(&apps[0], email, PASSWORD, "192.0.2.3").await.unwrap();
 }
 
 /// A low global ceiling (10 sign-ins a minute in all).
@@ -179,11 +180,11 @@ fn global_ceiling(c: &mut Config) {
     c.rate_sign_in_global = "10/1m".parse().unwrap();
 }
 
-async fn the_global_ceiling_holds_when_emails_and_addresses_vary(apps: &[&TestApp]) {
+async fn the_global_ceiling_holds_when_emails_and_addresses_vary(apps: &[TestApp]) {
     // Every attempt names another email from another address: no narrower limit applies.
     for i in 0..10 {
         let refused =
-            sign_in(apps[i % apps.len()], &format!("spray{i}@example.com"), "a guess", &format!("198.51.100.{i}"))
+            sign_in(&apps[i % apps.len()], &format!("spray{i}@example.com"), "a guess", &format!("198.51.100.{i}"))
                 .await
                 .unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
@@ -194,9 +195,9 @@ async fn the_global_ceiling_holds_when_emails_and_addresses_vary(apps: &[&TestAp
         assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(60), "{delay:?}");
     }
     let audited = "SELECT event FROM audit_events WHERE reason = 'sign_in_global'";
-    assert!(eventually_some(apps[0], audited).await, "ceiling hits are audited");
+    assert!(eventually_some(&apps[0], audited).await, "ceiling hits are audited");
     advance(apps, TimeDelta::seconds(61));
-    let again = sign_in(apps[0], "spray-later@example.com", "a guess", "203.0.113.100").await.unwrap_err();
+    let again = sign_in(&apps[0], "spray-later@example.com", "a guess", "203.0.113.100").await.unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated, "the ceiling lifts: {again:?}");
 }
 
@@ -217,18 +218,18 @@ fn ipv6_per_ip(c: &mut Config) {
     c.rate_sign_in_per_ip = "3/1m".parse().unwrap();
 }
 
-async fn ipv6_clients_are_counted_by_network(apps: &[&TestApp]) {
+async fn ipv6_clients_are_counted_by_network(apps: &[TestApp]) {
     let n = apps.len();
     // Three addresses of one /64: one budget.
     for (i, ip) in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"].into_iter().enumerate() {
-        let refused = sign_in(apps[i % n], &format!("v6-{i}@example.com"), "a guess", ip).await.unwrap_err();
+        let refused = sign_in(&apps[i % n], &format!("v6-{i}@example.com"), "a guess", ip).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     }
-    let over = sign_in(apps[n - 1], "v6-next@example.com", "a guess", "2001:db8:1:2:abcd::9").await.unwrap_err();
+    let over = sign_in(&apps[n - 1], "v6-next@example.com", "a guess", "2001:db8:1:2:abcd::9").await.unwrap_err();
     retry_delay(&over);
     // The neighbouring /64 is another client, and so is an IPv4 address.
     for ip in ["2001:db8:1:3::1", "198.51.100.1"] {
-        let refused = sign_in(apps[0], "v6-other@example.com", "a guess", ip).await.unwrap_err();
+        let refused = sign_in(&apps[0], "v6-other@example.com", "a guess", ip).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated, "{ip}: {refused:?}");
     }
     // Audit records keep the full address.
@@ -253,21 +254,21 @@ async fn start_oauth(app: &TestApp, ip: &str) -> Result<pb::StartOAuthResponse, 
     app.auth().start_o_auth(request).await.map(tonic::Response::into_inner)
 }
 
-async fn start_oauth_is_limited_per_address(apps: &[&TestApp]) {
+async fn start_oauth_is_limited_per_address(apps: &[TestApp]) {
     let n = apps.len();
     for i in 0..3 {
-        start_oauth(apps[i % n], "198.51.100.7").await.unwrap();
+        start_oauth(&apps[i % n], "198.51.100.7").await.unwrap();
     }
-    let over = start_oauth(apps[n - 1], "198.51.100.7").await.unwrap_err();
+    let over = start_oauth(&apps[n - 1], "198.51.100.7").await.unwrap_err();
     let delay = retry_delay(&over);
     assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(60), "{delay:?}");
     // A refused start stores nothing; another address starts.
     assert_eq!(apps[0].db.count("oauth_states").await, 3);
-    start_oauth(apps[0], "198.51.100.8").await.unwrap();
+    start_oauth(&apps[0], "198.51.100.8").await.unwrap();
     let audited = "SELECT event FROM audit_events WHERE reason = 'oauth_start_ip'";
-    assert!(eventually_some(apps[0], audited).await, "the hit is audited");
+    assert!(eventually_some(&apps[0], audited).await, "the hit is audited");
     advance(apps, TimeDelta::seconds(61));
-    start_oauth(apps[0], "198.51.100.7").await.unwrap();
+    start_oauth(&apps[0], "198.51.100.7").await.unwrap();
     assert_eq!(apps[0].db.count("oauth_states").await, 5);
 }
 

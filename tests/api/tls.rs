@@ -68,7 +68,7 @@ async fn healthy(channel: Result<Channel, tonic::transport::Error>) -> bool {
     }
 }
 
-async fn mutual_tls_on(backend: Backend) {
+async fn mutual_tls(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("Gatehouse test CA");
     let (cert, key) = ca.leaf("localhost", &["localhost"]);
@@ -107,18 +107,7 @@ async fn mutual_tls_on(backend: Backend) {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_sqlite() {
-    mutual_tls_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn mutual_tls_postgres() {
-    mutual_tls_on(Backend::Postgres).await;
-}
-
-async fn certificates_reload_on(backend: Backend) {
+async fn certificates_reload_without_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (Ca::new("Old CA"), Ca::new("New CA"));
     let (cert, key) = old_ca.leaf("localhost", &["localhost"]);
@@ -149,16 +138,7 @@ async fn certificates_reload_on(backend: Backend) {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_reload_without_restart_sqlite() {
-    certificates_reload_on(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn certificates_reload_without_restart_postgres() {
-    certificates_reload_on(Backend::Postgres).await;
-}
+crate::backends! { own: mutual_tls, certificates_reload_without_restart }
 
 /// Production mode refuses plaintext, except on loopback behind a sidecar when allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
