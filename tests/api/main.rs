@@ -1,5 +1,7 @@
 //! The integration suite: one binary, every behaviour run against the real server over gRPC,
 //! once on SQLite and once on PostgreSQL.
+// A failed expectation in a test is a panic by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
 mod smtp;

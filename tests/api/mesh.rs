@@ -400,20 +400,36 @@ async fn admin_needs_service_credentials(app: &TestApp) {
     assert_eq!(gone.code(), Code::NotFound);
 }
 
-async fn metrics_count_the_traffic(app: &TestApp) {
-    app.sign_up("metrics@example.com").await;
-    app.sign_in("metrics@example.com", "not the password").await.unwrap_err();
-    app.sign_in("metrics@example.com", PASSWORD).await.unwrap();
-    let body = reqwest::get(format!("http://{}/metrics", app.http_addr)).await.unwrap().text().await.unwrap();
-    for needle in [
-        r#"gatehouse_rpc_requests_total{method="/gatehouse.v1.AuthService/SignIn",code="Ok"}"#,
-        r#"gatehouse_rpc_requests_total{method="/gatehouse.v1.AuthService/SignIn",code="Unauthenticated"}"#,
-        r#"gatehouse_rpc_duration_seconds_bucket{le="#,
-        "gatehouse_sign_in_failures_total",
-        "gatehouse_password_hash_queue_depth",
-        "gatehouse_db_pool_connections",
-        "gatehouse_db_pool_max_connections 5",
-    ] {
+/// The counters count this test's own calls exactly: the server runs as a child process, so
+/// its process-wide registry holds no other test's traffic.
+async fn metrics_count_the_traffic(db: &crate::helpers::TestDb) {
+    use gatehouse::proto::v1::auth_service_client::AuthServiceClient;
+    let server = crate::shutdown::ServerProcess::start(db, &[]).await;
+    let mut auth = AuthServiceClient::new(server.channel.clone());
+    let email = "metrics@example.com";
+    let sign_up = pb::SignUpRequest { email: email.into(), password: PASSWORD.into(), name: "M".into(), profile: None };
+    auth.sign_up(sign_up).await.unwrap();
+    let wrong = pb::SignInRequest { email: email.into(), password: "not the password".into() };
+    assert_eq!(auth.sign_in(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    for _ in 0..2 {
+        auth.sign_in(pb::SignInRequest { email: email.into(), password: PASSWORD.into() }).await.unwrap();
+    }
+    let body = reqwest::get(format!("http://{}/metrics", server.http_addr)).await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+    };
+    let rpc = |method: &str, code: &str| {
+        value(&format!(r#"gatehouse_rpc_requests_total{{method="/gatehouse.v1.AuthService/{method}",code="{code}"}}"#))
+    };
+    assert_eq!(rpc("SignUp", "Ok"), 1.0);
+    assert_eq!(rpc("SignIn", "Ok"), 2.0);
+    assert_eq!(rpc("SignIn", "Unauthenticated"), 1.0);
+    assert_eq!(value("gatehouse_sign_in_failures_total"), 1.0);
+    assert_eq!(value("gatehouse_password_hash_queue_depth"), 0.0);
+    assert!(value("gatehouse_db_pool_max_connections") >= 1.0);
+    for needle in [r#"gatehouse_rpc_duration_seconds_bucket{le="#, "gatehouse_db_pool_connections"] {
         assert!(body.contains(needle), "{needle} missing from\n{body}");
     }
 }
@@ -425,8 +441,8 @@ crate::backends! {
         rotation_keeps_old_tokens_until_they_expire => mesh_config,
         tokens_of_another_type_are_refused => mesh_config,
         tokens_of_an_unpublished_key_are_refused => mesh_config,
-        admin_needs_service_credentials => mesh_config,
-        metrics_count_the_traffic => mesh_config;
+        admin_needs_service_credentials => mesh_config;
+    (fixture crate::helpers::TestDb): metrics_count_the_traffic;
     own: watch_across_replicas, rotation_across_replicas, hs256_compatibility_mode;
 }
 
