@@ -9,29 +9,26 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::Config,
+    config::{Config, delta},
     domain::{
-        Auth, AuthConfig, AuthDeps, Clock, Lockout, OAuth, Profiles, Recovery,
+        Auth, AuthDeps, Clock, OAuth, Profiles, Recovery,
         admin::Admin,
         audit::AuditLog,
-        breach::BreachedPasswords,
         cipher::SecretCipher,
         core::Core,
-        keys::{AccessTokenConfig, KeyRing},
-        limits::{Limiter, RateLimitBackend, Rates},
-        links::{LinkLifetimes, Links},
+        keys::KeyRing,
+        limits::{Limiter, RateLimitBackend},
+        links::Links,
         mesh::Mesh,
         notify::Notifier,
-        oauth::OAuthConfig,
-        password::{HashParams, PasswordHasher, PasswordPolicy, QueueBound},
+        password::PasswordHasher,
         revocations::RevocationHub,
-        session::SessionLifetimes,
         token::TokenHasher,
     },
     grpc::{self, GrpcSettings, ServiceAuth, Services, health},
     http::HttpState,
     idp::{http_client, provider::Provider},
-    mail::{MailQueue, Outbox, Smtp, SmtpSettings, Transport},
+    mail::{MailQueue, Outbox, Smtp, Transport},
     net::ConnectionLimits,
     ratelimit::{MemoryLimits, RedisLimits},
     storage::{self, Store},
@@ -68,8 +65,8 @@ impl Application {
         warn_if_loopback_is_trusted(&config);
         let secret = config.load_secret()?;
         // Fail before anything starts if the transport security is not acceptable.
-        let tls = config.tls()?.map(ReloadingTls::new).transpose()?;
-        let service_auth = Arc::new(ServiceAuth::new(&config.admin_api_keys, &config.admin_client_names)?);
+        let tls = config.tls_settings()?.map(ReloadingTls::new).transpose()?;
+        let service_auth = Arc::new(ServiceAuth::new(&config.mesh.admin_api_keys, &config.mesh.admin_client_names)?);
         let key = |purpose: &str| {
             TokenHasher::new(secret.expose_secret(), purpose).map_err(|e| anyhow::anyhow!("token key: {e}"))
         };
@@ -89,84 +86,41 @@ impl Application {
             .await
             .with_context(|| format!("opening the database {}", crate::redact::url(&db.url)))?;
 
-        let threads =
-            config.hash_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let params = HashParams {
-            m_cost: config.argon2_memory_kib,
-            t_cost: config.argon2_iterations,
-            p_cost: config.argon2_parallelism,
-        };
-        // A check that waits longer than half the request timeout would likely time out
-        // anyway: refuse it at once, and leave the other half for the rest of the request.
-        let bound = config.hash_queue_limit.map_or(QueueBound::Within(config.request_timeout / 2), QueueBound::Fixed);
-        let hasher = PasswordHasher::start(params, threads, bound)?;
+        let threads = config.passwords.threads();
+        let bound = config.passwords.queue_bound(config.server.request_timeout);
+        let hasher = PasswordHasher::start(config.passwords.hash_params(), threads, bound)?;
         tracing::info!(
             threads,
             hashes_per_second = hasher.hashes_per_second().round(),
             queue_limit = hasher.queue_limit(),
             "password hashing ready"
         );
-        let lifetimes =
-            SessionLifetimes { ttl: delta(config.session_ttl)?, idle_timeout: delta(config.session_idle_timeout)? };
-        let link_lifetimes =
-            LinkLifetimes { verification: delta(config.verification_ttl)?, reset: delta(config.reset_ttl)? };
-        let auth_config = AuthConfig {
-            refresh_interval: delta(config.session_refresh_interval)?,
-            password: PasswordPolicy { min_chars: usize::from(config.password_min_length) },
-            require_email_verification: config.require_email_verification,
-            lockout: Lockout {
-                threshold: config.lockout_threshold,
-                base: delta(config.lockout_base)?,
-                max: delta(config.lockout_max)?,
-            },
-            reauth_max_age: delta(config.reauth_max_age)?,
-        };
-        let transport: Arc<dyn Transport> = match &config.smtp_host {
-            Some(host) => {
-                let settings = SmtpSettings {
-                    host: host.clone(),
-                    port: config.smtp_port,
-                    tls: config.smtp_tls,
-                    ca_file: config.smtp_ca_file.clone(),
-                    username: config.smtp_username.clone(),
-                    password: config.smtp_password()?,
-                    timeout: config.smtp_timeout,
-                };
-                Arc::new(Smtp::new(&settings, &config.mail_from)?)
-            }
+        let auth_config = config.sessions.auth_config(config.passwords.policy())?;
+        let transport: Arc<dyn Transport> = match config.mail.smtp_settings()? {
+            Some(settings) => Arc::new(Smtp::new(&settings, &config.mail.mail_from)?),
             None => {
-                let dir = config.data_dir.join("outbox");
+                let dir = config.server.data_dir.join("outbox");
                 if config.is_production() {
                     tracing::warn!(dir = %dir.display(), "no SMTP relay configured: mail goes to the outbox folder");
                 }
                 // Links carry single-use tokens: log them only in development.
-                Arc::new(Outbox::new(dir, &config.mail_from, !config.is_production())?)
+                Arc::new(Outbox::new(dir, &config.mail.mail_from, !config.is_production())?)
             }
         };
-        let queue = Arc::new(MailQueue::start(transport, config.mail_attempts, config.mail_retry_backoff));
-        let notifier = Arc::new(Notifier::new(queue, &config.frontend_url, config.mail_templates_dir.as_deref())?);
-        let rates = Rates {
-            sign_in_per_account_ip: config.rate_sign_in_per_account,
-            sign_in_per_ip: config.rate_sign_in_per_ip,
-            sign_in_per_email: config.rate_sign_in_per_email,
-            sign_in_global: config.rate_sign_in_global,
-            sign_up_per_ip: config.rate_sign_up_per_ip,
-            password_reset_per_email: config.rate_reset_per_email,
-            password_reset_per_ip: config.rate_reset_per_ip,
-            verification_per_account: config.rate_verification_per_account,
-            redeem_per_ip: config.rate_redeem_per_ip,
-            oauth_start_per_ip: config.rate_oauth_start_per_ip,
-        };
-        let backend: Arc<dyn RateLimitBackend> = match &config.redis_url {
+        let queue = Arc::new(MailQueue::start(transport, config.mail.mail_attempts, config.mail.mail_retry_backoff));
+        let notifier =
+            Arc::new(Notifier::new(queue, &config.mail.frontend_url, config.mail.mail_templates_dir.as_deref())?);
+        let rates = config.limits.rates();
+        let backend: Arc<dyn RateLimitBackend> = match &config.limits.redis_url {
             Some(url) => Arc::new(
-                RedisLimits::connect(url, &config.redis_prefix, Arc::clone(&clock))
+                RedisLimits::connect(url, &config.limits.redis_prefix, Arc::clone(&clock))
                     .await
                     .with_context(|| format!("connecting to Redis {}", crate::redact::url(url)))?,
             ),
             None => Arc::new(MemoryLimits::new(&rates, Arc::clone(&clock))),
         };
-        let limiter_key = config.rate_limits.then(|| secret.expose_secret());
-        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key, config.rate_ipv6_prefix)?);
+        let limiter_key = config.limits.rate_limits.then(|| secret.expose_secret());
+        let limiter = Arc::new(Limiter::new(backend, rates, limiter_key, config.limits.rate_ipv6_prefix)?);
         let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
         let revocations = RevocationHub::start(Arc::clone(&store)).await?;
         let previous = config.load_previous_secrets()?;
@@ -180,26 +134,22 @@ impl Application {
             limiter,
             notifier,
             Arc::clone(&revocations),
-            lifetimes,
+            config.sessions.lifetimes()?,
         ));
-        let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, link_lifetimes));
+        let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, config.sessions.link_lifetimes()?));
         let deps = AuthDeps {
             core: Arc::clone(&core),
             hasher,
             session_tokens,
             links: Arc::clone(&links),
-            breached: config
-                .breached_passwords_api
-                .as_deref()
-                .map(|api| BreachedPasswords::new(api, config.breached_passwords_timeout))
-                .transpose()?,
+            breached: config.passwords.breached()?,
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
         let recovery = Arc::new(Recovery::new(Arc::clone(&core), Arc::clone(&auth), Arc::clone(&links)));
         let mesh = Arc::new(Mesh::new(Arc::clone(&core), Arc::clone(&auth), keys));
         let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
 
-        let http = http_client(config.oauth_http_timeout)?;
+        let http = http_client(config.oauth.oauth_http_timeout)?;
         let providers = config
             .oauth_providers()?
             .into_iter()
@@ -211,18 +161,18 @@ impl Application {
             providers,
             cipher,
             secret.expose_secret(),
-            OAuthConfig {
-                link_by_verified_email: config.oauth_link_by_verified_email,
-                state_ttl: delta(config.oauth_state_ttl)?,
-            },
+            config.oauth.oauth_config()?,
         )?);
         if !oauth.provider_names().is_empty() {
             tracing::info!(providers = ?oauth.provider_names(), "identity providers configured");
         }
 
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let http_listener =
-            TcpListener::bind(config.http_listen).await.with_context(|| format!("binding {}", config.http_listen))?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let http_listener = TcpListener::bind(config.server.http_listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.http_listen))?;
         Ok(Self {
             config,
             listener,
@@ -242,12 +192,12 @@ impl Application {
 
     /// The bound address of the HTTP side port (JWKS, discovery, metrics).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener.local_addr().unwrap_or(self.config.http_listen)
+        self.http_listener.local_addr().unwrap_or(self.config.server.http_listen)
     }
 
     /// The bound address (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.server.listen)
     }
 
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, gives
@@ -257,23 +207,26 @@ impl Application {
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let health_service = health::StoppingHealth::new(reporter.clone(), stopping_rx);
         health::set_all(&reporter, ServingStatus::NotServing).await;
-        let watcher =
-            tokio::spawn(health::watch_store(Arc::clone(&self.core), reporter.clone(), self.config.health_interval));
+        let watcher = tokio::spawn(health::watch_store(
+            Arc::clone(&self.core),
+            reporter.clone(),
+            self.config.server.health_interval,
+        ));
         let retention = Retention {
-            audit: delta(self.config.audit_retention)?,
-            revocations: delta(self.config.revocation_retention)?,
+            audit: delta(self.config.server.audit_retention)?,
+            revocations: delta(self.config.mesh.revocation_retention)?,
         };
         let pruner = tokio::spawn(prune(
             Arc::clone(&self.core),
             Arc::clone(&self.auth),
             Arc::clone(&self.links),
             Arc::clone(&self.oauth),
-            self.config.session_prune_interval,
+            self.config.sessions.session_prune_interval,
             retention,
         ));
         let follower = tokio::spawn(Arc::clone(self.core.revocations()).run(Duration::from_millis(500)));
-        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), key_check_interval(&self.config)));
-        let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls_reload_interval)));
+        let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.mesh.key_check_interval()));
+        let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls.tls_reload_interval)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_state = HttpState {
             keys: Arc::clone(self.mesh.keys()),
@@ -283,8 +236,8 @@ impl Application {
         let http_addr = self.http_addr();
         let addr = self.local_addr();
         let limits = ConnectionLimits {
-            max_connections: self.config.max_connections.unwrap_or_else(crate::net::default_max_connections),
-            idle_timeout: self.config.connection_idle_timeout,
+            max_connections: self.config.server.max_connections.unwrap_or_else(crate::net::default_max_connections),
+            idle_timeout: self.config.server.connection_idle_timeout,
         };
         let http = tokio::spawn(crate::http::serve(self.http_listener, limits, http_state, async move {
             let _ = http_stopped.await;
@@ -299,8 +252,8 @@ impl Application {
             "gatehouse listening"
         );
 
-        let grace = self.config.shutdown_grace;
-        let drain = self.config.shutdown_drain.min(grace);
+        let grace = self.config.server.shutdown_grace;
+        let drain = self.config.server.shutdown_drain.min(grace);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let on_shutdown = {
             let reporter = reporter.clone();
@@ -322,13 +275,13 @@ impl Application {
         };
         let settings = GrpcSettings {
             reflection: self.config.reflection_enabled(),
-            max_request_bytes: self.config.max_request_bytes,
-            request_timeout: self.config.request_timeout,
-            trusted_proxies: self.config.trusted_proxies.clone(),
+            max_request_bytes: self.config.server.max_request_bytes,
+            request_timeout: self.config.server.request_timeout,
+            trusted_proxies: self.config.server.trusted_proxies.clone(),
             tls: self.tls.clone(),
             limits,
-            max_streams_per_connection: self.config.max_streams_per_connection,
-            keepalive_interval: self.config.http2_keepalive_interval,
+            max_streams_per_connection: self.config.server.max_streams_per_connection,
+            keepalive_interval: self.config.server.http2_keepalive_interval,
         };
         let services = Services {
             admin: Arc::new(Admin::new(Arc::clone(&self.core))),
@@ -375,9 +328,9 @@ impl Application {
 /// at start, since it is the default and often right (a backend on the same host).
 fn warn_if_loopback_is_trusted(config: &Config) {
     let loopback: [std::net::IpAddr; 2] = [std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
-    if loopback.iter().any(|ip| config.trusted_proxies.iter().any(|net| net.contains(ip))) {
+    if loopback.iter().any(|ip| config.server.trusted_proxies.iter().any(|net| net.contains(ip))) {
         tracing::warn!(
-            trusted_proxies = ?config.trusted_proxies,
+            trusted_proxies = ?config.server.trusted_proxies,
             "x-forwarded-for is believed from loopback peers (GATEHOUSE_TRUSTED_PROXIES): behind a sidecar \
              every caller is loopback, so anyone who can reach the sidecar picks the client address that \
              per-IP limits and audit records use; the per-email and global sign-in limits still hold. \
@@ -422,11 +375,6 @@ async fn prune(
     }
 }
 
-/// How often the keys are re-read: as configured, but not in a busy loop.
-fn key_check_interval(config: &Config) -> Duration {
-    config.signing_key_check_interval.max(Duration::from_millis(50))
-}
-
 /// Re-reads the keys (another replica may have rotated) and rotates by age, every `every`.
 async fn rotate_keys(keys: Arc<KeyRing>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
@@ -449,32 +397,5 @@ pub async fn open_keys(
     cipher: Arc<SecretCipher>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<KeyRing> {
-    let hs256_secret = match (config.hs256_compat, &config.better_auth_secret) {
-        (false, _) => None,
-        (true, Some(secret)) if secret.expose_secret().len() >= crate::config::MIN_SECRET_BYTES => {
-            tracing::warn!("HS256 compatibility mode: access tokens are signed with the shared BETTER_AUTH_SECRET");
-            Some(secret.expose_secret().as_bytes().to_vec())
-        }
-        (true, _) => anyhow::bail!("GATEHOUSE_HS256_COMPAT needs BETTER_AUTH_SECRET of at least 32 bytes"),
-    };
-    let access = AccessTokenConfig {
-        issuer: config.issuer(),
-        audiences: config
-            .access_token_audiences
-            .iter()
-            .map(|a| a.trim().to_owned())
-            .filter(|a| !a.is_empty())
-            .collect(),
-        ttl: delta(config.access_token_ttl)?,
-        algorithm: config.signing_algorithm,
-        rotate_after: delta(config.signing_key_rotation)?,
-        jwks_max_age: delta(config.jwks_max_age)?,
-        check_interval: delta(key_check_interval(config))?,
-        hs256_secret,
-    };
-    Ok(KeyRing::open(store, cipher, clock, access).await?)
-}
-
-fn delta(d: Duration) -> anyhow::Result<TimeDelta> {
-    TimeDelta::from_std(d).context("duration out of range")
+    Ok(KeyRing::open(store, cipher, clock, config.access_tokens()?).await?)
 }

@@ -26,12 +26,12 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Call once, at start.
 pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_new(&config.log_filter)?;
-    let fmt = match config.log_format {
+    let filter = EnvFilter::try_new(&config.server.log_filter)?;
+    let fmt = match config.server.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed(),
     };
-    let provider = match &config.otlp_endpoint {
+    let provider = match &config.server.otlp_endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
             let exporter =

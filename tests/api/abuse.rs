@@ -101,8 +101,8 @@ mod bursts {
     use super::*;
 
     pub fn roomy_pool(c: &mut Config) {
-        c.db_max_connections = 16;
-        c.db_acquire_timeout = std::time::Duration::from_secs(10);
+        c.database.db_max_connections = 16;
+        c.database.db_acquire_timeout = std::time::Duration::from_secs(10);
     }
 
     crate::backends! {
@@ -345,10 +345,10 @@ async fn audit_log_lists_the_callers_events(app: &TestApp) {
 /// Default limits (5 sign-ins a minute per email and IP), as production has them.
 fn production_limits(c: &mut Config) {
     let defaults = Config::default_for_test();
-    c.rate_sign_in_per_account = defaults.rate_sign_in_per_account;
-    c.rate_sign_in_per_ip = defaults.rate_sign_in_per_ip;
-    c.rate_sign_up_per_ip = defaults.rate_sign_up_per_ip;
-    c.rate_reset_per_email = defaults.rate_reset_per_email;
+    c.limits.rate_sign_in_per_account = defaults.limits.rate_sign_in_per_account;
+    c.limits.rate_sign_in_per_ip = defaults.limits.rate_sign_in_per_ip;
+    c.limits.rate_sign_up_per_ip = defaults.limits.rate_sign_up_per_ip;
+    c.limits.rate_reset_per_email = defaults.limits.rate_reset_per_email;
 }
 
 async fn sign_in_from(app: &TestApp, email: &str, ip: &str) -> Result<(), tonic::Status> {
@@ -410,17 +410,16 @@ async fn limits_trip_and_recover(backend: Backend) {
 
 /// Redis for the shared-limit tests; skipped locally when not reachable, required under CI.
 pub(crate) async fn redis_url() -> Option<String> {
+    // The tests that call this run only where Redis is configured (TEST_REDIS_URL when the
+    // suite was built, or CI=true; elsewhere they are reported as ignored), so an unreachable
+    // Redis is a failure, never a silent pass.
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let reachable = match redis::Client::open(url.as_str()) {
         Ok(client) => client.get_multiplexed_async_connection().await.is_ok(),
         Err(_) => false,
     };
-    if reachable {
-        return Some(url);
-    }
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "Redis at {url} must be reachable when CI=true");
-    eprintln!("notice: Redis at {url} is not reachable; skipping the shared rate-limit test");
-    None
+    assert!(reachable, "Redis at {url} is not reachable; unset TEST_REDIS_URL to skip the Redis tests");
+    Some(url)
 }
 
 async fn replicas_share_one_limit_through_redis(backend: Backend) {
@@ -428,8 +427,8 @@ async fn replicas_share_one_limit_through_redis(backend: Backend) {
     let prefix = format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple());
     let shared = |c: &mut Config| {
         production_limits(c);
-        c.redis_url = Some(url.clone());
-        c.redis_prefix = prefix.clone();
+        c.limits.redis_url = Some(url.clone());
+        c.limits.redis_prefix = prefix.clone();
     };
     let Some(one) = spawn_app_with(backend, shared).await else { return };
     let two = spawn_on(one.db.clone(), shared).await;

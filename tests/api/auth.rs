@@ -438,8 +438,8 @@ async fn oversized_requests_are_refused(app: &TestApp) {
 
 async fn old_hash_parameters_are_upgraded_at_sign_in(backend: Backend) {
     let Some(mut old) = spawn_app_with(backend, |c| {
-        c.argon2_memory_kib = 8192;
-        c.argon2_iterations = 3;
+        c.passwords.argon2_memory_kib = 8192;
+        c.passwords.argon2_iterations = 3;
     })
     .await
     else {

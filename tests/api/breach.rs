@@ -77,8 +77,8 @@ async fn range(State(api): State<Api>, Path(prefix): Path<String>) -> (StatusCod
 async fn spawn_checked(backend: Backend, url: &str) -> Option<TestApp> {
     let url = url.to_owned();
     spawn_app_with(backend, move |c| {
-        c.breached_passwords_api = Some(url);
-        c.breached_passwords_timeout = Duration::from_millis(500);
+        c.passwords.breached_passwords_api = Some(url);
+        c.passwords.breached_passwords_timeout = Duration::from_millis(500);
     })
     .await
 }
@@ -173,7 +173,9 @@ async fn an_api_that_fails_or_hangs_lets_the_password_through(backend: Backend) 
 /// Without the setting (the default), no lookup is made and a listed password is accepted.
 async fn the_check_is_off_by_default(backend: Backend) {
     let (api, _url) = Api::start().await;
-    let Some(app) = spawn_app_with(backend, |c| assert!(c.breached_passwords_api.is_none())).await else { return };
+    let Some(app) = spawn_app_with(backend, |c| assert!(c.passwords.breached_passwords_api.is_none())).await else {
+        return;
+    };
     app.try_sign_up("unchecked@example.com", BREACHED).await.expect("no check configured");
     assert!(api.asked().is_empty());
     app.finish().await;

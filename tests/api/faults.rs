@@ -94,7 +94,7 @@ async fn malformed_messages_are_invalid_argument(app: &TestApp) {
 
 /// A message over GATEHOUSE_MAX_REQUEST_BYTES is refused before it is decoded.
 async fn oversized_messages_are_resource_exhausted(app: &TestApp) {
-    let limit = Config::default_for_test().max_request_bytes;
+    let limit = Config::default_for_test().server.max_request_bytes;
     let huge = pb::SignInRequest { email: "big@example.com".into(), password: "x".repeat(limit) };
     let status = raw_call(app, SIGN_IN, huge.encode_to_vec()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -109,10 +109,10 @@ mod deadlines {
     use super::*;
 
     pub fn slow_hashing(c: &mut Config) {
-        c.argon2_memory_kib = 8192;
-        c.argon2_iterations = 200;
-        c.hash_threads = Some(1);
-        c.request_timeout = Duration::from_millis(200);
+        c.passwords.argon2_memory_kib = 8192;
+        c.passwords.argon2_iterations = 200;
+        c.passwords.hash_threads = Some(1);
+        c.server.request_timeout = Duration::from_millis(200);
     }
 
     crate::backends! { app: requests_past_their_deadline_are_deadline_exceeded => slow_hashing }
@@ -146,10 +146,10 @@ mod storms {
 
     pub fn storm_config(c: &mut Config) {
         crate::helpers::production_hashing(c);
-        c.hash_threads = Some(2);
-        c.request_timeout = Duration::from_secs(2);
-        c.db_max_connections = 16;
-        c.db_acquire_timeout = Duration::from_secs(10);
+        c.passwords.hash_threads = Some(2);
+        c.server.request_timeout = Duration::from_secs(2);
+        c.database.db_max_connections = 16;
+        c.database.db_acquire_timeout = Duration::from_secs(10);
     }
 
     crate::backends! { app: abandoned_sign_ins_are_not_hashed => storm_config }
@@ -243,9 +243,9 @@ async fn a_stuck_relay_is_timed_out_and_retried(backend: Backend) {
     smtp.set_silent(true);
     let Some(app) = spawn_app_with(backend, |c| {
         use_smtp(c, &smtp);
-        c.smtp_timeout = Duration::from_millis(300);
-        c.mail_attempts = 10;
-        c.mail_retry_backoff = Duration::from_millis(50);
+        c.mail.smtp_timeout = Duration::from_millis(300);
+        c.mail.mail_attempts = 10;
+        c.mail.mail_retry_backoff = Duration::from_millis(50);
     })
     .await
     else {

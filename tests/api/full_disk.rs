@@ -145,7 +145,7 @@ async fn a_full_disk_refuses_writes_then_recovers_when_space_returns() {
     let path: PathBuf = tmpfs.path().join("gatehouse.db");
     std::fs::copy(template_path, &path).unwrap();
     let db = Arc::new(TestDb::Sqlite { _dir: tempfile::tempdir().unwrap(), path });
-    let app = spawn_on(Arc::clone(&db), |c| c.health_interval = Duration::from_millis(200)).await;
+    let app = spawn_on(Arc::clone(&db), |c| c.server.health_interval = Duration::from_millis(200)).await;
     wait_health(&app, ServingStatus::Serving, Duration::from_secs(10)).await;
     sign_up(&app, "before@example.com").await.expect("a sign-up with room on the disk");
 

@@ -117,9 +117,9 @@ async fn list_services_v1alpha(app: &TestApp) -> Result<Vec<String>, tonic::Stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_mode_hides_reflection() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.environment = gatehouse::config::Environment::Production;
+        c.server.environment = gatehouse::config::Environment::Production;
         // Production refuses plaintext except on loopback behind a sidecar, which this is.
-        c.allow_plaintext = true;
+        c.tls.allow_plaintext = true;
     })
     .await
     .unwrap();

@@ -24,13 +24,13 @@ async fn relay(mode: RelayTls, ca: &Ca) -> SmtpServer {
 fn point_at(config: &mut Config, smtp: &SmtpServer, mode: RelayTls, ca_file: Option<PathBuf>) {
     use_smtp(config, smtp);
     // The certificate names the host, as an internal relay's would.
-    config.smtp_host = Some("localhost".into());
-    config.smtp_tls = match mode {
+    config.mail.smtp_host = Some("localhost".into());
+    config.mail.smtp_tls = match mode {
         RelayTls::Starttls => SmtpTls::Starttls,
         RelayTls::Implicit => SmtpTls::Tls,
     };
-    config.smtp_ca_file = ca_file;
-    config.smtp_timeout = Duration::from_secs(2);
+    config.mail.smtp_ca_file = ca_file;
+    config.mail.smtp_timeout = Duration::from_secs(2);
 }
 
 async fn delivered_through_a_private_ca(backend: Backend, mode: RelayTls) {
@@ -58,7 +58,7 @@ async fn refused_unless_the_bundle_holds_the_relays_ca(backend: Backend, mode: R
         let trusted = format!("{bundle:?}");
         let Some(app) = spawn_app_with(backend, |c| {
             point_at(c, &smtp, mode, bundle);
-            c.mail_attempts = 1;
+            c.mail.mail_attempts = 1;
         })
         .await
         else {

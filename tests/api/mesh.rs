@@ -27,9 +27,9 @@ fn api_key_hash() -> String {
 }
 
 fn mesh_config(c: &mut Config) {
-    c.access_token_audiences = vec![AUDIENCE.into(), "other-api".into()];
-    c.admin_api_keys = vec![format!("tests={}", api_key_hash())];
-    c.signing_key_check_interval = Duration::from_millis(100);
+    c.mesh.access_token_audiences = vec![AUDIENCE.into(), "other-api".into()];
+    c.mesh.admin_api_keys = vec![format!("tests={}", api_key_hash())];
+    c.mesh.signing_key_check_interval = Duration::from_millis(100);
 }
 
 fn tokens(app: &TestApp) -> TokenServiceClient<Channel> {
@@ -561,8 +561,8 @@ async fn rotation_across_replicas(backend: Backend) {
     let check = Duration::from_millis(200);
     let tweak = move |c: &mut Config| {
         mesh_config(c);
-        c.signing_key_check_interval = check;
-        c.jwks_max_age = Duration::from_secs(ROTATION_MAX_AGE as u64);
+        c.mesh.signing_key_check_interval = check;
+        c.mesh.jwks_max_age = Duration::from_secs(ROTATION_MAX_AGE as u64);
     };
     let Some(one) = spawn_app_with(backend, tweak).await else { return };
     let two = spawn_on(one.db.clone(), tweak).await;
@@ -616,8 +616,8 @@ async fn hs256_compatibility_mode(backend: Backend) {
     const SHARED: &str = "better-auth-shared-secret-0123456789";
     let Some(app) = spawn_app_with(backend, |c| {
         mesh_config(c);
-        c.hs256_compat = true;
-        c.better_auth_secret = Some(secrecy::SecretString::from(SHARED.to_owned()));
+        c.mesh.hs256_compat = true;
+        c.mesh.better_auth_secret = Some(secrecy::SecretString::from(SHARED.to_owned()));
     })
     .await
     else {

@@ -55,18 +55,18 @@ impl Env {
         acme.with(|s| s.email_in_id_token = false);
         let (g, gh, a) = (google.base.clone(), github.base.clone(), acme.base.clone());
         let app = spawn_on(db, move |c| {
-            c.oauth_http_timeout = Duration::from_secs(1);
-            c.google.client_id = Some("google-client".into());
-            c.google.client_secret = Some(SecretString::from("google-secret"));
-            c.google.redirect_uris = vec![GOOGLE_REDIRECT.into(), GOOGLE_OTHER_REDIRECT.into()];
-            c.google.issuer = g;
-            c.github.client_id = Some("github-client".into());
-            c.github.client_secret = Some(SecretString::from("github-secret"));
-            c.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
-            c.github.authorize_url = format!("{gh}/authorize");
-            c.github.token_url = format!("{gh}/token");
-            c.github.api_url = gh;
-            c.oidc = vec![OidcProviderConfig {
+            c.oauth.oauth_http_timeout = Duration::from_secs(1);
+            c.oauth.google.client_id = Some("google-client".into());
+            c.oauth.google.client_secret = Some(SecretString::from("google-secret"));
+            c.oauth.google.redirect_uris = vec![GOOGLE_REDIRECT.into(), GOOGLE_OTHER_REDIRECT.into()];
+            c.oauth.google.issuer = g;
+            c.oauth.github.client_id = Some("github-client".into());
+            c.oauth.github.client_secret = Some(SecretString::from("github-secret"));
+            c.oauth.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
+            c.oauth.github.authorize_url = format!("{gh}/authorize");
+            c.oauth.github.token_url = format!("{gh}/token");
+            c.oauth.github.api_url = gh;
+            c.oauth.oidc = vec![OidcProviderConfig {
                 name: "acme".into(),
                 issuer: a,
                 client_id: "acme-client".into(),
@@ -865,19 +865,19 @@ async fn a_redirect_uri_shared_by_two_providers_is_refused_at_start() {
     let db = TestDb::create(Backend::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::helpers::test_config(&db, dir.path());
-    config.google.client_id = Some("google-client".into());
-    config.google.client_secret = Some(SecretString::from("google-secret"));
-    config.google.redirect_uris = vec![GOOGLE_REDIRECT.into()];
-    config.github.client_id = Some("github-client".into());
-    config.github.client_secret = Some(SecretString::from("github-secret"));
-    config.github.redirect_uris = vec![GITHUB_REDIRECT.into(), GOOGLE_REDIRECT.into()];
+    config.oauth.google.client_id = Some("google-client".into());
+    config.oauth.google.client_secret = Some(SecretString::from("google-secret"));
+    config.oauth.google.redirect_uris = vec![GOOGLE_REDIRECT.into()];
+    config.oauth.github.client_id = Some("github-client".into());
+    config.oauth.github.client_secret = Some(SecretString::from("github-secret"));
+    config.oauth.github.redirect_uris = vec![GITHUB_REDIRECT.into(), GOOGLE_REDIRECT.into()];
     let build = |c: gatehouse::Config| async move {
         gatehouse::Application::build(c, Arc::new(gatehouse::domain::SystemClock)).await.map(|_| ())
     };
     let refused = build(config.clone()).await.unwrap_err();
     let message = format!("{refused:#}");
     assert!(message.contains(GOOGLE_REDIRECT) && message.contains("google") && message.contains("github"), "{message}");
-    config.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
+    config.oauth.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
     build(config).await.expect("distinct redirect URIs start");
 }
 

@@ -215,8 +215,8 @@ mod contention {
     use super::*;
 
     pub fn roomy_pool(c: &mut gatehouse::Config) {
-        c.db_max_connections = 16;
-        c.db_acquire_timeout = std::time::Duration::from_secs(10);
+        c.database.db_max_connections = 16;
+        c.database.db_acquire_timeout = std::time::Duration::from_secs(10);
     }
 
     crate::backends! { app: conflicting_updates_succeed_or_abort => roomy_pool }

@@ -30,7 +30,7 @@ backends! {
 }
 
 fn require_verification(c: &mut Config) {
-    c.require_email_verification = true;
+    c.sessions.require_email_verification = true;
 }
 
 const NEW_PASSWORD: &str = "a fresh and long passphrase";

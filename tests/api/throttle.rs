@@ -89,8 +89,8 @@ async fn replicas(backend: Backend, tweak: fn(&mut Config)) -> Option<(TestApp, 
     let prefix = format!("gatehouse-test-{}", uuid::Uuid::new_v4().simple());
     let shared = |c: &mut Config| {
         tweak(c);
-        c.redis_url = Some(url.clone());
-        c.redis_prefix = prefix.clone();
+        c.limits.redis_url = Some(url.clone());
+        c.limits.redis_prefix = prefix.clone();
     };
     let one = spawn_app_with(backend, shared).await?;
     let two = spawn_on(one.db.clone(), shared).await;
@@ -116,7 +116,7 @@ fn retry_delay(status: &Status) -> Duration {
 
 /// The production per-email limit (20 per 15 minutes); the rest stay generous.
 fn account_limit(c: &mut Config) {
-    c.rate_sign_in_per_email = Config::default_for_test().rate_sign_in_per_email;
+    c.limits.rate_sign_in_per_email = Config::default_for_test().limits.rate_sign_in_per_email;
 }
 
 async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[TestApp]) {
@@ -177,7 +177,7 @@ async fn a_guesser_on_many_addresses_meets_the_account_limit(apps: &[TestApp]) {
 
 /// A low global ceiling (10 sign-ins a minute in all).
 fn global_ceiling(c: &mut Config) {
-    c.rate_sign_in_global = "10/1m".parse().unwrap();
+    c.limits.rate_sign_in_global = "10/1m".parse().unwrap();
 }
 
 async fn the_global_ceiling_holds_when_emails_and_addresses_vary(apps: &[TestApp]) {
@@ -215,7 +215,7 @@ async fn eventually_some(app: &TestApp, sql: &'static str) -> bool {
 
 /// Three sign-ins a minute per client address, IPv6 counted per /64 (the default).
 fn ipv6_per_ip(c: &mut Config) {
-    c.rate_sign_in_per_ip = "3/1m".parse().unwrap();
+    c.limits.rate_sign_in_per_ip = "3/1m".parse().unwrap();
 }
 
 async fn ipv6_clients_are_counted_by_network(apps: &[TestApp]) {
@@ -239,13 +239,13 @@ async fn ipv6_clients_are_counted_by_network(apps: &[TestApp]) {
 
 /// GitHub configured (starting a flow needs no call to it), three starts a minute per address.
 fn oauth_start_limit(c: &mut Config) {
-    c.rate_oauth_start_per_ip = "3/1m".parse().unwrap();
-    c.github.client_id = Some("github-client".into());
-    c.github.client_secret = Some(SecretString::from("github-secret"));
-    c.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
-    c.github.authorize_url = "https://github.invalid/authorize".into();
-    c.github.token_url = "https://github.invalid/token".into();
-    c.github.api_url = "https://github.invalid".into();
+    c.limits.rate_oauth_start_per_ip = "3/1m".parse().unwrap();
+    c.oauth.github.client_id = Some("github-client".into());
+    c.oauth.github.client_secret = Some(SecretString::from("github-secret"));
+    c.oauth.github.redirect_uris = vec![GITHUB_REDIRECT.into()];
+    c.oauth.github.authorize_url = "https://github.invalid/authorize".into();
+    c.oauth.github.token_url = "https://github.invalid/token".into();
+    c.oauth.github.api_url = "https://github.invalid".into();
 }
 
 async fn start_oauth(app: &TestApp, ip: &str) -> Result<pb::StartOAuthResponse, Status> {

@@ -82,10 +82,10 @@ async fn mutual_tls(backend: Backend) {
         write(dir.path(), "ca.pem", &ca.pem()),
     );
     let Some(app) = spawn_app_with(backend, move |c: &mut Config| {
-        c.tls_cert = Some(cert_path);
-        c.tls_key = Some(key_path);
-        c.tls_client_ca = Some(ca_path);
-        c.admin_client_names = vec!["books-api".into()];
+        c.tls.tls_cert = Some(cert_path);
+        c.tls.tls_key = Some(key_path);
+        c.tls.tls_client_ca = Some(ca_path);
+        c.mesh.admin_client_names = vec!["books-api".into()];
     })
     .await
     else {
@@ -114,9 +114,9 @@ async fn certificates_reload_without_restart(backend: Backend) {
     let (cert_path, key_path) = (write(dir.path(), "cert.pem", &cert), write(dir.path(), "key.pem", &key));
     let (c, k) = (cert_path.clone(), key_path.clone());
     let Some(app) = spawn_app_with(backend, move |config: &mut Config| {
-        config.tls_cert = Some(c);
-        config.tls_key = Some(k);
-        config.tls_reload_interval = Duration::from_millis(100);
+        config.tls.tls_cert = Some(c);
+        config.tls.tls_key = Some(k);
+        config.tls.tls_reload_interval = Duration::from_millis(100);
     })
     .await
     else {
@@ -147,14 +147,14 @@ async fn production_refuses_plaintext() {
     let db = crate::helpers::TestDb::create(Backend::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::helpers::test_config(&db, dir.path());
-    config.environment = Environment::Production;
+    config.server.environment = Environment::Production;
     let build = |c: Config| async move {
         gatehouse::Application::build(c, std::sync::Arc::new(gatehouse::domain::SystemClock)).await.map(|_| ())
     };
     let refused = build(config.clone()).await.unwrap_err();
     assert!(format!("{refused:#}").contains("plaintext"), "{refused:#}");
-    config.allow_plaintext = true;
+    config.tls.allow_plaintext = true;
     assert!(build(config.clone()).await.is_ok(), "loopback behind a sidecar, explicitly allowed");
-    config.listen = "0.0.0.0:0".parse().unwrap();
+    config.server.listen = "0.0.0.0:0".parse().unwrap();
     assert!(build(config).await.is_err(), "never plaintext off loopback");
 }
