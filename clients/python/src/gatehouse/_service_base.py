@@ -11,7 +11,7 @@ import asyncio
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final
 
 import grpc
 import grpc.aio
@@ -20,9 +20,6 @@ from ._base import _AsyncBase, _SyncBase
 from ._common import Metadata, RetryPolicy, TlsConfig
 from ._proto.gatehouse.v1 import token_pb2
 from .errors import GatehouseError, error_from_rpc_error
-
-if TYPE_CHECKING:
-    from ._async_service import AsyncServiceClient
 
 _API_KEY_RE: Final = re.compile(r"[\x21-\x7e]{1,1024}")
 #: Stream failures after which a watch reconnects and resumes from its last event id.
@@ -141,7 +138,7 @@ class RevocationWatch(Iterator[token_pb2.RevocationEvent]):
 class AsyncRevocationWatch(AsyncIterator[token_pb2.RevocationEvent]):
     """The asyncio :class:`RevocationWatch` (same resume and reconnect rules)."""
 
-    def __init__(self, client: AsyncServiceClient, after_id: int, retry: RetryPolicy) -> None:
+    def __init__(self, client: _AsyncServiceBase, after_id: int, retry: RetryPolicy) -> None:
         self._client = client
         self._retry = retry
         self._call: grpc.aio.UnaryStreamCall[
@@ -237,5 +234,4 @@ class _AsyncServiceBase(_AsyncBase):
     ) -> AsyncRevocationWatch:
         """Every session revocation from now on (or after event ``after_id``), as an endless
         async iterator that reconnects and resumes; see :class:`RevocationWatch`."""
-        # AsyncServiceClient is the only subclass; the watch's signature names it.
-        return AsyncRevocationWatch(cast("AsyncServiceClient", self), after_id, retry)
+        return AsyncRevocationWatch(self, after_id, retry)

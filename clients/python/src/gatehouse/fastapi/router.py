@@ -5,7 +5,7 @@
 
 import hmac
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -37,10 +37,8 @@ from .._proto.gatehouse.v1 import auth_pb2
 from ..errors import GatehouseError, Unauthenticated
 from .caller import CurrentUser
 from .errors import _http_errors, http_exception
+from .host import RouterHost
 from .origins import _REDIRECT_TO_MAX, _safe_redirect
-
-if TYPE_CHECKING:
-    from .integration import Gatehouse
 
 __all__ = ["build_router"]
 
@@ -49,7 +47,7 @@ _OAUTH_STATE_MAX_AGE: Final = 600
 _RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
 
 
-def build_router(gh: "Gatehouse", *, tags: list[str] | None = None) -> APIRouter:
+def build_router(gh: RouterHost, *, tags: list[str] | None = None) -> APIRouter:
     """The router of :meth:`Gatehouse.router <gatehouse.fastapi.Gatehouse.router>`."""
     router = APIRouter(tags=list(tags or ["auth"]), dependencies=[Depends(gh.check_origin)])
     # In this order so that the routes (and the OpenAPI document) keep theirs.
@@ -61,7 +59,7 @@ def build_router(gh: "Gatehouse", *, tags: list[str] | None = None) -> APIRouter
     return router
 
 
-def _auth_out(gh: "Gatehouse", result: auth_pb2.AuthResponse) -> AuthOut:
+def _auth_out(gh: RouterHost, result: auth_pb2.AuthResponse) -> AuthOut:
     signed_in = result.HasField("session") and bool(result.session_token)
     return AuthOut(
         user=UserOut.from_proto(result.user),
@@ -70,12 +68,12 @@ def _auth_out(gh: "Gatehouse", result: auth_pb2.AuthResponse) -> AuthOut:
     )
 
 
-def _set_cookie_for(gh: "Gatehouse", response: Response, result: auth_pb2.AuthResponse) -> None:
+def _set_cookie_for(gh: RouterHost, response: Response, result: auth_pb2.AuthResponse) -> None:
     if result.HasField("session") and result.session_token:
         gh.set_session_cookie(response, result.session_token, result.session)
 
 
-def _add_session_routes(router: APIRouter, gh: "Gatehouse") -> None:
+def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
     """Sign-up, sign-in, sign-out and the caller's sessions."""
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
@@ -155,7 +153,7 @@ def _add_session_routes(router: APIRouter, gh: "Gatehouse") -> None:
         return RevokedOut(revoked_count=count)
 
 
-def _add_account_routes(router: APIRouter, gh: "Gatehouse") -> None:
+def _add_account_routes(router: APIRouter, gh: RouterHost) -> None:
     """Password change, account deletion and the profile."""
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
@@ -201,7 +199,7 @@ def _add_account_routes(router: APIRouter, gh: "Gatehouse") -> None:
         return await gh.update_profile(user, body)
 
 
-def _add_recovery_routes(router: APIRouter, gh: "Gatehouse") -> None:
+def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
     """Email verification, password reset and email change."""
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
@@ -272,7 +270,7 @@ def _add_recovery_routes(router: APIRouter, gh: "Gatehouse") -> None:
         return MessageOut(message="A confirmation link was sent to the new address.")
 
 
-def _add_token_routes(router: APIRouter, gh: "Gatehouse") -> None:
+def _add_token_routes(router: APIRouter, gh: RouterHost) -> None:
     """Access tokens for other services, and the caller's audit log."""
     User = Annotated[CurrentUser, Depends(gh.current_user)]
 
@@ -307,7 +305,7 @@ def _add_token_routes(router: APIRouter, gh: "Gatehouse") -> None:
 # signed in (the session cookie) to redirect_to.
 
 
-def _redirect_uri_for(gh: "Gatehouse", provider: str) -> str:
+def _redirect_uri_for(gh: RouterHost, provider: str) -> str:
     uri = gh.oauth_redirect_uri(provider)
     if uri is None:
         raise HTTPException(
@@ -346,7 +344,7 @@ def _bad_state(detail: str) -> JSONResponse:
 
 
 def _signed_in(
-    gh: "Gatehouse", result: auth_pb2.CompleteOAuthResponse, redirect_to: str | None
+    gh: RouterHost, result: auth_pb2.CompleteOAuthResponse, redirect_to: str | None
 ) -> Response:
     """The callback's answer once Gatehouse has signed the browser in."""
     response: Response
@@ -369,7 +367,7 @@ def _signed_in(
     return response
 
 
-def _add_oauth_routes(router: APIRouter, gh: "Gatehouse") -> None:
+def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
     """Provider sign-in: the start and the callback."""
     meta = gh.client_meta
 

@@ -1,0 +1,73 @@
+"""What the routes need of :class:`gatehouse.fastapi.Gatehouse`.
+
+The router is built from this protocol rather than from the class itself, so ``router.py``
+depends on neither ``integration.py`` nor the other way round through a type import.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from fastapi import Request, Response
+
+from .._models import ProfileIn, ProfileOut
+from .._proto.gatehouse.v1 import auth_pb2
+from ..client import AsyncClient
+from .cache import SessionCache
+from .caller import ClientMeta, CurrentUser
+
+__all__ = ["RouterHost"]
+
+
+class RouterHost(Protocol):
+    """The parts of :class:`~gatehouse.fastapi.Gatehouse` its router calls."""
+
+    client: AsyncClient
+    cache: SessionCache | None
+    expose_token: bool
+
+    def token_from_request(self, request: Request) -> tuple[str, Literal["header", "cookie"]] | None:
+        """The session token and where it came from, or None."""
+        ...
+
+    def client_meta(self, request: Request) -> ClientMeta:
+        """The end user's IP and User-Agent, as keyword arguments for the client."""
+        ...
+
+    def oauth_redirect_uri(self, provider: str) -> str | None:
+        """The callback URL configured for ``provider``, or None."""
+        ...
+
+    def check_origin(self, request: Request) -> None:
+        """403 for a state-changing cookie request from another origin."""
+        ...
+
+    async def current_user(self, request: Request) -> CurrentUser:
+        """The signed-in caller, or 401."""
+        ...
+
+    async def update_profile(self, user: CurrentUser, body: ProfileIn) -> ProfileOut:
+        """Applies a profile patch for ``user``."""
+        ...
+
+    def set_session_cookie(self, response: Response, token: str, session: auth_pb2.Session) -> None:
+        """Sets the session cookie."""
+        ...
+
+    def clear_session_cookie(self, response: Response) -> None:
+        """Expires the session cookie."""
+        ...
+
+    def set_oauth_state_cookie(
+        self, response: Response, state: str, redirect_to: str | None, max_age: int
+    ) -> None:
+        """Keeps a provider flow's state in a short-lived cookie."""
+        ...
+
+    def oauth_state_from_request(self, request: Request) -> tuple[str, str | None] | None:
+        """(state, redirect_to) from the state cookie, or None."""
+        ...
+
+    def clear_oauth_state_cookie(self, response: Response) -> None:
+        """Expires the state cookie."""
+        ...
