@@ -24,7 +24,7 @@ use crate::{
     storage::{Revoked, SessionRow, Store},
 };
 
-/// Which sessions [`Core::end_sessions`] ends.
+/// Which sessions `Core::end_sessions` ends.
 #[derive(Debug, Clone, Copy)]
 pub enum Ending {
     /// One session of a user.

@@ -1,5 +1,6 @@
 //! Business rules: accounts, credentials, sessions and profiles. Knows the storage traits,
-//! never tonic or sqlx.
+//! never tonic or sqlx. Every service holds the shared [`core::Core`]; each hands out its own
+//! views ([`user::User`], [`session::Session`], ...) rather than storage rows.
 
 pub mod admin;
 pub mod audit;
