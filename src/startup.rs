@@ -23,6 +23,7 @@ use crate::{
         notify::Notifier,
         password::PasswordHasher,
         revocations::RevocationHub,
+        session::Sessions,
         token::TokenHasher,
     },
     grpc::{self, GrpcSettings, ServiceAuth, Services, health},
@@ -43,6 +44,7 @@ pub struct Application {
     /// Closed last, after the grace period.
     store: Arc<dyn Store>,
     core: Arc<Core>,
+    sessions: Arc<Sessions>,
     auth: Arc<Auth>,
     recovery: Arc<Recovery>,
     links: Arc<Links>,
@@ -134,19 +136,25 @@ impl Application {
             limiter,
             notifier,
             Arc::clone(&revocations),
+        ));
+        let sessions = Arc::new(Sessions::new(
+            Arc::clone(&core),
+            session_tokens,
             config.sessions.lifetimes()?,
+            config.sessions.refresh_interval()?,
         ));
         let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, config.sessions.link_lifetimes()?));
         let deps = AuthDeps {
             core: Arc::clone(&core),
             hasher,
-            session_tokens,
+            sessions: Arc::clone(&sessions),
             links: Arc::clone(&links),
             breached: config.passwords.breached()?,
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
-        let recovery = Arc::new(Recovery::new(Arc::clone(&core), Arc::clone(&auth), Arc::clone(&links)));
-        let mesh = Arc::new(Mesh::new(Arc::clone(&core), Arc::clone(&auth), keys));
+        let recovery =
+            Arc::new(Recovery::new(Arc::clone(&core), Arc::clone(&auth), Arc::clone(&sessions), Arc::clone(&links)));
+        let mesh = Arc::new(Mesh::new(Arc::clone(&core), Arc::clone(&sessions), keys));
         let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
 
         let http = http_client(config.oauth.oauth_http_timeout)?;
@@ -157,11 +165,11 @@ impl Application {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let oauth = Arc::new(OAuth::new(
             Arc::clone(&core),
-            Arc::clone(&auth),
+            Arc::clone(&sessions),
             providers,
             cipher,
             secret.expose_secret(),
-            config.oauth.oauth_config()?,
+            config.oauth.oauth_config(config.sessions.require_email_verification)?,
         )?);
         if !oauth.provider_names().is_empty() {
             tracing::info!(providers = ?oauth.provider_names(), "identity providers configured");
@@ -179,6 +187,7 @@ impl Application {
             http_listener,
             store,
             core,
+            sessions,
             auth,
             recovery,
             links,
@@ -218,7 +227,7 @@ impl Application {
         };
         let pruner = tokio::spawn(prune(
             Arc::clone(&self.core),
-            Arc::clone(&self.auth),
+            Arc::clone(&self.sessions),
             Arc::clone(&self.links),
             Arc::clone(&self.oauth),
             self.config.sessions.session_prune_interval,
@@ -284,7 +293,7 @@ impl Application {
             keepalive_interval: self.config.server.http2_keepalive_interval,
         };
         let services = Services {
-            admin: Arc::new(Admin::new(Arc::clone(&self.core))),
+            admin: Arc::new(Admin::new(Arc::clone(&self.core), Arc::clone(&self.sessions))),
             auth: self.auth,
             recovery: self.recovery,
             profiles: self.profiles,
@@ -352,7 +361,7 @@ struct Retention {
 /// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
 async fn prune(
     core: Arc<Core>,
-    auth: Arc<Auth>,
+    sessions: Arc<Sessions>,
     links: Arc<Links>,
     oauth: Arc<OAuth>,
     every: Duration,
@@ -366,7 +375,7 @@ async fn prune(
             Ok(n) => tracing::info!(deleted = n, "pruned {what}"),
             Err(error) => tracing::warn!(%error, "pruning {what} failed"),
         };
-        report("expired sessions", auth.prune_expired_sessions().await);
+        report("expired sessions", sessions.prune_expired().await);
         report("stale email tokens", links.prune_stale().await);
         report("old audit events", core.audit().prune(retention.audit).await);
         report("old revocation events", core.prune_revocations(retention.revocations).await);

@@ -49,11 +49,12 @@ pub struct OAuthArgs {
 }
 
 impl OAuthArgs {
-    /// The rules for provider sign-in.
-    pub fn oauth_config(&self) -> anyhow::Result<OAuthConfig> {
+    /// The rules for provider sign-in; `require_email_verification` is the password rule's.
+    pub fn oauth_config(&self, require_email_verification: bool) -> anyhow::Result<OAuthConfig> {
         Ok(OAuthConfig {
             link_by_verified_email: self.oauth_link_by_verified_email,
             state_ttl: delta(self.oauth_state_ttl)?,
+            require_email_verification,
         })
     }
 

@@ -64,6 +64,11 @@ impl SessionArgs {
         Ok(SessionLifetimes { ttl: delta(self.session_ttl)?, idle_timeout: delta(self.session_idle_timeout)? })
     }
 
+    /// How often `GetSession` may write a session's `last_active_at`.
+    pub fn refresh_interval(&self) -> anyhow::Result<chrono::TimeDelta> {
+        delta(self.session_refresh_interval)
+    }
+
     /// How long email links live.
     pub fn link_lifetimes(&self) -> anyhow::Result<LinkLifetimes> {
         Ok(LinkLifetimes { verification: delta(self.verification_ttl)?, reset: delta(self.reset_ttl)? })
@@ -72,7 +77,6 @@ impl SessionArgs {
     /// The sign-in rules, with `password`'s rules for new passwords.
     pub fn auth_config(&self, password: PasswordPolicy) -> anyhow::Result<AuthConfig> {
         Ok(AuthConfig {
-            refresh_interval: delta(self.session_refresh_interval)?,
             password,
             require_email_verification: self.require_email_verification,
             lockout: Lockout {

@@ -8,8 +8,9 @@ use uuid::Uuid;
 use super::{
     audit::{AuditEvent, Event, Outcome, decode_cursor, encode_cursor},
     client::ClientInfo,
-    core::{Core, EndReason, Ending},
+    core::Core,
     error::Error,
+    session::{EndReason, Ending, Sessions},
     user::User,
 };
 use crate::storage::AdminUserRow;
@@ -39,6 +40,7 @@ impl From<AdminUserRow> for AdminUser {
 /// Admin operations.
 pub struct Admin {
     core: Arc<Core>,
+    sessions: Arc<Sessions>,
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -47,8 +49,8 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
 
 impl Admin {
     /// Admin operations over the shared store.
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>) -> Self {
+        Self { core, sessions }
     }
 
     async fn find(&self, id: Uuid) -> Result<AdminUser, Error> {
@@ -110,7 +112,7 @@ impl Admin {
         if !self.core.store.set_disabled(id, Some(self.core.now())).await? {
             return Err(Error::NotFound("user"));
         }
-        self.core.end_sessions(Ending::All { user_id: id }, EndReason::UserDisabled).await?;
+        self.sessions.end(Ending::All { user_id: id }, EndReason::UserDisabled).await?;
         self.audit(Some(id), Event::UserDisabled, who, client).await;
         self.find(id).await
     }
@@ -128,7 +130,7 @@ impl Admin {
     /// Deletes a user.
     pub async fn delete(&self, who: &ServiceIdentity, client: &ClientInfo, user_id: &str) -> Result<(), Error> {
         let id = parse_id(user_id)?;
-        if !self.core.delete_user(id).await? {
+        if !self.sessions.delete_user(id).await? {
             return Err(Error::NotFound("user"));
         }
         self.audit(Some(id), Event::AccountDeleted, who, client).await;
@@ -146,7 +148,7 @@ impl Admin {
         if self.core.store.admin_user(id).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        let n = self.core.end_sessions(Ending::All { user_id: id }, EndReason::Admin).await?;
+        let n = self.sessions.end(Ending::All { user_id: id }, EndReason::Admin).await?;
         self.audit(Some(id), Event::SessionRevoked, who, client).await;
         Ok(n)
     }

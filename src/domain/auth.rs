@@ -9,7 +9,7 @@ use super::{
     audit::{AuditLog, Event, Outcome},
     breach::{BreachedPasswords, Verdict},
     client::ClientInfo,
-    core::{Core, EndReason, Ending},
+    core::Core,
     email::Email,
     error::{AuthFailure, Error, Violations},
     limits::Limit,
@@ -17,13 +17,13 @@ use super::{
     notify::{Template, Vars},
     password::{Password, PasswordHasher, PasswordPolicy},
     profile::Profile,
-    session::Session,
-    token::{SessionToken, TokenHasher},
+    session::{Authenticated, EndReason, Ending, Session, Sessions},
+    token::SessionToken,
     user::User,
 };
 use crate::{
     metrics::METRICS,
-    storage::{AttemptState, CredentialRow, NewSession, NewUser, SignUpRows, StoreError},
+    storage::{AttemptState, CredentialRow, NewUser, SignUpRows, StoreError},
 };
 
 /// Longest display name.
@@ -32,8 +32,6 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Session and password settings.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// `last_active_at` is written at most this often.
-    pub refresh_interval: TimeDelta,
     /// Rules for new passwords.
     pub password: PasswordPolicy,
     /// Sign-in needs a verified address, and sign-up returns no session.
@@ -84,21 +82,12 @@ pub struct AuthDeps {
     pub core: Arc<Core>,
     /// Argon2 pool.
     pub hasher: PasswordHasher,
-    /// Keyed hash of session tokens.
-    pub session_tokens: TokenHasher,
+    /// Sessions are made and ended there.
+    pub sessions: Arc<Sessions>,
     /// Email links (sign-up sends the first verification link).
     pub links: Arc<Links>,
     /// The breached-password check, when configured.
     pub breached: Option<BreachedPasswords>,
-}
-
-/// A validated session and its user.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    /// The user.
-    pub user: User,
-    /// The session that authenticated the call.
-    pub session: Session,
 }
 
 /// The result of signing up or in: the token is shown once.
@@ -139,7 +128,7 @@ pub struct SignUpInput {
 pub struct Auth {
     core: Arc<Core>,
     hasher: PasswordHasher,
-    tokens: TokenHasher,
+    sessions: Arc<Sessions>,
     links: Arc<Links>,
     breached: Option<BreachedPasswords>,
     config: AuthConfig,
@@ -151,7 +140,7 @@ impl Auth {
         Self {
             core: deps.core,
             hasher: deps.hasher,
-            tokens: deps.session_tokens,
+            sessions: deps.sessions,
             links: deps.links,
             breached: deps.breached,
             config,
@@ -166,11 +155,6 @@ impl Auth {
     /// The rules for new passwords.
     pub(crate) fn password_policy(&self) -> &PasswordPolicy {
         &self.config.password
-    }
-
-    /// Whether sign-in needs a verified email (provider sign-in follows the same rule).
-    pub(crate) fn requires_email_verification(&self) -> bool {
-        self.config.require_email_verification
     }
 
     /// Refuses a new password that the breach corpus holds, when the check is configured. An
@@ -254,7 +238,7 @@ impl Auth {
         let session = if self.config.require_email_verification {
             None
         } else {
-            Some(self.new_session(user_id, client.clone())?)
+            Some(self.sessions.new_session(user_id, client.clone())?)
         };
         let rows = SignUpRows {
             profile: profile.as_ref(),
@@ -270,7 +254,7 @@ impl Auth {
         self.core.audit.record(Some(user.id), Event::SignUp, Outcome::Success, None, &client).await;
         self.links.mail_verification(&user, &link, &client).await;
         let session = match (stored_session, session) {
-            (Some(row), Some((_, token))) => Some((self.core.session(row, true), token)),
+            (Some(row), Some((_, token))) => Some((self.sessions.view(row, true), token)),
             _ => None,
         };
         tracing::info!(user_id = %user.id, "user signed up");
@@ -379,7 +363,7 @@ impl Auth {
                 "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
             ));
         }
-        let (session, token) = self.create_session(user.id, client.clone()).await?;
+        let (session, token) = self.sessions.create(user.id, client.clone()).await?;
         self.core.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
         Ok(SignedIn { user: user.into(), session, token })
     }
@@ -409,34 +393,16 @@ impl Auth {
         Err(Error::Unavailable(anyhow::anyhow!("password attempts on one account kept conflicting")))
     }
 
-    /// Validates a presented token: the hot path. Reads one joined row, and writes only when
-    /// `last_active_at` is older than the refresh interval.
-    #[tracing::instrument(skip_all)]
+    /// Validates a presented token (see [`Sessions::authenticate`]).
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Authenticated, Error> {
-        let invalid = Error::Unauthenticated(AuthFailure::InvalidSession);
-        let Some(token) = presented.and_then(SessionToken::parse) else {
-            return Err(invalid);
-        };
-        let Some(found) = self.core.store.find_session(&self.tokens.hash(&token)).await? else {
-            return Err(invalid);
-        };
-        let (mut session, user) = found.into_parts();
-        let now = self.core.now();
-        if !self.core.is_live(&session, now) {
-            return Err(invalid);
-        }
-        if now - session.last_active_at >= self.config.refresh_interval {
-            self.core.store.touch_session(session.id, now).await?;
-            session.last_active_at = now;
-        }
-        Ok(Authenticated { user: user.into(), session: self.core.session(session, true) })
+        self.sessions.authenticate(presented).await
     }
 
     /// Revokes the calling session.
     #[tracing::instrument(skip_all)]
     pub async fn sign_out(&self, caller: &Authenticated, client: &ClientInfo) -> Result<(), Error> {
         let one = Ending::One { user_id: caller.user.id, session_id: caller.session.id };
-        self.core.end_sessions(one, EndReason::SignOut).await?;
+        self.sessions.end(one, EndReason::SignOut).await?;
         self.core.audit.record(Some(caller.user.id), Event::SignOut, Outcome::Success, None, client).await;
         Ok(())
     }
@@ -444,16 +410,7 @@ impl Auth {
     /// The caller's live sessions, most recently used first.
     #[tracing::instrument(skip_all)]
     pub async fn list_sessions(&self, caller: &Authenticated) -> Result<Vec<Session>, Error> {
-        let now = self.core.now();
-        let rows = self.core.store.list_sessions(caller.user.id, now).await?;
-        Ok(rows
-            .into_iter()
-            .filter(|s| self.core.is_live(s, now))
-            .map(|s| {
-                let current = s.id == caller.session.id;
-                self.core.session(s, current)
-            })
-            .collect())
+        self.sessions.list(caller.user.id, caller.session.id).await
     }
 
     /// Revokes one of the caller's sessions.
@@ -468,7 +425,7 @@ impl Auth {
             return Err(Error::invalid("session_id", "must be a UUID"));
         };
         let one = Ending::One { user_id: caller.user.id, session_id: id };
-        if self.core.end_sessions(one, EndReason::Revoked).await? == 0 {
+        if self.sessions.end(one, EndReason::Revoked).await? == 0 {
             return Err(Error::NotFound("session"));
         }
         self.core.audit.record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, None, client).await;
@@ -479,7 +436,7 @@ impl Auth {
     #[tracing::instrument(skip_all)]
     pub async fn revoke_other_sessions(&self, caller: &Authenticated, client: &ClientInfo) -> Result<u64, Error> {
         let others = Ending::AllBut { user_id: caller.user.id, keep: caller.session.id };
-        let n = self.core.end_sessions(others, EndReason::OtherSessions).await?;
+        let n = self.sessions.end(others, EndReason::OtherSessions).await?;
         self.core
             .audit
             .record(Some(caller.user.id), Event::SessionRevoked, Outcome::Success, Some("other_sessions"), client)
@@ -542,7 +499,7 @@ impl Auth {
         }
         let revoked = if revoke_others {
             let others = Ending::AllBut { user_id: caller.user.id, keep: caller.session.id };
-            self.core.end_sessions(others, EndReason::PasswordChanged).await?
+            self.sessions.end(others, EndReason::PasswordChanged).await?
         } else {
             0
         };
@@ -562,15 +519,9 @@ impl Auth {
     ) -> Result<(), Error> {
         let password = optional_password(password, "password")?;
         self.check_password(caller, password, "password", client).await?;
-        self.core.delete_user(caller.user.id).await?;
+        self.sessions.delete_user(caller.user.id).await?;
         self.core.audit.record(Some(caller.user.id), Event::AccountDeleted, Outcome::Success, None, client).await;
         Ok(())
-    }
-
-    /// Deletes sessions that can no longer validate; returns how many.
-    pub async fn prune_expired_sessions(&self) -> Result<u64, Error> {
-        let now = self.core.now();
-        Ok(self.core.store.delete_expired_sessions(now, now - self.core.lifetimes.idle_timeout).await?)
     }
 
     /// Re-checks a signed-in user's password (before sensitive changes). Guesses share the
@@ -632,34 +583,6 @@ impl Auth {
             Ok(false) => tracing::debug!(user_id = %user_id, "password changed meanwhile; no upgrade"),
             Err(error) => tracing::warn!(user_id = %user_id, %error, "password hash upgrade failed"),
         }
-    }
-
-    /// Creates a session for `user_id`: the one place sessions are made, for password and
-    /// provider sign-in alike.
-    pub(crate) async fn create_session(
-        &self,
-        user_id: Uuid,
-        client: ClientInfo,
-    ) -> Result<(Session, SessionToken), Error> {
-        let (new, token) = self.new_session(user_id, client)?;
-        let row = self.core.store.create_session(&new).await?;
-        Ok((self.core.session(row, true), token))
-    }
-
-    /// A new session token for `user_id` and the row that stores it (not stored yet).
-    fn new_session(&self, user_id: Uuid, client: ClientInfo) -> Result<(NewSession, SessionToken), Error> {
-        let token = SessionToken::generate().map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
-        let now = self.core.now();
-        let new = NewSession {
-            id: Uuid::new_v4(),
-            user_id,
-            token_hash: self.tokens.hash(&token),
-            now,
-            expires_at: now + self.core.lifetimes.ttl,
-            ip_address: client.ip,
-            user_agent: client.user_agent,
-        };
-        Ok((new, token))
     }
 }
 

@@ -1,7 +1,7 @@
 //! What every domain service shares: the store, the clock, the audit log, rate limits, outgoing
-//! mail and the revocation feed, and the operations on them that more than one service needs.
-//! Each service (`Auth`, `Recovery`, `OAuth`, `Admin`, `Mesh`) holds an `Arc<Core>` instead of
-//! reaching into another service's fields.
+//! mail and the revocation feed, and the operations on them that more than one service needs
+//! (rate limiting with its audit record). Each service (`Sessions`, `Auth`, `Recovery`, `OAuth`,
+//! `Admin`, `Mesh`) holds an `Arc<Core>` instead of reaching into another service's fields.
 
 use std::sync::Arc;
 
@@ -17,60 +17,8 @@ use super::{
     limits::{Limit, Limiter},
     notify::Notifier,
     revocations::RevocationHub,
-    session::{Session, SessionLifetimes},
 };
-use crate::{
-    metrics::METRICS,
-    storage::{Revoked, SessionRow, Store},
-};
-
-/// Which sessions `Core::end_sessions` ends.
-#[derive(Debug, Clone, Copy)]
-pub enum Ending {
-    /// One session of a user.
-    One { user_id: Uuid, session_id: Uuid },
-    /// Every session of a user except `keep`.
-    AllBut { user_id: Uuid, keep: Uuid },
-    /// Every session of a user.
-    All { user_id: Uuid },
-}
-
-/// Why sessions ended, as recorded in the revocation feed (`RevocationEvent.reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The user signed out.
-    SignOut,
-    /// The user revoked one of their sessions.
-    Revoked,
-    /// The user revoked every other session.
-    OtherSessions,
-    /// The user changed their password and ended the others.
-    PasswordChanged,
-    /// A reset link set a new password.
-    PasswordReset,
-    /// The account was deleted.
-    UserDeleted,
-    /// An operator disabled the account.
-    UserDisabled,
-    /// An operator ended the sessions.
-    Admin,
-}
-
-impl EndReason {
-    /// The name stored in the feed (part of the API: watchers read it).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SignOut => "sign_out",
-            Self::Revoked => "revoked",
-            Self::OtherSessions => "other_sessions",
-            Self::PasswordChanged => "password_changed",
-            Self::PasswordReset => "password_reset",
-            Self::UserDeleted => "user_deleted",
-            Self::UserDisabled => "user_disabled",
-            Self::Admin => "admin",
-        }
-    }
-}
+use crate::{metrics::METRICS, storage::Store};
 
 /// The shared dependencies of the domain services.
 pub struct Core {
@@ -86,8 +34,6 @@ pub struct Core {
     pub(crate) notifier: Arc<Notifier>,
     /// The revocation feed's follower, woken after local revocations.
     pub(crate) revocations: Arc<RevocationHub>,
-    /// How long sessions live.
-    pub(crate) lifetimes: SessionLifetimes,
 }
 
 impl Core {
@@ -99,9 +45,8 @@ impl Core {
         limiter: Arc<Limiter>,
         notifier: Arc<Notifier>,
         revocations: Arc<RevocationHub>,
-        lifetimes: SessionLifetimes,
     ) -> Self {
-        Self { store, clock, audit, limiter, notifier, revocations, lifetimes }
+        Self { store, clock, audit, limiter, notifier, revocations }
     }
 
     /// The current time.
@@ -138,42 +83,6 @@ impl Core {
     /// Checks that the database answers and takes a write (for the health reporter).
     pub async fn check_store(&self) -> Result<(), Error> {
         Ok(self.store.ping().await?)
-    }
-
-    fn revoked(&self, reason: EndReason) -> Revoked {
-        Revoked { reason: reason.as_str(), at: self.now() }
-    }
-
-    /// Ends sessions: deletes them, records each in the revocation feed (in the same
-    /// transaction) and wakes the feed's follower so that local watchers hear at once. The one
-    /// place sessions end, so the one place a session cache must evict. Returns how many ended.
-    pub(crate) async fn end_sessions(&self, which: Ending, reason: EndReason) -> Result<u64, Error> {
-        let revoked = self.revoked(reason);
-        let ended = match which {
-            Ending::One { user_id, session_id } => {
-                u64::from(self.store.delete_session(user_id, session_id, revoked).await?)
-            }
-            Ending::AllBut { user_id, keep } => self.store.delete_other_sessions(user_id, keep, revoked).await?,
-            Ending::All { user_id } => self.store.delete_all_sessions(user_id, revoked).await?,
-        };
-        self.revocations.wake();
-        Ok(ended)
-    }
-
-    /// Deletes a user and everything that hangs off it, ending (and recording) their sessions
-    /// as [`Core::end_sessions`] does. False if there was no such user.
-    pub(crate) async fn delete_user(&self, user_id: Uuid) -> Result<bool, Error> {
-        let deleted = self.store.delete_user(user_id, self.revoked(EndReason::UserDeleted)).await?;
-        self.revocations.wake();
-        Ok(deleted)
-    }
-
-    /// Sets a new password hash from a reset link: every session ends (recorded as
-    /// [`EndReason::PasswordReset`]), and links made before the proof go.
-    pub(crate) async fn reset_password(&self, user_id: Uuid, hash: &str) -> Result<crate::storage::Recovered, Error> {
-        let recovered = self.store.reset_password(user_id, hash, self.revoked(EndReason::PasswordReset)).await?;
-        self.revocations.wake();
-        Ok(recovered)
     }
 
     /// Counts an event against a rate limit; over it, audits and refuses.
@@ -222,16 +131,6 @@ impl Core {
             }
             other => other,
         }
-    }
-
-    /// Whether a stored session can still validate at `now`.
-    pub(crate) fn is_live(&self, s: &SessionRow, now: DateTime<Utc>) -> bool {
-        self.lifetimes.is_live(s, now)
-    }
-
-    /// A stored session as its owner sees it.
-    pub(crate) fn session(&self, row: SessionRow, current: bool) -> Session {
-        self.lifetimes.view(row, current)
     }
 
     /// Deletes revocation events older than `retention`.

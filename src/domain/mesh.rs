@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    auth::{Auth, Authenticated},
     core::Core,
     error::{AuthFailure, Error},
     keys::{Claims, KeyRing, new_jti},
+    session::{Authenticated, Sessions},
 };
 
 /// An issued access token.
@@ -48,15 +48,14 @@ pub struct Introspection {
 /// Access tokens and introspection.
 pub struct Mesh {
     core: Arc<Core>,
-    /// Validates session tokens presented for introspection.
-    auth: Arc<Auth>,
+    sessions: Arc<Sessions>,
     keys: Arc<KeyRing>,
 }
 
 impl Mesh {
     /// Token operations with `keys`.
-    pub fn new(core: Arc<Core>, auth: Arc<Auth>, keys: Arc<KeyRing>) -> Self {
-        Self { core, auth, keys }
+    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>, keys: Arc<KeyRing>) -> Self {
+        Self { core, sessions, keys }
     }
 
     /// The key ring (for the JWKS endpoints and rotation).
@@ -100,7 +99,7 @@ impl Mesh {
     pub async fn introspect(&self, token: &str) -> Result<Option<Introspection>, Error> {
         let token = token.trim();
         if token.starts_with(super::token::SESSION_PREFIX) {
-            return match self.auth.authenticate(Some(token)).await {
+            return match self.sessions.authenticate(Some(token)).await {
                 Ok(a) => Ok(Some(Introspection {
                     token_type: "session",
                     sub: a.user.id,
@@ -118,8 +117,8 @@ impl Mesh {
         }
         let Some(claims) = self.keys.verify(token).await else { return Ok(None) };
         let (Ok(sub), Ok(sid)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else { return Ok(None) };
-        let Some(session) = self.core.store.live_session(sid).await? else { return Ok(None) };
-        if session.user_id != sub || !self.core.is_live(&session, self.core.now()) {
+        let Some(session) = self.sessions.live(sid).await? else { return Ok(None) };
+        if session.user_id != sub {
             return Ok(None);
         }
         let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Business rules: accounts, credentials, sessions and profiles. Knows the storage traits,
-//! never tonic or sqlx. Every service holds the shared [`core::Core`]; each hands out its own
-//! views ([`user::User`], [`session::Session`], ...) rather than storage rows.
+//! never tonic or sqlx. Every service holds the shared [`core::Core`], and makes, validates and
+//! ends sessions only through [`session::Sessions`]; each hands out its own views
+//! ([`user::User`], [`session::Session`], ...) rather than storage rows.
 
 pub mod admin;
 pub mod audit;

@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use super::{
     audit::{Event, Outcome},
-    auth::{Auth, Authenticated},
     cipher::SecretCipher,
     client::ClientInfo,
     core::Core,
@@ -21,7 +20,7 @@ use super::{
     error::{AuthFailure, Error, Violations},
     limits::Limit,
     notify::{Template, Vars},
-    session::Session,
+    session::{Authenticated, Session, Sessions},
     token::SessionToken,
     user::User,
 };
@@ -43,6 +42,8 @@ pub struct OAuthConfig {
     pub link_by_verified_email: bool,
     /// How long a started flow may take.
     pub state_ttl: TimeDelta,
+    /// Sign-in needs a verified address (the same rule as password sign-in).
+    pub require_email_verification: bool,
 }
 
 /// A started flow: where to send the browser.
@@ -125,8 +126,7 @@ pub struct ProviderAccessToken {
 /// Provider sign-in, linking and provider tokens.
 pub struct OAuth {
     core: Arc<Core>,
-    /// Creates the sessions of provider sign-ins, under the same rules as password sign-in.
-    auth: Arc<Auth>,
+    sessions: Arc<Sessions>,
     providers: Vec<Provider>,
     cipher: Arc<SecretCipher>,
     state_key: Hmac<Sha256>,
@@ -134,10 +134,10 @@ pub struct OAuth {
 }
 
 impl OAuth {
-    /// Provider sign-in, creating sessions through `auth`.
+    /// Provider sign-in, creating sessions through `sessions`.
     pub fn new(
         core: Arc<Core>,
-        auth: Arc<Auth>,
+        sessions: Arc<Sessions>,
         providers: Vec<Provider>,
         cipher: Arc<SecretCipher>,
         server_secret: &[u8],
@@ -147,7 +147,7 @@ impl OAuth {
         let mut derive = Hmac::<Sha256>::new_from_slice(server_secret)?;
         derive.update(b"gatehouse oauth state v1");
         let state_key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?;
-        Ok(Self { core, auth, providers, cipher, state_key, config })
+        Ok(Self { core, sessions, providers, cipher, state_key, config })
     }
 
     /// Names of the configured providers.
@@ -405,7 +405,7 @@ impl OAuth {
                         self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;
                         return Err(Error::Unauthenticated(AuthFailure::InvalidCredentials));
                     }
-                    if self.auth.requires_email_verification() && !user.email_verified {
+                    if self.config.require_email_verification && !user.email_verified {
                         let detail = format!("oauth:{provider}:email_not_verified");
                         self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;
                         return Err(Error::FailedPrecondition(
@@ -413,7 +413,7 @@ impl OAuth {
                                 .into(),
                         ));
                     }
-                    let (session, token) = self.auth.create_session(user.id, client.clone()).await?;
+                    let (session, token) = self.sessions.create(user.id, client.clone()).await?;
                     self.audit(Event::SignIn, Outcome::Success, user.id, &format!("oauth:{provider}"), &client).await;
                     return Ok(Completed { user, session, token: Some(token), is_new_user });
                 }

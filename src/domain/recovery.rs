@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{
     audit::{Event, Outcome},
-    auth::{Auth, Authenticated, local_part},
+    auth::{Auth, local_part},
     client::ClientInfo,
     core::Core,
     email::Email,
@@ -14,6 +14,7 @@ use super::{
     links::{CHANGE_EMAIL, Links, RESET_PASSWORD, VERIFY_EMAIL},
     notify::{Template, Vars},
     password::Password,
+    session::{Authenticated, Sessions},
 };
 use crate::storage::StoreError;
 
@@ -28,13 +29,15 @@ pub struct Recovery {
     /// For the password rules, the breach check and hashing, and re-checking the current
     /// password: one owner of each password rule.
     auth: Arc<Auth>,
+    sessions: Arc<Sessions>,
     links: Arc<Links>,
 }
 
 impl Recovery {
-    /// Recovery over `links`, with `auth`'s password rules.
-    pub fn new(core: Arc<Core>, auth: Arc<Auth>, links: Arc<Links>) -> Self {
-        Self { core, auth, links }
+    /// Recovery over `links`, with `auth`'s password rules; a reset ends sessions through
+    /// `sessions`.
+    pub fn new(core: Arc<Core>, auth: Arc<Auth>, sessions: Arc<Sessions>, links: Arc<Links>) -> Self {
+        Self { core, auth, sessions, links }
     }
 
     /// SendVerificationEmail: a new link for the caller's unverified address.
@@ -165,7 +168,7 @@ impl Recovery {
         if self.core.store.redeem_token(&hash, purposes, self.core.now()).await?.is_none() {
             return Err(bad_token());
         }
-        let recovered = self.core.reset_password(user.id, &password_hash).await?;
+        let recovered = self.sessions.reset_password(user.id, &password_hash).await?;
         self.core.audit.record(Some(user.id), Event::PasswordReset, Outcome::Success, None, client).await;
         tracing::info!(
             user_id = %user.id,

@@ -13,10 +13,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Auth, OAuth, Recovery,
-        auth::{Authenticated, SignUpInput},
-        error::Violations,
-        oauth::CompleteInput,
+        Auth, OAuth, Recovery, auth::SignUpInput, error::Violations, oauth::CompleteInput, session::Authenticated,
     },
     proto::v1::{self as pb, auth_service_server::AuthService},
 };
