@@ -61,7 +61,12 @@ async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let body = METRICS.render(state.auth.hasher().queue_depth(), state.core.pool_stats());
+    let cache = state.core.revocations().cache();
+    let body = METRICS.render(
+        state.auth.hasher().queue_depth(),
+        state.core.pool_stats(),
+        (cache.len(), cache.feed_lag().as_secs_f64()),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served as text at `/metrics` on the HTTP port. Process-wide, like the
 //! process they describe.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -13,6 +13,21 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+/// What happened to one session-cache lookup or entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// Answered from memory.
+    Hit,
+    /// Not cached (or stale): the database answered.
+    Miss,
+    /// The feed follower is behind: the database answered and nothing was cached.
+    Bypass,
+    /// An entry was dropped because its user's sessions or data changed.
+    Invalidated,
+    /// An entry was dropped to stay within the size bound.
+    Evicted,
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -39,6 +54,14 @@ pub struct Metrics {
     pool_size: Gauge,
     pool_idle: Gauge,
     pool_max: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_bypasses: Counter,
+    cache_invalidations: Counter,
+    cache_evictions: Counter,
+    cache_entries: Gauge,
+    feed_lag: Gauge<f64, AtomicU64>,
+    feed_delay: Histogram,
 }
 
 /// The process's metrics.
@@ -79,6 +102,46 @@ impl Metrics {
         registry.register("db_pool_idle_connections", "Idle database connections", pool_idle.clone());
         let pool_max = Gauge::default();
         registry.register("db_pool_max_connections", "Configured pool maximum", pool_max.clone());
+        let cache_hits = Counter::default();
+        registry.register("session_cache_hits", "Session validations answered from the cache", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register(
+            "session_cache_misses",
+            "Session validations the database answered (not cached, stale, or due a touch)",
+            cache_misses.clone(),
+        );
+        let cache_bypasses = Counter::default();
+        registry.register(
+            "session_cache_bypasses",
+            "Session validations that skipped the cache because the feed follower was not caught up",
+            cache_bypasses.clone(),
+        );
+        let cache_invalidations = Counter::default();
+        registry.register(
+            "session_cache_invalidations",
+            "Cached sessions dropped because their user's sessions or data changed",
+            cache_invalidations.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "session_cache_evictions",
+            "Cached sessions dropped to stay within the size bound",
+            cache_evictions.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register("session_cache_entries", "Sessions held in the cache", cache_entries.clone());
+        let feed_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "session_feed_lag_seconds",
+            "Time since the feed follower last read the revocation and user-change feeds to their end",
+            feed_lag.clone(),
+        );
+        let feed_delay = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
+        registry.register(
+            "session_feed_delay_seconds",
+            "Delay from a revocation's commit (on any replica) to this replica's follower reading it",
+            feed_delay.clone(),
+        );
         Self {
             registry,
             rpcs,
@@ -91,7 +154,31 @@ impl Metrics {
             pool_size,
             pool_idle,
             pool_max,
+            cache_hits,
+            cache_misses,
+            cache_bypasses,
+            cache_invalidations,
+            cache_evictions,
+            cache_entries,
+            feed_lag,
+            feed_delay,
         }
+    }
+
+    /// Counts a session-cache event.
+    pub fn session_cache(&self, event: CacheEvent) {
+        match event {
+            CacheEvent::Hit => self.cache_hits.inc(),
+            CacheEvent::Miss => self.cache_misses.inc(),
+            CacheEvent::Bypass => self.cache_bypasses.inc(),
+            CacheEvent::Invalidated => self.cache_invalidations.inc(),
+            CacheEvent::Evicted => self.cache_evictions.inc(),
+        };
+    }
+
+    /// Records how long a revocation took to reach this replica's follower.
+    pub fn observe_feed_delay(&self, delay: std::time::Duration) {
+        self.feed_delay.observe(delay.as_secs_f64());
     }
 
     /// Counts a finished RPC.
@@ -122,12 +209,15 @@ impl Metrics {
     }
 
     /// The text exposition, with the sampled gauges set first.
-    pub fn render(&self, hash_queue: usize, pool: (u32, u32, u32)) -> String {
+    /// `cache` is the session cache's entry count and its feed's lag in seconds.
+    pub fn render(&self, hash_queue: usize, pool: (u32, u32, u32), cache: (u64, f64)) -> String {
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.hash_queue.set(to_i64(hash_queue as u64));
         self.pool_size.set(i64::from(pool.0));
         self.pool_idle.set(i64::from(pool.1));
         self.pool_max.set(i64::from(pool.2));
+        self.cache_entries.set(to_i64(cache.0));
+        self.feed_lag.set(cache.1);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

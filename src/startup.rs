@@ -24,6 +24,7 @@ use crate::{
         password::PasswordHasher,
         revocations::RevocationHub,
         session::Sessions,
+        session_cache::SessionCache,
         token::TokenHasher,
     },
     grpc::{self, GrpcSettings, ServiceAuth, Services, health},
@@ -124,7 +125,8 @@ impl Application {
         let limiter_key = config.limits.rate_limits.then(|| secret.expose_secret());
         let limiter = Arc::new(Limiter::new(backend, rates, limiter_key, config.limits.rate_ipv6_prefix)?);
         let audit = Arc::new(AuditLog::new(Arc::clone(&store), Arc::clone(&clock)));
-        let revocations = RevocationHub::start(Arc::clone(&store)).await?;
+        let cache = Arc::new(SessionCache::new(config.sessions.cache_settings()?));
+        let revocations = RevocationHub::start(Arc::clone(&store), Arc::clone(&cache)).await?;
         let previous = config.load_previous_secrets()?;
         let previous: Vec<&[u8]> = previous.iter().map(|s| s.expose_secret()).collect();
         let cipher = Arc::new(SecretCipher::new(secret.expose_secret(), &previous)?);
@@ -142,6 +144,7 @@ impl Application {
             session_tokens,
             config.sessions.lifetimes()?,
             config.sessions.refresh_interval()?,
+            cache,
         ));
         let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, config.sessions.link_lifetimes()?));
         let deps = AuthDeps {
@@ -233,7 +236,7 @@ impl Application {
             self.config.sessions.session_prune_interval,
             retention,
         ));
-        let follower = tokio::spawn(Arc::clone(self.core.revocations()).run(Duration::from_millis(500)));
+        let follower = tokio::spawn(Arc::clone(self.core.revocations()).run(self.config.sessions.feed_poll()));
         let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.mesh.key_check_interval()));
         let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls.tls_reload_interval)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,7 +5,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::delta;
-use crate::domain::{AuthConfig, Lockout, links::LinkLifetimes, password::PasswordPolicy, session::SessionLifetimes};
+use crate::domain::{
+    AuthConfig, Lockout, links::LinkLifetimes, password::PasswordPolicy, session::SessionLifetimes,
+    session_cache::CacheSettings,
+};
 
 /// Session lifetimes, email links and the sign-in lockout.
 #[derive(Clone, Args)]
@@ -56,6 +59,21 @@ pub struct SessionArgs {
     /// Longest lock.
     #[arg(long, env = "GATEHOUSE_LOCKOUT_MAX", default_value = "15m", value_parser = humantime::parse_duration)]
     pub lockout_max: Duration,
+
+    /// Most validated sessions cached in memory per replica (0 turns the cache off). Every
+    /// revocation and user change evicts before its RPC returns, and other replicas evict
+    /// from the feed.
+    #[arg(long, env = "GATEHOUSE_SESSION_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub session_cache_entries: u64,
+
+    /// Longest a cached session is served after its database read (0 turns the cache off).
+    #[arg(long, env = "GATEHOUSE_SESSION_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub session_cache_ttl: Duration,
+
+    /// Longest the revocation feed's follower may go without confirming it is caught up
+    /// before the cache is bypassed (listener or database down).
+    #[arg(long, env = "GATEHOUSE_SESSION_CACHE_FEED_BOUND", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub session_cache_feed_bound: Duration,
 }
 
 impl SessionArgs {
@@ -67,6 +85,24 @@ impl SessionArgs {
     /// How often `GetSession` may write a session's `last_active_at`.
     pub fn refresh_interval(&self) -> anyhow::Result<chrono::TimeDelta> {
         delta(self.session_refresh_interval)
+    }
+
+    /// The session cache's size, age and feed bound.
+    pub fn cache_settings(&self) -> anyhow::Result<CacheSettings> {
+        if self.session_cache_feed_bound < Duration::from_millis(100) {
+            anyhow::bail!("--session-cache-feed-bound must be at least 100ms: the feed is polled within it");
+        }
+        Ok(CacheSettings {
+            entries: self.session_cache_entries,
+            ttl: self.session_cache_ttl,
+            feed_bound: self.session_cache_feed_bound,
+        })
+    }
+
+    /// How often the feed follower reads the feeds when no notice wakes it: well inside the
+    /// cache's feed bound, so a healthy follower never lets the cache lapse.
+    pub fn feed_poll(&self) -> Duration {
+        (self.session_cache_feed_bound / 4).min(Duration::from_millis(500))
     }
 
     /// How long email links live.

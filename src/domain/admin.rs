@@ -112,6 +112,7 @@ impl Admin {
         if !self.core.store.set_disabled(id, Some(self.core.now())).await? {
             return Err(Error::NotFound("user"));
         }
+        self.sessions.user_changed(id);
         self.sessions.end(Ending::All { user_id: id }, EndReason::UserDisabled).await?;
         self.audit(Some(id), Event::UserDisabled, who, client).await;
         self.find(id).await

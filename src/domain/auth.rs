@@ -497,6 +497,7 @@ impl Auth {
                 .await;
             return Err(Error::invalid("current_password", "no longer matches: the password was just changed"));
         }
+        self.sessions.user_changed(caller.user.id);
         let revoked = if revoke_others {
             let others = Ending::AllBut { user_id: caller.user.id, keep: caller.session.id };
             self.sessions.end(others, EndReason::PasswordChanged).await?
@@ -579,7 +580,10 @@ impl Auth {
             Err(e) => Err(e),
         };
         match result {
-            Ok(true) => tracing::info!(user_id = %user_id, "password hash upgraded to current parameters"),
+            Ok(true) => {
+                self.sessions.user_changed(user_id);
+                tracing::info!(user_id = %user_id, "password hash upgraded to current parameters");
+            }
             Ok(false) => tracing::debug!(user_id = %user_id, "password changed meanwhile; no upgrade"),
             Err(error) => tracing::warn!(user_id = %user_id, %error, "password hash upgrade failed"),
         }

@@ -24,6 +24,7 @@ pub mod profile;
 pub mod recovery;
 pub mod revocations;
 pub mod session;
+pub mod session_cache;
 pub mod token;
 pub mod user;
 

@@ -289,6 +289,7 @@ impl OAuth {
         v.finish()?;
         match self.core.store.unlink_account(caller.user.id, provider, account_id, self.core.now()).await? {
             Unlinked::Removed => {
+                self.sessions.user_changed(caller.user.id);
                 self.audit(Event::OAuthUnlinked, Outcome::Success, caller.user.id, provider, client).await;
                 Ok(())
             }

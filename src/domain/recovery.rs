@@ -71,6 +71,7 @@ impl Recovery {
                 .await
             {
                 Ok(()) => {
+                    self.sessions.user_changed(redeemed.user_id);
                     self.core
                         .audit
                         .record(Some(redeemed.user_id), Event::EmailChanged, Outcome::Success, None, client)
@@ -88,6 +89,7 @@ impl Recovery {
             },
             _ => {
                 let removed = self.core.store.mark_email_verified(redeemed.user_id, now).await?;
+                self.sessions.user_changed(redeemed.user_id);
                 self.core
                     .audit
                     .record(Some(redeemed.user_id), Event::EmailVerified, Outcome::Success, None, client)

@@ -1,6 +1,8 @@
 //! Push revocation: every replica follows the revocation feed in the database and fans new
 //! entries out to its `WatchRevocations` streams. A revocation made on one replica reaches the
-//! others through PostgreSQL LISTEN/NOTIFY (or, on SQLite, the next poll).
+//! others through PostgreSQL LISTEN/NOTIFY (or, on SQLite, the next poll). The follower also
+//! reads the user-change feed, and turns both into evictions from the replica's session cache,
+//! confirming to it after every pass that read both feeds to their end.
 
 use std::{
     collections::BTreeSet,
@@ -16,8 +18,11 @@ use tokio::sync::{Notify, broadcast, broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use uuid::Uuid;
 
-use super::error::Error;
-use crate::storage::{RevocationRow, Store};
+use super::{error::Error, session_cache::SessionCache};
+use crate::{
+    metrics::METRICS,
+    storage::{RevocationRow, Store, StoreError},
+};
 
 /// One entry of the feed: a session that ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,15 +77,35 @@ pub struct RevocationHub {
     cursor: AtomicI64,
     /// True once the server is stopping: watchers end their streams so shutdown is not held.
     stopping: watch::Sender<bool>,
+    /// Every user-change id up to this one has been applied to the cache.
+    user_cursor: AtomicI64,
+    /// Told about every entry of both feeds, and about each caught-up pass.
+    cache: Arc<SessionCache>,
 }
 
 impl RevocationHub {
-    /// A hub starting after the newest entry.
-    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, Error> {
+    /// A hub starting after the newest entry of each feed, evicting from `cache`.
+    pub async fn start(store: Arc<dyn Store>, cache: Arc<SessionCache>) -> Result<Arc<Self>, Error> {
         let cursor = store.last_revocation_id().await?;
+        let user_cursor = store.last_user_change_id().await?;
         let (tx, _) = broadcast::channel(4096);
         let (stopping, _) = watch::channel(false);
-        Ok(Arc::new(Self { store, tx, wake: Notify::new(), cursor: AtomicI64::new(cursor), stopping }))
+        // The cache starts empty, and both cursors were read just now.
+        cache.confirm(Instant::now());
+        Ok(Arc::new(Self {
+            store,
+            tx,
+            wake: Notify::new(),
+            cursor: AtomicI64::new(cursor),
+            stopping,
+            user_cursor: AtomicI64::new(user_cursor),
+            cache,
+        }))
+    }
+
+    /// The session cache the follower evicts from.
+    pub fn cache(&self) -> &SessionCache {
+        &self.cache
     }
 
     /// Tells every watcher that the server is stopping.
@@ -173,52 +198,106 @@ impl RevocationHub {
         (after, ReceiverStream::new(rx))
     }
 
-    /// Follows the feed until aborted, waking on local revocations, on other replicas' notices,
-    /// and every `poll` at the latest.
+    /// Follows both feeds until aborted, waking on local changes, on other replicas' notices,
+    /// and every `poll` at the latest (which must be well inside the cache's feed bound: a
+    /// pass that reaches the end of both feeds is what keeps the cache serving).
     pub async fn run(self: Arc<Self>, poll: Duration) {
-        let mut sent_ahead: BTreeSet<i64> = BTreeSet::new();
-        let mut gap_since: Option<Instant> = None;
+        let mut revocations = Follow::new(self.cursor());
+        let mut users = Follow::new(self.user_cursor.load(Ordering::Acquire));
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = self.store.wait_for_revocations(poll) => {}
             }
-            let mut cursor = self.cursor();
-            loop {
-                let rows = match self.store.revocations_after(cursor, PAGE).await {
-                    Ok(rows) => rows,
-                    Err(error) => {
-                        tracing::warn!(%error, "reading the revocation feed failed");
-                        break;
-                    }
-                };
-                let full = rows.len() as i64 == PAGE;
-                for row in rows {
-                    if sent_ahead.insert(row.id) {
+            let began = Instant::now();
+            let read_revocations = revocations
+                .pass(
+                    |after| self.store.revocations_after(after, PAGE),
+                    |row: &RevocationRow| row.id,
+                    |row| {
+                        self.cache.invalidate_user(row.user_id);
+                        observe_delay(row.created_at);
                         // No receivers is fine: nobody is watching.
                         let _ = self.tx.send(row);
-                    }
-                }
-                // Advance over contiguous ids; hold at a hole until it fills or times out.
-                while sent_ahead.first().is_some_and(|id| *id == cursor + 1) {
-                    sent_ahead.pop_first();
-                    cursor += 1;
-                }
-                if let Some(first) = sent_ahead.first().copied() {
-                    let since = *gap_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= GAP_PATIENCE {
-                        cursor = first - 1;
-                        gap_since = None;
-                        continue;
-                    }
-                } else {
-                    gap_since = None;
-                }
-                if !full {
-                    break;
+                    },
+                )
+                .await;
+            self.cursor.store(revocations.cursor, Ordering::Release);
+            let read_users = users
+                .pass(
+                    |after| self.store.user_changes_after(after, PAGE),
+                    |row| row.id,
+                    |row| self.cache.invalidate_user(row.user_id),
+                )
+                .await;
+            self.user_cursor.store(users.cursor, Ordering::Release);
+            match (read_revocations, read_users) {
+                (Ok(()), Ok(())) => self.cache.confirm(began),
+                (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "reading the revocation feed failed"),
+            }
+        }
+    }
+}
+
+/// How long after it was recorded (by any replica) an entry reached this one.
+fn observe_delay(recorded: DateTime<Utc>) {
+    let delay = (Utc::now() - recorded).to_std().unwrap_or_default();
+    METRICS.observe_feed_delay(delay);
+}
+
+/// A follower's position in one feed: ids are taken in order, but a transaction can take an id
+/// and commit after a later one, so a hole is waited for before it is passed over.
+struct Follow {
+    /// Every id up to this one has been handled (or given up on).
+    cursor: i64,
+    /// Ids beyond a hole, already handled.
+    ahead: BTreeSet<i64>,
+    /// Since when the oldest hole has been open.
+    gap_since: Option<Instant>,
+}
+
+impl Follow {
+    fn new(cursor: i64) -> Self {
+        Self { cursor, ahead: BTreeSet::new(), gap_since: None }
+    }
+
+    /// Reads the feed from the cursor to its end, handing each new entry to `handle` once.
+    async fn pass<R, F, Fut>(
+        &mut self,
+        read: F,
+        id: impl Fn(&R) -> i64,
+        mut handle: impl FnMut(R),
+    ) -> Result<(), StoreError>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: Future<Output = Result<Vec<R>, StoreError>>,
+    {
+        loop {
+            let rows = read(self.cursor).await?;
+            let full = rows.len() as i64 == PAGE;
+            for row in rows {
+                if self.ahead.insert(id(&row)) {
+                    handle(row);
                 }
             }
-            self.cursor.store(cursor, Ordering::Release);
+            // Advance over contiguous ids; hold at a hole until it fills or times out.
+            while self.ahead.first().is_some_and(|id| *id == self.cursor + 1) {
+                self.ahead.pop_first();
+                self.cursor += 1;
+            }
+            if let Some(first) = self.ahead.first().copied() {
+                let since = *self.gap_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GAP_PATIENCE {
+                    self.cursor = first - 1;
+                    self.gap_since = None;
+                    continue;
+                }
+            } else {
+                self.gap_since = None;
+            }
+            if !full {
+                return Ok(());
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Sessions: the one place they are made, validated and ended, and how their owners see them.
-//! Every other service asks `Sessions`, so a cache of validated sessions has one place to fill
-//! and one place to evict.
+//! Every other service asks `Sessions`, so the cache of validated sessions
+//! ([`SessionCache`]) has one place to fill and one place to evict.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use super::{
     client::ClientInfo,
     core::Core,
     error::{AuthFailure, Error},
+    session_cache::SessionCache,
     token::{SessionToken, TokenHasher},
     user::User,
 };
@@ -81,35 +82,81 @@ pub struct Sessions {
     lifetimes: SessionLifetimes,
     /// `last_active_at` is written at most this often.
     refresh_interval: TimeDelta,
+    /// Validated sessions, evicted here for local changes and by the feed follower for
+    /// other replicas'.
+    cache: Arc<SessionCache>,
 }
 
 impl Sessions {
-    /// Sessions hashed with `tokens`.
-    pub fn new(core: Arc<Core>, tokens: TokenHasher, lifetimes: SessionLifetimes, refresh_interval: TimeDelta) -> Self {
-        Self { core, tokens, lifetimes, refresh_interval }
+    /// Sessions hashed with `tokens`, validated through `cache`.
+    pub fn new(
+        core: Arc<Core>,
+        tokens: TokenHasher,
+        lifetimes: SessionLifetimes,
+        refresh_interval: TimeDelta,
+        cache: Arc<SessionCache>,
+    ) -> Self {
+        Self { core, tokens, lifetimes, refresh_interval, cache }
     }
 
-    /// Validates a presented token: the hot path. Reads one joined row, and writes only when
-    /// `last_active_at` is older than the refresh interval.
+    /// Validates a presented token: the hot path. A cached answer is served while the session
+    /// is live by the clock; one due a `last_active_at` write, or that would refuse, asks the
+    /// database. The database path reads one joined row, and writes only when `last_active_at`
+    /// is older than the refresh interval.
     #[tracing::instrument(skip_all)]
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Authenticated, Error> {
         let invalid = Error::Unauthenticated(AuthFailure::InvalidSession);
         let Some(token) = presented.and_then(SessionToken::parse) else {
             return Err(invalid);
         };
-        let Some(found) = self.core.store.find_session(&self.tokens.hash(&token)).await? else {
+        let hash = self.tokens.hash(&token);
+        let key: Option<[u8; 32]> = hash.as_slice().try_into().ok();
+        let now = self.core.now();
+        if let Some(key) = key
+            && let Some(hit) = self.cache.get(&key)
+            && now < hit.auth.session.expires_at
+        {
+            let last = hit.auth.session.last_active_at;
+            if now - last < self.refresh_interval {
+                return Ok(hit.auth.clone());
+            }
+            // Due a touch: the conditional write is also a check that the session still
+            // exists. Not due any more means another replica touched it: read it afresh.
+            if self.core.store.touch_session(hit.auth.session.id, now, now - self.refresh_interval).await? {
+                let touched = hit.touched(now, self.lifetimes.idle_timeout);
+                let auth = touched.auth.clone();
+                self.cache.refresh(key, touched);
+                return Ok(auth);
+            }
+        }
+        let ticket = self.cache.ticket();
+        let Some(found) = self.core.store.find_session(&hash).await? else {
             return Err(invalid);
         };
         let (mut session, user) = found.into_parts();
-        let now = self.core.now();
         if !self.is_live(&session, now) {
             return Err(invalid);
         }
+        let mut fresh = true;
         if now - session.last_active_at >= self.refresh_interval {
-            self.core.store.touch_session(session.id, now).await?;
+            // False when another replica touched it meanwhile: the answer stands, uncached.
+            fresh = self.core.store.touch_session(session.id, now, now - self.refresh_interval).await?;
             session.last_active_at = now;
         }
-        Ok(Authenticated { user: user.into(), session: self.view(session, true) })
+        let absolute = session.expires_at;
+        let auth = Authenticated { user: user.into(), session: self.view(session, true) };
+        if let (Some(key), Some(ticket), true) = (key, ticket, fresh) {
+            self.cache.fill(key, ticket, auth.clone(), absolute);
+        }
+        Ok(auth)
+    }
+
+    /// What `GetSession` returns for `user_id` changed (email, verification, password,
+    /// linked accounts, disabling): this replica stops serving their cached sessions before
+    /// the caller returns, and the follower is woken to tell the others' feeds sooner.
+    pub(crate) fn user_changed(&self, user_id: Uuid) {
+        self.cache.invalidate_user(user_id);
+        self.core.revocations.wake();
     }
 
     /// A new session token for `user_id` and the row that stores it (not stored yet: sign-up
@@ -173,7 +220,8 @@ impl Sessions {
             Ending::AllBut { user_id, keep } => store.delete_other_sessions(user_id, keep, revoked).await?,
             Ending::All { user_id } => store.delete_all_sessions(user_id, revoked).await?,
         };
-        self.core.revocations.wake();
+        let (Ending::One { user_id, .. } | Ending::AllBut { user_id, .. } | Ending::All { user_id }) = which;
+        self.user_changed(user_id);
         Ok(ended)
     }
 
@@ -181,7 +229,7 @@ impl Sessions {
     /// False if there was no such user.
     pub(crate) async fn delete_user(&self, user_id: Uuid) -> Result<bool, Error> {
         let deleted = self.core.store.delete_user(user_id, self.revoked(EndReason::UserDeleted)).await?;
-        self.core.revocations.wake();
+        self.user_changed(user_id);
         Ok(deleted)
     }
 
@@ -189,7 +237,7 @@ impl Sessions {
     /// [`EndReason::PasswordReset`]), and links made before the proof go.
     pub(crate) async fn reset_password(&self, user_id: Uuid, hash: &str) -> Result<Recovered, Error> {
         let recovered = self.core.store.reset_password(user_id, hash, self.revoked(EndReason::PasswordReset)).await?;
-        self.core.revocations.wake();
+        self.user_changed(user_id);
         Ok(recovered)
     }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use rows::{
     AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, CredentialRow, NewAccount, NewOAuthUser,
     NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow, Recovered, RedeemedToken, RevocationRow,
-    Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow, UserRow,
+    Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow, UserChangeRow, UserRow,
 };
 
 /// Why a store operation failed.
@@ -148,8 +148,15 @@ pub trait SessionStore: Send + Sync {
     async fn create_session(&self, session: &NewSession) -> Result<SessionRow, StoreError>;
     /// The session with this token hash and its user, in one query: the hot path.
     async fn find_session(&self, token_hash: &[u8]) -> Result<Option<SessionUserRow>, StoreError>;
-    /// Moves a session's `last_active_at` forward.
-    async fn touch_session(&self, session_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Sets a session's `last_active_at` to `now` if it is at or before `due_before`. False if
+    /// it was not due (another replica touched it within the interval) or the session is gone,
+    /// so that of replicas touching at once exactly one writes.
+    async fn touch_session(
+        &self,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        due_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// A user's sessions whose absolute expiry is after `now`, most recently used first.
     async fn list_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<SessionRow>, StoreError>;
     /// Ends one session of a user, recording the revocation. False if the user has no such
@@ -249,7 +256,11 @@ pub trait RevocationStore: Send + Sync {
     async fn revocations_after(&self, after_id: i64, limit: i64) -> Result<Vec<RevocationRow>, StoreError>;
     /// The newest entry's id (0 when empty).
     async fn last_revocation_id(&self) -> Result<i64, StoreError>;
-    /// Deletes entries older than `before`.
+    /// User-change entries after `after_id`, oldest first.
+    async fn user_changes_after(&self, after_id: i64, limit: i64) -> Result<Vec<UserChangeRow>, StoreError>;
+    /// The newest user-change entry's id (0 when empty).
+    async fn last_user_change_id(&self) -> Result<i64, StoreError>;
+    /// Deletes revocation and user-change entries older than `before`.
     async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// A session that still exists and whose user is not disabled.
     async fn live_session(&self, session_id: Uuid) -> Result<Option<SessionRow>, StoreError>;

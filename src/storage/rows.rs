@@ -387,6 +387,17 @@ pub struct RevocationRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// One entry of the user-change feed: something `GetSession` returns for the user changed.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserChangeRow {
+    /// Increasing id.
+    pub id: i64,
+    /// The user that changed.
+    pub user_id: Uuid,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
 /// An access-token signing key as stored (private key encrypted).
 #[derive(Clone, sqlx::FromRow)]
 pub struct SigningKeyRow {

@@ -174,6 +174,7 @@ macro_rules! accounts {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
+                record_user_change(&mut tx, user_id, now).await?;
                 tx.commit().await.map_err(classify)?;
                 Ok(Unlinked::Removed)
             }

@@ -128,6 +128,22 @@ macro_rules! shared {
             <$store>::notify_revocations(tx).await
         }
 
+        /// Appends a user to the user-change feed, in the caller's transaction, and wakes
+        /// every replica's follower when it commits: what `GetSession` returns for them changed.
+        async fn record_user_change(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::storage::sql::Backend>::Db>,
+            user_id: uuid::Uuid,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::storage::StoreError> {
+            sqlx::query("INSERT INTO user_changes (user_id, created_at) VALUES ($1, $2)")
+                .bind(user_id)
+                .bind(at)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::storage::classify)?;
+            <$store>::notify_revocations(tx).await
+        }
+
         /// Writes the health probe's row: proof that the database takes writes, not only reads.
         async fn probe_write(
             pool: &sqlx::Pool<<$store as $crate::storage::sql::Backend>::Db>,

@@ -1,4 +1,4 @@
-//! The revocation feed and session liveness: `RevocationStore`.
+//! The revocation and user-change feeds, and session liveness: `RevocationStore`.
 
 /// Implements `RevocationStore` for a store with a `pool` field.
 macro_rules! revocations {
@@ -32,8 +32,36 @@ macro_rules! revocations {
             }
 
             #[tracing::instrument(skip_all)]
+            async fn user_changes_after(
+                &self,
+                after_id: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::storage::UserChangeRow>, $crate::storage::StoreError> {
+                sqlx::query_as("SELECT id, user_id, created_at FROM user_changes WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn last_user_change_id(&self) -> Result<i64, $crate::storage::StoreError> {
+                let (id,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM user_changes")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                Ok(id.unwrap_or(0))
+            }
+
+            #[tracing::instrument(skip_all)]
             async fn prune_revocations(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::storage::StoreError> {
                 let done = sqlx::query("DELETE FROM revocations WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::storage::classify)?;
+                sqlx::query("DELETE FROM user_changes WHERE created_at < $1")
                     .bind(before)
                     .execute(&self.pool)
                     .await

@@ -36,18 +36,19 @@ macro_rules! sessions {
                 &self,
                 session_id: uuid::Uuid,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::storage::StoreError> {
-                // Never move it backwards if two replicas touch at once.
-                sqlx::query(
+                due_before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                let done = sqlx::query(
                     "UPDATE sessions SET last_active_at = $2, updated_at = $2 \
-                     WHERE id = $1 AND last_active_at < $2",
+                     WHERE id = $1 AND last_active_at <= $3",
                 )
                 .bind(session_id)
                 .bind(now)
+                .bind(due_before)
                 .execute(&self.pool)
                 .await
                 .map_err($crate::storage::classify)?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
             #[tracing::instrument(skip_all)]

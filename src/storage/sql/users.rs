@@ -75,6 +75,8 @@ macro_rules! users {
                 hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
                 let done = sqlx::query(
                     "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
                 )
@@ -82,10 +84,15 @@ macro_rules! users {
                 .bind(expected)
                 .bind(hash)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
-                .map_err($crate::storage::classify)?;
-                Ok(done.rows_affected() == 1)
+                .map_err(classify)?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                record_user_change(&mut tx, user_id, now).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(true)
             }
 
             #[tracing::instrument(skip_all)]
@@ -178,6 +185,7 @@ macro_rules! users {
                     .await
                     .map_err(classify)?;
                 let removed = remove_unproven_links(&mut tx, user_id).await?;
+                record_user_change(&mut tx, user_id, now).await?;
                 tx.commit().await.map_err(classify)?;
                 Ok(removed)
             }
@@ -189,13 +197,17 @@ macro_rules! users {
                 new_email: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
                 sqlx::query("UPDATE users SET email = $2, email_verified = true, updated_at = $3 WHERE id = $1")
                     .bind(user_id)
                     .bind(new_email)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
-                    .map_err($crate::storage::classify)?;
+                    .map_err(classify)?;
+                record_user_change(&mut tx, user_id, now).await?;
+                tx.commit().await.map_err(classify)?;
                 Ok(())
             }
 
@@ -221,6 +233,7 @@ macro_rules! users {
                 .map_err(classify)?;
                 let sessions_ended = end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
                 let removed_providers = remove_unproven_links(&mut tx, user_id).await?;
+                record_user_change(&mut tx, user_id, now).await?;
                 tx.commit().await.map_err(classify)?;
                 Ok($crate::storage::Recovered { sessions_ended, removed_providers })
             }
