@@ -132,6 +132,28 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement with `id` bound as `$1` (as the server binds ids).
+    pub async fn execute_for(&self, sql: &'static str, id: uuid::Uuid) {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            TestDb::Sqlite { .. } => Backend::Sqlite,
+            TestDb::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
     /// Counts rows of `table`.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));

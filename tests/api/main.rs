@@ -20,6 +20,7 @@ mod oauth;
 mod profile;
 mod recovery;
 mod redact;
+mod session_cache;
 mod sessions;
 mod shutdown;
 mod storage;

@@ -26,7 +26,7 @@ fn api_key_hash() -> String {
     Sha256::digest(API_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn mesh_config(c: &mut Config) {
+pub(crate) fn mesh_config(c: &mut Config) {
     c.mesh.access_token_audiences = vec![AUDIENCE.into(), "other-api".into()];
     c.mesh.admin_api_keys = vec![format!("tests={}", api_key_hash())];
     c.mesh.signing_key_check_interval = Duration::from_millis(100);
@@ -36,11 +36,11 @@ fn tokens(app: &TestApp) -> TokenServiceClient<Channel> {
     TokenServiceClient::new(app.channel.clone())
 }
 
-fn admin(app: &TestApp) -> AdminServiceClient<Channel> {
+pub(crate) fn admin(app: &TestApp) -> AdminServiceClient<Channel> {
     AdminServiceClient::new(app.channel.clone())
 }
 
-fn with_key<T>(message: T) -> Request<T> {
+pub(crate) fn with_key<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("x-api-key", API_KEY.parse().unwrap());
     request
