@@ -54,6 +54,17 @@ struct Args {
     /// they close: `--abandoned-streams 2000` per connection.
     #[arg(long)]
     abandoned_streams: Option<usize>,
+    /// Stream counts of the working-set runs (each also runs GetSession on one token).
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    working_set_streams: Vec<usize>,
+    /// Extra environment for the server (repeatable), e.g.
+    /// `--server-env GATEHOUSE_SESSION_CACHE_ENTRIES=0` to measure with the cache off.
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+    /// Start a second server on the same database and measure how long a session signed out
+    /// on it keeps validating on the first (warm) one: p50/p99 over this many revocations.
+    #[arg(long, default_value_t = 0)]
+    replica_revocations: usize,
     /// Connections for `--abandoned-streams`.
     #[arg(long, default_value_t = 16)]
     abandon_connections: usize,
@@ -188,20 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let database_url =
         args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}/bench.db?mode=rwc", dir.display()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = tokio::process::Command::new(&args.server_bin)
-        .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &database_url)
-        .env("GATEHOUSE_DATA_DIR", &dir)
-        .env("GATEHOUSE_SECRET", "benchmark-secret-benchmark-secret-0123")
-        .env("RUST_LOG", "warn")
-        // The runs measure capacity: a per-account limit of 5 sign-ins a minute would hide it.
-        .env("GATEHOUSE_RATE_LIMITS", "false")
-        .env("GATEHOUSE_HTTP_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", args.server_bin.display()))?;
+    let (port, mut child) = start_server(&args, &database_url, &dir)?;
     let pid = child.id().context("server pid")?;
     let backend = database_url.split(':').next().unwrap_or("?").to_owned();
 
@@ -272,26 +270,41 @@ async fn main() -> anyhow::Result<()> {
     };
     let quiet = get_session(args.concurrency).await;
     quiet.print("GetSession", pid);
-    let working_set = if args.sessions > 0 {
+    for &streams in &args.working_set_streams {
+        get_session(streams).await.print(&format!("GetSession one token x{streams}"), pid);
+    }
+    let mut working_set = None;
+    let mut minted = None;
+    if args.sessions > 0 {
         let tokens = mint_sessions(&channels, &emails, password, args.sessions, args.concurrency).await?;
-        let run = {
-            let channels = Arc::clone(&channels);
-            let tokens = Arc::clone(&tokens);
-            let next = Arc::new(AtomicU64::new(0));
-            drive(args.concurrency, args.duration, move |i| {
-                let mut client = AuthServiceClient::new(channels[i % channels.len()].clone());
-                // A scrambled counter: every stream walks the whole set in a different order.
-                let pick = splitmix64(next.fetch_add(1, Ordering::Relaxed)) % tokens.len() as u64;
-                let request = bearer(pb::GetSessionRequest {}, &tokens[pick as usize]);
-                async move { client.get_session(request).await.is_ok() }
-            })
-            .await
-        };
-        run.print(&format!("GetSession over {} sessions", tokens.len()), pid);
-        Some((tokens.len(), run))
-    } else {
-        None
-    };
+        let (peak, now) = peak_rss_kib(pid).unwrap_or_default();
+        println!("server RSS after minting: now {:.1} MiB, peak {:.1} MiB", now as f64 / 1024.0, peak as f64 / 1024.0);
+        for &streams in &args.working_set_streams {
+            let run = {
+                let channels = Arc::clone(&channels);
+                let tokens = Arc::clone(&tokens);
+                let next = Arc::new(AtomicU64::new(0));
+                drive(streams, args.duration, move |i| {
+                    let mut client = AuthServiceClient::new(channels[i % channels.len()].clone());
+                    // A scrambled counter: every stream walks the whole set in a different order.
+                    let pick = splitmix64(next.fetch_add(1, Ordering::Relaxed)) % tokens.len() as u64;
+                    let request = bearer(pb::GetSessionRequest {}, &tokens[pick as usize]);
+                    async move { client.get_session(request).await.is_ok() }
+                })
+                .await
+            };
+            run.print(&format!("GetSession over {} sessions x{streams}", tokens.len()), pid);
+            if working_set.is_none() {
+                working_set = Some((tokens.len(), streams, run));
+            }
+        }
+        minted = Some(tokens);
+    }
+    if args.replica_revocations > 0
+        && let Some(tokens) = &minted
+    {
+        replica_revocations(&args, &database_url, &channels, tokens, args.replica_revocations).await?;
+    }
 
     let sign_in = |streams: usize| {
         let channels = Arc::clone(&channels);
@@ -326,9 +339,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!("GetSession / empty RPC throughput : {:.2} (target >= 0.50)", quiet.rate() / health.rate());
-    if let Some((n, run)) = &working_set {
+    if let Some((n, streams, run)) = &working_set {
         println!(
-            "GetSession over {n} sessions / empty RPC : {:.2} (target >= 0.60), p99 {:.2} ms (target < 3 ms)",
+            "GetSession over {n} sessions x{streams} / empty RPC : {:.2} (target >= 0.60), p99 {:.2} ms (target < 3 ms)",
             run.rate() / health.rate(),
             run.percentile(0.99)
         );
@@ -339,6 +352,85 @@ async fn main() -> anyhow::Result<()> {
         probe_storm.percentile(0.99) / probe_quiet.percentile(0.99)
     );
 
+    stop(pid, &mut child).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+/// Starts the server binary on `database_url` on a free port; returns the port and the child.
+fn start_server(
+    args: &Args,
+    database_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(u16, tokio::process::Child)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = tokio::process::Command::new(&args.server_bin)
+        .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", database_url)
+        .env("GATEHOUSE_DATA_DIR", dir)
+        .env("GATEHOUSE_SECRET", "benchmark-secret-benchmark-secret-0123")
+        .env("RUST_LOG", "warn")
+        // The runs measure capacity: a per-account limit of 5 sign-ins a minute would hide it.
+        .env("GATEHOUSE_RATE_LIMITS", "false")
+        .env("GATEHOUSE_HTTP_LISTEN", "127.0.0.1:0")
+        .envs(args.server_env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.server_bin.display()))?;
+    Ok((port, child))
+}
+
+/// Starts a second server on the same database; for each of `n` sessions (warm on the first
+/// server), signs it out on the second and measures until the first refuses it.
+async fn replica_revocations(
+    args: &Args,
+    database_url: &str,
+    first: &Arc<Vec<Channel>>,
+    tokens: &Arc<Vec<String>>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let (port, mut child) = start_server(args, database_url, &dir)?;
+    let pid = child.id().context("second server pid")?;
+    let second = connect_when_serving(&format!("http://127.0.0.1:{port}")).await?;
+    let mut on_first = AuthServiceClient::new(first[0].clone());
+    let mut on_second = AuthServiceClient::new(second);
+    let mut delays_us = Vec::with_capacity(n);
+    let mut timeouts = 0;
+    for token in tokens.iter().take(n) {
+        // Warm on the first server (the working-set runs already did, unless it was refilled).
+        on_first.get_session(bearer(pb::GetSessionRequest {}, token)).await?;
+        on_second.sign_out(bearer(pb::SignOutRequest {}, token)).await?;
+        let start = Instant::now();
+        loop {
+            if on_first.get_session(bearer(pb::GetSessionRequest {}, token)).await.is_err() {
+                delays_us.push(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                timeouts += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    delays_us.sort_unstable();
+    let at = |p: f64| {
+        let idx = ((delays_us.len() as f64 - 1.0) * p).round() as usize;
+        delays_us.get(idx).map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
+    };
+    println!(
+        "cross-replica revocation: {} revocations, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {timeouts} not refused within 5 s (target p99 < 100 ms)",
+        delays_us.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
     stop(pid, &mut child).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
