@@ -22,6 +22,7 @@ use crate::{
         mesh::Mesh,
         notify::Notifier,
         password::PasswordHasher,
+        privacy::Privacy,
         revocations::RevocationHub,
         session::Sessions,
         session_cache::SessionCache,
@@ -50,6 +51,7 @@ pub struct Application {
     recovery: Arc<Recovery>,
     links: Arc<Links>,
     profiles: Arc<Profiles>,
+    privacy: Arc<Privacy>,
     oauth: Arc<OAuth>,
     mesh: Arc<Mesh>,
     service_auth: Arc<ServiceAuth>,
@@ -98,7 +100,8 @@ impl Application {
             queue_limit = hasher.queue_limit(),
             "password hashing ready"
         );
-        let auth_config = config.sessions.auth_config(config.passwords.policy())?;
+        let consent = config.privacy.consent_policy()?;
+        let auth_config = config.sessions.auth_config(config.passwords.policy(), consent.clone())?;
         let transport: Arc<dyn Transport> = match config.mail.smtp_settings()? {
             Some(settings) => Arc::new(Smtp::new(&settings, &config.mail.mail_from)?),
             None => {
@@ -158,7 +161,14 @@ impl Application {
         let recovery =
             Arc::new(Recovery::new(Arc::clone(&core), Arc::clone(&auth), Arc::clone(&sessions), Arc::clone(&links)));
         let mesh = Arc::new(Mesh::new(Arc::clone(&core), Arc::clone(&sessions), keys));
-        let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock)));
+        let profiles = Arc::new(Profiles::new(Arc::clone(&store), Arc::clone(&clock), consent.clone()));
+        let privacy = Arc::new(Privacy::new(
+            Arc::clone(&core),
+            consent,
+            config.privacy.retention()?,
+            delta(config.server.audit_retention)?,
+            delta(config.mesh.revocation_retention)?,
+        ));
 
         let http = http_client(config.oauth.oauth_http_timeout)?;
         let providers = config
@@ -195,6 +205,7 @@ impl Application {
             recovery,
             links,
             profiles,
+            privacy,
             oauth,
             mesh,
             service_auth,
@@ -233,6 +244,7 @@ impl Application {
             Arc::clone(&self.sessions),
             Arc::clone(&self.links),
             Arc::clone(&self.oauth),
+            Arc::clone(&self.privacy),
             self.config.sessions.session_prune_interval,
             retention,
         ));
@@ -296,7 +308,7 @@ impl Application {
             keepalive_interval: self.config.server.http2_keepalive_interval,
         };
         let services = Services {
-            admin: Arc::new(Admin::new(Arc::clone(&self.core), Arc::clone(&self.sessions))),
+            admin: Arc::new(Admin::new(Arc::clone(&self.core), Arc::clone(&self.sessions), Arc::clone(&self.privacy))),
             auth: self.auth,
             recovery: self.recovery,
             profiles: self.profiles,
@@ -304,6 +316,7 @@ impl Application {
             mesh: self.mesh,
             revocations: Arc::clone(self.core.revocations()),
             service_auth: self.service_auth,
+            privacy: self.privacy,
         };
         let server = grpc::serve(self.listener, settings, services, health_service, on_shutdown);
         let result = tokio::select! {
@@ -367,6 +380,7 @@ async fn prune(
     sessions: Arc<Sessions>,
     links: Arc<Links>,
     oauth: Arc<OAuth>,
+    privacy: Arc<Privacy>,
     every: Duration,
     retention: Retention,
 ) {
@@ -383,6 +397,7 @@ async fn prune(
         report("old audit events", core.audit().prune(retention.audit).await);
         report("old revocation events", core.prune_revocations(retention.revocations).await);
         report("expired provider sign-in states", oauth.prune_expired_states().await);
+        report("client data past retention (redacted)", privacy.redact_expired().await);
         core.limiter().shrink();
     }
 }

@@ -17,6 +17,7 @@ mod mail;
 mod mesh;
 mod oauth;
 mod passwords;
+mod privacy;
 mod server;
 mod sessions;
 mod tls;
@@ -27,6 +28,7 @@ pub use mail::MailArgs;
 pub use mesh::MeshArgs;
 pub use oauth::{GOOGLE_ISSUER, GitHubConfig, GoogleConfig, OAuthArgs, OidcProviderConfig};
 pub use passwords::PasswordArgs;
+pub use privacy::{PrivacyArgs, RedactionArg};
 pub use server::ServerArgs;
 pub use sessions::SessionArgs;
 pub use tls::TlsArgs;
@@ -131,6 +133,10 @@ pub struct Config {
     /// Sign-in with Google, GitHub and generic OpenID Connect providers.
     #[command(flatten)]
     pub oauth: OAuthArgs,
+
+    /// Consent purposes and policy version, and how long client data is kept.
+    #[command(flatten)]
+    pub privacy: PrivacyArgs,
 }
 
 pub(crate) fn parse_secret(raw: &str) -> Result<SecretString, String> {

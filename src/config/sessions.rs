@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::delta;
 use crate::domain::{
-    AuthConfig, Lockout, links::LinkLifetimes, password::PasswordPolicy, session::SessionLifetimes,
-    session_cache::CacheSettings,
+    AuthConfig, Lockout, consent::ConsentPolicy, links::LinkLifetimes, password::PasswordPolicy,
+    session::SessionLifetimes, session_cache::CacheSettings,
 };
 
 /// Session lifetimes, email links and the sign-in lockout.
@@ -111,7 +111,7 @@ impl SessionArgs {
     }
 
     /// The sign-in rules, with `password`'s rules for new passwords.
-    pub fn auth_config(&self, password: PasswordPolicy) -> anyhow::Result<AuthConfig> {
+    pub fn auth_config(&self, password: PasswordPolicy, consent: ConsentPolicy) -> anyhow::Result<AuthConfig> {
         Ok(AuthConfig {
             password,
             require_email_verification: self.require_email_verification,
@@ -121,6 +121,7 @@ impl SessionArgs {
                 max: delta(self.lockout_max)?,
             },
             reauth_max_age: delta(self.reauth_max_age)?,
+            consent,
         })
     }
 }

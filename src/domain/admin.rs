@@ -10,6 +10,7 @@ use super::{
     client::ClientInfo,
     core::Core,
     error::Error,
+    privacy::{Export, Privacy, PrivacyReport},
     session::{EndReason, Ending, Sessions},
     user::User,
 };
@@ -41,6 +42,7 @@ impl From<AdminUserRow> for AdminUser {
 pub struct Admin {
     core: Arc<Core>,
     sessions: Arc<Sessions>,
+    privacy: Arc<Privacy>,
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -49,8 +51,40 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
 
 impl Admin {
     /// Admin operations over the shared store.
-    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>) -> Self {
-        Self { core, sessions }
+    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>, privacy: Arc<Privacy>) -> Self {
+        Self { core, sessions, privacy }
+    }
+
+    /// Everything stored about a user, for an access or portability request; audited as
+    /// `admin_export`.
+    pub async fn export_user(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<Export, Error> {
+        let id = parse_id(user_id)?;
+        let export = self.privacy.export(id).await?;
+        self.audit(Some(id), Event::AdminExport, who, client).await;
+        Ok(export)
+    }
+
+    /// The privacy report for `[since, until]` (default: the 30 days before now).
+    pub async fn privacy_report(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<PrivacyReport, Error> {
+        let until = until.unwrap_or_else(|| self.core.now());
+        let since = since.unwrap_or(until - chrono::TimeDelta::days(30));
+        if since > until {
+            return Err(Error::invalid("since", "must not be after until"));
+        }
+        let report = self.privacy.report(since, until).await?;
+        self.audit(None, Event::AdminRead, who, client).await;
+        Ok(report)
     }
 
     async fn find(&self, id: Uuid) -> Result<AdminUser, Error> {

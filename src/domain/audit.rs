@@ -47,6 +47,10 @@ pub enum Event {
     UserEnabled,
     /// An operator read the user's data.
     AdminRead,
+    /// The user exported their own data.
+    DataExported,
+    /// An operator exported a user's data.
+    AdminExport,
 }
 
 impl Event {
@@ -70,6 +74,8 @@ impl Event {
             Self::UserDisabled => "user_disabled",
             Self::UserEnabled => "user_enabled",
             Self::AdminRead => "admin_read",
+            Self::DataExported => "data_exported",
+            Self::AdminExport => "admin_export",
         }
     }
 }

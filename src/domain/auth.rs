@@ -9,6 +9,7 @@ use super::{
     audit::{AuditLog, Event, Outcome},
     breach::{BreachedPasswords, Verdict},
     client::ClientInfo,
+    consent::{BACKGROUND_PURPOSE, ConsentPolicy},
     core::Core,
     email::Email,
     error::{AuthFailure, Error, Violations},
@@ -41,6 +42,8 @@ pub struct AuthConfig {
     /// For an account without a password, a sign-in at most this old stands in for the password
     /// where one is re-checked (deleting the account, changing its address).
     pub reauth_max_age: TimeDelta,
+    /// The consent policy a sign-up's profile consents under.
+    pub consent: ConsentPolicy,
 }
 
 /// What a re-check of the signed-in user accepted.
@@ -218,9 +221,14 @@ impl Auth {
 
         let now = self.core.now();
         let user_id = Uuid::now_v7();
-        let profile = match &input.profile {
-            Some(p) => Some(Profile::default().apply(p, &p.set_fields(), now)?.to_row(user_id, 1, now)),
-            None => None,
+        let policy = &self.config.consent;
+        let (profile, consent) = match &input.profile {
+            Some(p) => {
+                let (profile, change) = Profile::default().apply(p, &p.set_fields(), now, &policy.version)?;
+                let consent = change.map(|granted| policy.record(user_id, BACKGROUND_PURPOSE, granted, &client, now));
+                (Some(profile.to_row(user_id, 1, now)), consent)
+            }
+            None => (None, None),
         };
         // Hash before the insert, so that a duplicate costs the same time as a new account.
         let password_hash = self.hasher.hash(password).await?;
@@ -244,6 +252,7 @@ impl Auth {
             profile: profile.as_ref(),
             verification: Some(&verification),
             session: session.as_ref().map(|(s, _)| s),
+            consent: consent.as_ref(),
         };
         let (user, stored_session) = match self.core.store.create_user(&new_user, rows).await {
             Ok((user, session)) => (User::from(user), session),

@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
+    client::ClientInfo,
     clock::Clock,
+    consent::{BACKGROUND_PURPOSE, ConsentPolicy, ConsentRecord, ConsentState},
     error::{Error, Violations},
 };
-use crate::storage::{ProfileRow, Store, StoreError};
+use crate::storage::{ConsentRow, ProfileRow, Store, StoreError};
 
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
@@ -86,6 +88,10 @@ pub struct Profile {
     pub consent_given: bool,
     /// Output only.
     pub consent_updated_at: Option<DateTime<Utc>>,
+    /// Output only: the policy version of the latest grant.
+    pub consent_policy_version: Option<String>,
+    /// Output only: consent was given for an earlier policy version than the one in force.
+    pub consent_outdated: bool,
     /// Output only.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -246,8 +252,16 @@ impl Profile {
     }
 
     /// Applies `fields` of `values` to this profile under the consent rule: setting a background
-    /// field without consent fails; withdrawing consent erases the background.
-    pub fn apply(&self, values: &Profile, fields: &[ProfileField], now: DateTime<Utc>) -> Result<Profile, Error> {
+    /// field without consent fails; withdrawing consent erases the background. Also returns the
+    /// consent change to record: a grant (also of a consent given for an earlier version than
+    /// `policy_version`, which this renews) or a withdrawal.
+    pub fn apply(
+        &self,
+        values: &Profile,
+        fields: &[ProfileField],
+        now: DateTime<Utc>,
+        policy_version: &str,
+    ) -> Result<(Profile, Option<bool>), Error> {
         let mut next = self.clone();
         for field in fields {
             next.copy_field(values, *field);
@@ -263,11 +277,22 @@ impl Profile {
             }
             next.clear_background();
         }
-        if next.consent_given != self.consent_given {
+        let renews = next.consent_given
+            && fields.contains(&ProfileField::ConsentGiven)
+            && self.consent_policy_version.as_deref() != Some(policy_version);
+        let change = (next.consent_given != self.consent_given || renews).then_some(next.consent_given);
+        if change.is_some() {
             next.consent_updated_at = Some(now);
+            next.consent_policy_version = next.consent_given.then(|| policy_version.to_owned());
         }
         next.updated_at = Some(now);
-        Ok(next)
+        Ok((next.flagged(policy_version), change))
+    }
+
+    /// Sets `consent_outdated` against the policy version in force.
+    pub fn flagged(mut self, policy_version: &str) -> Self {
+        self.consent_outdated = self.consent_given && self.consent_policy_version.as_deref() != Some(policy_version);
+        self
     }
 
     /// The row that stores this profile for `user_id`.
@@ -287,6 +312,7 @@ impl Profile {
             onboarding_completed: self.onboarding_completed,
             consent_given: self.consent_given,
             consent_updated_at: self.consent_updated_at,
+            consent_policy_version: self.consent_policy_version.clone(),
             version,
             created_at,
             updated_at: self.updated_at.unwrap_or(created_at),
@@ -322,6 +348,8 @@ impl Profile {
             onboarding_completed: row.onboarding_completed,
             consent_given: row.consent_given,
             consent_updated_at: row.consent_updated_at,
+            consent_policy_version: row.consent_policy_version.clone(),
+            consent_outdated: false,
             updated_at: Some(row.updated_at),
         })
     }
@@ -338,10 +366,11 @@ fn clean_list(items: &[String]) -> Vec<String> {
     out
 }
 
-/// Profile operations for signed-in users.
+/// Profile and consent operations for signed-in users.
 pub struct Profiles {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    policy: ConsentPolicy,
 }
 
 /// Optimistic-concurrency attempts before giving up on a contended profile. With the backoff
@@ -362,23 +391,41 @@ fn retry_delay(attempt: u32) -> Duration {
 }
 
 impl Profiles {
-    /// Profile operations over `store`.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    /// Profile operations over `store`, under the consent `policy`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: ConsentPolicy) -> Self {
+        Self { store, clock, policy }
+    }
+
+    /// The consent policy in force.
+    pub fn policy(&self) -> &ConsentPolicy {
+        &self.policy
     }
 
     /// The user's profile; empty if never set.
     #[tracing::instrument(skip_all)]
     pub async fn get(&self, user_id: Uuid) -> Result<Profile, Error> {
         match self.store.get_profile(user_id).await? {
-            Some(row) => Profile::from_row(&row),
+            Some(row) => Ok(Profile::from_row(&row)?.flagged(&self.policy.version)),
             None => Ok(Profile::default()),
         }
     }
 
-    /// Applies a partial update; concurrent updates of other fields are never lost.
+    /// The consent record a profile change makes, if it changes consent.
+    fn consent_record(&self, user_id: Uuid, change: Option<bool>, client: &ClientInfo) -> Option<ConsentRow> {
+        change.map(|granted| self.policy.record(user_id, BACKGROUND_PURPOSE, granted, client, self.clock.now()))
+    }
+
+    /// Applies a partial update; concurrent updates of other fields are never lost. A consent
+    /// change is recorded in the same transaction.
     #[tracing::instrument(skip_all)]
-    pub async fn update(&self, user_id: Uuid, values: &Profile, fields: &[ProfileField]) -> Result<Profile, Error> {
+    pub async fn update(
+        &self,
+        user_id: Uuid,
+        values: &Profile,
+        fields: &[ProfileField],
+        client: &ClientInfo,
+    ) -> Result<Profile, Error> {
+        let version = self.policy.version.as_str();
         for attempt in 0..UPDATE_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(retry_delay(attempt - 1)).await;
@@ -386,18 +433,24 @@ impl Profiles {
             let now = self.clock.now();
             match self.store.get_profile(user_id).await? {
                 Some(row) => {
-                    let next = Profile::from_row(&row)?.apply(values, fields, now)?;
+                    let (next, change) = Profile::from_row(&row)?.apply(values, fields, now, version)?;
+                    let consent = self.consent_record(user_id, change, client);
                     if self
                         .store
-                        .update_profile(&next.to_row(user_id, row.version, row.created_at), row.version)
+                        .update_profile(
+                            &next.to_row(user_id, row.version, row.created_at),
+                            row.version,
+                            consent.as_ref(),
+                        )
                         .await?
                     {
                         return Ok(next);
                     }
                 }
                 None => {
-                    let next = Profile::default().apply(values, fields, now)?;
-                    match self.store.insert_profile(&next.to_row(user_id, 1, now)).await {
+                    let (next, change) = Profile::default().apply(values, fields, now, version)?;
+                    let consent = self.consent_record(user_id, change, client);
+                    match self.store.insert_profile(&next.to_row(user_id, 1, now), consent.as_ref()).await {
                         Ok(()) => return Ok(next),
                         // Another request created it first: go round again and update it.
                         Err(StoreError::Conflict(c)) if c.contains("pkey") || c == "unknown" => {}
@@ -409,6 +462,67 @@ impl Profiles {
         // Lost every race: the store is fine, the caller may retry.
         Err(Error::Aborted("the profile kept changing concurrently; retry the update"))
     }
+
+    /// One page of the user's consent records, newest first, the next page's token, and where
+    /// the user stands for every purpose.
+    #[tracing::instrument(skip_all)]
+    pub async fn consents(
+        &self,
+        user_id: Uuid,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<ConsentRecord>, String, Vec<ConsentState>), Error> {
+        let size = match page_size {
+            0 => 50,
+            n if n <= 100 => n,
+            _ => return Err(Error::invalid("page_size", "must be at most 100")),
+        };
+        let before = if page_token.is_empty() {
+            i64::MAX
+        } else {
+            page_token
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Error::invalid("page_token", "is not a token from a previous page"))?
+        };
+        let mut rows = self.store.list_consent_records(user_id, before, i64::from(size) + 1).await?;
+        let next = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last().map(|r| r.seq.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let states = self.policy.states(&self.store.latest_consents(user_id).await?);
+        Ok((rows.into_iter().map(Into::into).collect(), next, states))
+    }
+
+    /// Grants or withdraws consent for a configured purpose and returns the state after. The
+    /// background purpose goes through the profile (withdrawing erases the fields); another
+    /// purpose is recorded only when it changes (or renews an outdated grant).
+    #[tracing::instrument(skip_all)]
+    pub async fn set_consent(
+        &self,
+        user_id: Uuid,
+        purpose: &str,
+        granted: bool,
+        client: &ClientInfo,
+    ) -> Result<ConsentState, Error> {
+        self.policy.check(purpose)?;
+        if purpose == BACKGROUND_PURPOSE {
+            let values = Profile { consent_given: granted, ..Default::default() };
+            self.update(user_id, &values, &[ProfileField::ConsentGiven], client).await?;
+        } else {
+            let latest = self.store.latest_consents(user_id).await?;
+            let state = self.policy.states(&latest).into_iter().find(|s| s.purpose == purpose).unwrap_or_default();
+            if state.granted != granted || state.outdated {
+                let record = self.policy.record(user_id, purpose, granted, client, self.clock.now());
+                self.store.append_consent(&record).await?;
+            }
+        }
+        let latest = self.store.latest_consents(user_id).await?;
+        Ok(self.policy.states(&latest).into_iter().find(|s| s.purpose == purpose).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -419,18 +533,31 @@ mod tests {
     fn background_needs_consent_and_withdrawal_erases() {
         let now = Utc::now();
         let values = Profile { programming_level: Some(ProgrammingLevel::Advanced), ..Default::default() };
-        let err = Profile::default().apply(&values, &[ProfileField::ProgrammingLevel], now);
+        let err = Profile::default().apply(&values, &[ProfileField::ProgrammingLevel], now, "1");
         assert!(matches!(err, Err(Error::FailedPrecondition(m)) if m.contains("programming_level")));
 
         let consented = Profile { consent_given: true, ..values.clone() };
-        let stored = Profile::default()
-            .apply(&consented, &[ProfileField::ConsentGiven, ProfileField::ProgrammingLevel], now)
+        let (stored, change) = Profile::default()
+            .apply(&consented, &[ProfileField::ConsentGiven, ProfileField::ProgrammingLevel], now, "1")
             .unwrap();
+        assert_eq!(change, Some(true));
         assert_eq!(stored.programming_level, Some(ProgrammingLevel::Advanced));
         assert_eq!(stored.consent_updated_at, Some(now));
+        assert_eq!(stored.consent_policy_version.as_deref(), Some("1"));
 
-        let withdrawn = stored.apply(&Profile::default(), &[ProfileField::ConsentGiven], now).unwrap();
+        // Another field changes nothing about consent; under a new version it is outdated.
+        let (same, change) = stored.apply(&Profile::default(), &[ProfileField::Role], now, "1").unwrap();
+        assert_eq!((change, same.consent_outdated), (None, false));
+        assert!(stored.clone().flagged("2").consent_outdated);
+        // Consenting again under the new version renews it.
+        let (renewed, change) = stored.apply(&consented, &[ProfileField::ConsentGiven], now, "2").unwrap();
+        assert_eq!((change, renewed.consent_outdated), (Some(true), false));
+        assert_eq!(renewed.consent_policy_version.as_deref(), Some("2"));
+
+        let (withdrawn, change) = stored.apply(&Profile::default(), &[ProfileField::ConsentGiven], now, "1").unwrap();
+        assert_eq!(change, Some(false));
         assert_eq!(withdrawn.programming_level, None);
+        assert_eq!(withdrawn.consent_policy_version, None);
         assert!(!withdrawn.consent_given);
     }
 
@@ -449,6 +576,7 @@ mod tests {
             programming_languages: vec!["rust".into(), "python".into()],
             learning_style: Some(LearningStyle::CodeFirst),
             consent_given: true,
+            consent_policy_version: Some("1".into()),
             updated_at: Some(Utc::now()),
             ..Default::default()
         };

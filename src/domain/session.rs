@@ -7,13 +7,14 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
+// The views live in a leaf module, so the cache can hold them without importing this one.
+pub use super::caller::{Authenticated, Session};
 use super::{
     client::ClientInfo,
     core::Core,
     error::{AuthFailure, Error},
     session_cache::SessionCache,
     token::{SessionToken, TokenHasher},
-    user::User,
 };
 use crate::storage::{NewSession, Recovered, Revoked, SessionRow};
 
@@ -63,15 +64,6 @@ impl EndReason {
             Self::Admin => "admin",
         }
     }
-}
-
-/// A validated session and its user.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    /// The user.
-    pub user: User,
-    /// The session that authenticated the call.
-    pub session: Session,
 }
 
 /// Makes, validates and ends sessions.
@@ -286,25 +278,4 @@ impl SessionLifetimes {
             current,
         }
     }
-}
-
-/// A session as shown to its owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// Id.
-    pub id: Uuid,
-    /// Owner.
-    pub user_id: Uuid,
-    /// Sign-in time.
-    pub created_at: DateTime<Utc>,
-    /// Last use (written at most once per refresh interval).
-    pub last_active_at: DateTime<Utc>,
-    /// When it ends if unused: the earlier of absolute expiry and idle deadline.
-    pub expires_at: DateTime<Utc>,
-    /// Client IP at sign-in.
-    pub ip_address: Option<String>,
-    /// Client user agent at sign-in.
-    pub user_agent: Option<String>,
-    /// Whether it is the calling session.
-    pub current: bool,
 }

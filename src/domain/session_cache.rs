@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use moka::{notification::RemovalCause, sync::Cache};
 use uuid::Uuid;
 
-use super::session::Authenticated;
+use super::caller::Authenticated;
 use crate::metrics::{CacheEvent, METRICS};
 
 fn observe(event: CacheEvent) {
@@ -271,7 +271,7 @@ impl Cached {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{session::Session, user::User};
+    use crate::domain::{caller::Session, user::User};
 
     fn settings() -> CacheSettings {
         CacheSettings { entries: 1000, ttl: Duration::from_secs(30), feed_bound: Duration::from_secs(1) }

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
 
-use super::{convert::saturate, metadata::client_info, service_auth::ServiceAuth};
+use super::{
+    convert::{from_timestamp, saturate, timestamp},
+    metadata::client_info,
+    service_auth::ServiceAuth,
+};
 use crate::{
     domain::admin::Admin,
     proto::v1::{self as pb, admin_service_server::AdminService},
@@ -72,6 +76,34 @@ impl AdminService for AdminApi {
         let client = client_info(&req, &self.trusted_proxies);
         let n = self.admin.revoke_sessions(&who, &client, &req.into_inner().user_id).await?;
         Ok(Response::new(pb::RevokeUserSessionsResponse { revoked_count: saturate(n) }))
+    }
+
+    async fn export_user_data(
+        &self,
+        req: Request<pb::ExportUserDataRequest>,
+    ) -> Result<Response<pb::ExportUserDataResponse>, Status> {
+        let who = self.services.authenticate(&req)?;
+        let client = client_info(&req, &self.trusted_proxies);
+        let export = self.admin.export_user(&who, &client, &req.into_inner().user_id).await?;
+        Ok(Response::new(pb::ExportUserDataResponse {
+            document: export.document,
+            exported_at: Some(timestamp(export.exported_at)),
+        }))
+    }
+
+    async fn get_privacy_report(
+        &self,
+        req: Request<pb::GetPrivacyReportRequest>,
+    ) -> Result<Response<pb::PrivacyReport>, Status> {
+        let who = self.services.authenticate(&req)?;
+        let client = client_info(&req, &self.trusted_proxies);
+        let r = req.into_inner();
+        let mut v = crate::domain::error::Violations::default();
+        let since = r.since.map(|t| v.check("since", from_timestamp(t)));
+        let until = r.until.map(|t| v.check("until", from_timestamp(t)));
+        v.finish()?;
+        let report = self.admin.privacy_report(&who, &client, since.flatten(), until.flatten()).await?;
+        Ok(Response::new(report.into()))
     }
 
     async fn list_user_audit_events(

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Auth, OAuth, Recovery, auth::SignUpInput, error::Violations, oauth::CompleteInput, session::Authenticated,
+        Auth, OAuth, Recovery, auth::SignUpInput, error::Violations, oauth::CompleteInput, privacy::Privacy,
+        session::Authenticated,
     },
     proto::v1::{self as pb, auth_service_server::AuthService},
 };
@@ -23,14 +24,21 @@ pub struct AuthApi {
     auth: Arc<Auth>,
     recovery: Arc<Recovery>,
     oauth: Arc<OAuth>,
+    privacy: Arc<Privacy>,
     trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AuthApi {
     /// Serves `auth`, `recovery` and `oauth`, believing forwarded client metadata from
     /// `trusted_proxies` only.
-    pub fn new(auth: Arc<Auth>, recovery: Arc<Recovery>, oauth: Arc<OAuth>, trusted_proxies: Arc<[IpNet]>) -> Self {
-        Self { auth, recovery, oauth, trusted_proxies }
+    pub fn new(
+        auth: Arc<Auth>,
+        recovery: Arc<Recovery>,
+        oauth: Arc<OAuth>,
+        privacy: Arc<Privacy>,
+        trusted_proxies: Arc<[IpNet]>,
+    ) -> Self {
+        Self { auth, recovery, oauth, privacy, trusted_proxies }
     }
 
     /// The caller if the call carries an `authorization` entry (which must then be valid).
@@ -191,6 +199,19 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(Into::into).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn export_my_data(
+        &self,
+        req: Request<pb::ExportMyDataRequest>,
+    ) -> Result<Response<pb::ExportMyDataResponse>, Status> {
+        let caller = self.auth.authenticate(bearer(req.metadata())).await?;
+        let client = client_info(&req, &self.trusted_proxies);
+        let export = self.privacy.export_mine(caller.user.id, &client).await?;
+        Ok(Response::new(pb::ExportMyDataResponse {
+            document: export.document,
+            exported_at: Some(timestamp(export.exported_at)),
         }))
     }
 

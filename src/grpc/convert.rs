@@ -8,8 +8,10 @@ use crate::{
         admin::AdminUser,
         audit::AuditEvent,
         auth::{SignedIn, SignedUp},
+        consent::{ConsentRecord, ConsentState},
         error::Violations,
         oauth::{Completed, LinkedAccount},
+        privacy::PrivacyReport,
         profile::{AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField, ProgrammingLevel},
         session::Session,
         user::User,
@@ -20,6 +22,14 @@ use crate::{
 /// A protobuf timestamp.
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+/// A protobuf timestamp as a time, or why it is not one.
+pub fn from_timestamp(t: Timestamp) -> Result<DateTime<Utc>, String> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| "is not a valid timestamp".to_owned())
 }
 
 /// A count for a `uint32` field, capped rather than wrapped.
@@ -160,6 +170,69 @@ impl From<&Profile> for pb::Profile {
             consent_given: p.consent_given,
             consent_updated_at: p.consent_updated_at.map(timestamp),
             updated_at: p.updated_at.map(timestamp),
+            consent_policy_version: p.consent_policy_version.clone().unwrap_or_default(),
+            consent_outdated: p.consent_outdated,
+        }
+    }
+}
+
+impl From<ConsentRecord> for pb::ConsentRecord {
+    fn from(r: ConsentRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            purpose: r.purpose,
+            policy_version: r.policy_version,
+            granted: r.granted,
+            created_at: Some(timestamp(r.created_at)),
+            ip_address: r.ip_address.unwrap_or_default(),
+            user_agent: r.user_agent.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<ConsentState> for pb::ConsentState {
+    fn from(s: ConsentState) -> Self {
+        Self {
+            purpose: s.purpose,
+            granted: s.granted,
+            policy_version: s.policy_version.unwrap_or_default(),
+            outdated: s.outdated,
+            updated_at: s.updated_at.map(timestamp),
+        }
+    }
+}
+
+/// A non-negative duration as a proto `Duration`.
+fn duration(d: chrono::TimeDelta) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.num_seconds(), nanos: 0 }
+}
+
+impl From<PrivacyReport> for pb::PrivacyReport {
+    fn from(r: PrivacyReport) -> Self {
+        Self {
+            policy_version: r.policy_version,
+            users: r.users,
+            purposes: r
+                .purposes
+                .into_iter()
+                .map(|p| pb::PurposeConsent {
+                    purpose: p.purpose,
+                    current: p.current,
+                    outdated: p.outdated,
+                    none: p.none,
+                })
+                .collect(),
+            since: Some(timestamp(r.since)),
+            until: Some(timestamp(r.until)),
+            self_exports: r.self_exports,
+            admin_exports: r.admin_exports,
+            deletions: r.deletions,
+            retention: Some(pb::RetentionSettings {
+                personal_data: Some(duration(r.retention.personal_data)),
+                personal_data_mode: r.retention.redaction.as_str().to_owned(),
+                audit_events: Some(duration(r.audit_retention)),
+                feeds: Some(duration(r.feed_retention)),
+            }),
         }
     }
 }
@@ -222,6 +295,8 @@ pub fn profile_from_pb(p: pb::Profile, prefix: &str, v: &mut Violations) -> Prof
         consent_given: p.consent_given,
         consent_updated_at: None,
         updated_at: None,
+        consent_policy_version: None,
+        consent_outdated: false,
     }
 }
 
@@ -244,7 +319,9 @@ pub fn update_fields(mask: Option<FieldMask>, values: &Profile, v: &mut Violatio
         match ProfileField::parse(name) {
             Some(f) if !fields.contains(&f) => fields.push(f),
             Some(_) => {}
-            None if name == "consent_updated_at" || name == "updated_at" => {
+            None if ["consent_updated_at", "updated_at", "consent_policy_version", "consent_outdated"]
+                .contains(&name) =>
+            {
                 v.add(format!("update_mask.paths[{i}]"), format!("{name} is output only"))
             }
             None => v.add(format!("update_mask.paths[{i}]"), format!("{path:?} is not a profile field")),

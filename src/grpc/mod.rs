@@ -27,7 +27,7 @@ pub use service_auth::ServiceAuth;
 pub use token::TokenApi;
 
 use crate::{
-    domain::{Auth, OAuth, Profiles, Recovery, admin::Admin, mesh::Mesh, revocations::RevocationHub},
+    domain::{Auth, OAuth, Profiles, Recovery, admin::Admin, mesh::Mesh, privacy::Privacy, revocations::RevocationHub},
     metrics::RpcMetricsLayer,
     net::{CallTrackingLayer, ConnectionLimits, IdleRule},
     proto::{
@@ -79,6 +79,8 @@ pub struct Services {
     pub revocations: Arc<RevocationHub>,
     /// Service credentials.
     pub service_auth: Arc<ServiceAuth>,
+    /// Data exports.
+    pub privacy: Arc<Privacy>,
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then lets in-flight calls
@@ -96,11 +98,13 @@ pub async fn serve(
         Arc::clone(&services.auth),
         services.recovery,
         services.oauth,
+        services.privacy,
         Arc::clone(&trusted),
     ))
     .max_decoding_message_size(limit);
-    let profile_api = ProfileServiceServer::new(ProfileApi::new(Arc::clone(&services.auth), services.profiles))
-        .max_decoding_message_size(limit);
+    let profile_api =
+        ProfileServiceServer::new(ProfileApi::new(Arc::clone(&services.auth), services.profiles, Arc::clone(&trusted)))
+            .max_decoding_message_size(limit);
     let token_api = TokenServiceServer::new(TokenApi::new(
         services.auth,
         services.mesh,

@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, CredentialRow, NewAccount, NewOAuthUser,
-    NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow, Recovered, RedeemedToken, RevocationRow,
-    Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow, UserChangeRow, UserRow,
+    AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, ConsentCount, ConsentRow, CredentialRow,
+    EmailTokenRow, NewAccount, NewOAuthUser, NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow,
+    Recovered, RedeemedToken, RevocationRow, Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow,
+    UserChangeRow, UserExportRows, UserRow,
 };
 
 /// Why a store operation failed.
@@ -179,11 +180,83 @@ pub trait SessionStore: Send + Sync {
 pub trait ProfileStore: Send + Sync {
     /// A user's profile, if one was ever stored.
     async fn get_profile(&self, user_id: Uuid) -> Result<Option<ProfileRow>, StoreError>;
-    /// Inserts a profile (version 1). `Conflict` if the user already has one.
-    async fn insert_profile(&self, profile: &ProfileRow) -> Result<(), StoreError>;
-    /// Writes a profile only if the stored version is `expected_version`, bumping it. False if
-    /// another writer got there first.
-    async fn update_profile(&self, profile: &ProfileRow, expected_version: i64) -> Result<bool, StoreError>;
+    /// Inserts a profile (version 1) and, in the same transaction, the consent record of its
+    /// consent change. `Conflict` if the user already has one.
+    async fn insert_profile(&self, profile: &ProfileRow, consent: Option<&ConsentRow>) -> Result<(), StoreError>;
+    /// Writes a profile only if the stored version is `expected_version`, bumping it, and in the
+    /// same transaction appends the consent record of its consent change. False (and nothing
+    /// written) if another writer got there first.
+    async fn update_profile(
+        &self,
+        profile: &ProfileRow,
+        expected_version: i64,
+        consent: Option<&ConsentRow>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Which table's client data retention redacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientDataTable {
+    /// `sessions`.
+    Sessions,
+    /// `audit_events`.
+    AuditEvents,
+    /// `consent_records`.
+    ConsentRecords,
+}
+
+impl ClientDataTable {
+    /// Every table with client data.
+    pub const ALL: [ClientDataTable; 3] = [Self::Sessions, Self::AuditEvents, Self::ConsentRecords];
+
+    /// The table's name (a fixed identifier, so safe to put into SQL).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sessions => "sessions",
+            Self::AuditEvents => "audit_events",
+            Self::ConsentRecords => "consent_records",
+        }
+    }
+}
+
+/// Consent records, the reader's data export and privacy reporting.
+#[async_trait]
+pub trait PrivacyStore: Send + Sync {
+    /// Appends a consent record (for purposes other than the profile's own).
+    async fn append_consent(&self, record: &ConsentRow) -> Result<(), StoreError>;
+    /// A user's records recorded before `before_seq`, newest first.
+    async fn list_consent_records(
+        &self,
+        user_id: Uuid,
+        before_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<ConsentRow>, StoreError>;
+    /// The latest record of each purpose the user has any for.
+    async fn latest_consents(&self, user_id: Uuid) -> Result<Vec<ConsentRow>, StoreError>;
+    /// Everything stored about a user, in one transaction; `None` if there is no such user.
+    async fn export_user(&self, user_id: Uuid) -> Result<Option<UserExportRows>, StoreError>;
+    /// For each purpose and policy version, the users whose latest record is a grant of it.
+    async fn consent_counts(&self) -> Result<Vec<ConsentCount>, StoreError>;
+    /// How many users exist.
+    async fn count_users(&self) -> Result<i64, StoreError>;
+    /// Audit events of this kind and outcome `success` in `[since, until]`.
+    async fn count_audit_events(
+        &self,
+        event: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// Up to `limit` rows of `table` created before `before` whose client data is not yet
+    /// redacted: `(id, ip_address)`.
+    async fn unredacted_clients(
+        &self,
+        table: ClientDataTable,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Option<String>)>, StoreError>;
+    /// Replaces one row's IP address (its user agent is cleared) and marks it redacted.
+    async fn redact_client(&self, table: ClientDataTable, id: Uuid, ip_address: Option<&str>)
+    -> Result<(), StoreError>;
 }
 
 /// What `unlink_account` did.
@@ -317,6 +390,7 @@ pub trait Store:
     + RevocationStore
     + SigningKeyStore
     + AdminStore
+    + PrivacyStore
 {
     /// Waits up to `timeout` for another replica to announce new revocations (PostgreSQL
     /// LISTEN/NOTIFY); backends without cross-process notice just wait.

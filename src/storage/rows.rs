@@ -81,6 +81,8 @@ pub struct SignUpRows<'a> {
     pub verification: Option<&'a NewVerificationToken>,
     /// The first session, unless sign-in must wait for verification.
     pub session: Option<&'a NewSession>,
+    /// The consent the profile was given with.
+    pub consent: Option<&'a ConsentRow>,
 }
 
 /// A session as stored.
@@ -192,6 +194,8 @@ pub struct ProfileRow {
     pub consent_given: bool,
     /// When consent last changed.
     pub consent_updated_at: Option<DateTime<Utc>>,
+    /// The consent policy version of the latest grant (`None` without consent).
+    pub consent_policy_version: Option<String>,
     /// Optimistic-concurrency version.
     pub version: i64,
     /// Creation time.
@@ -427,4 +431,86 @@ pub struct AdminUserRow {
     pub user: UserRow,
     /// Set while disabled.
     pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// One grant or withdrawal of consent.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ConsentRow {
+    /// Order of recording (assigned by the database; ignored on insert).
+    pub seq: i64,
+    /// Id (UUIDv7).
+    pub id: Uuid,
+    /// Whose.
+    pub user_id: Uuid,
+    /// What for.
+    pub purpose: String,
+    /// The policy version in force.
+    pub policy_version: String,
+    /// Grant (true) or withdrawal.
+    pub granted: bool,
+    /// Forwarded client IP.
+    pub ip_address: Option<String>,
+    /// Forwarded user agent.
+    pub user_agent: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An email link as exported: what it was for and when, never its hash.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EmailTokenRow {
+    /// Id.
+    pub id: Uuid,
+    /// `verify_email`, `change_email` or `reset_password`.
+    pub purpose: String,
+    /// The address a change_email link switches to.
+    pub new_email: Option<String>,
+    /// Sent.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Redemption.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// Everything stored about one user, read in one transaction.
+#[derive(Debug, Clone)]
+pub struct UserExportRows {
+    /// The user and the operator fields.
+    pub user: AdminUserRow,
+    /// Whether a password is set (the hash itself is never exported).
+    pub has_password: bool,
+    /// Consecutive failed sign-ins.
+    pub failed_sign_ins: i32,
+    /// Lock after failures.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// The learner profile.
+    pub profile: Option<ProfileRow>,
+    /// Every stored session (expired ones too, until pruned).
+    pub sessions: Vec<SessionRow>,
+    /// Linked provider accounts (the encrypted tokens are dropped by the exporter).
+    pub accounts: Vec<AccountRow>,
+    /// Email links.
+    pub email_tokens: Vec<EmailTokenRow>,
+    /// Provider-linking flows started by the user.
+    pub oauth_states: Vec<OAuthStateRow>,
+    /// Consent history, oldest first.
+    pub consent_records: Vec<ConsentRow>,
+    /// Security events, oldest first.
+    pub audit_events: Vec<AuditRow>,
+    /// Revocation feed entries.
+    pub revocations: Vec<RevocationRow>,
+    /// User-change feed entries.
+    pub user_changes: Vec<UserChangeRow>,
+}
+
+/// Users whose latest record for a purpose is a grant of a policy version.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConsentCount {
+    /// The purpose.
+    pub purpose: String,
+    /// The version granted.
+    pub policy_version: String,
+    /// How many users.
+    pub users: i64,
 }

@@ -174,6 +174,9 @@ async fn health_turns_not_serving_when_postgres_refuses_writes() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     sqlx::raw_sql(AssertSqlSafe(set("off"))).execute(&mut admin).await.unwrap();
+    // As above: a connection opened as the setting changed may still be read-only.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql(AssertSqlSafe(set("off"))).execute(&mut admin).await.unwrap();
     wait_for(&app, ServingStatus::Serving).await;
     app.sign_up("writable@example.com").await;
     app.finish().await;

@@ -147,6 +147,20 @@ impl TestDb {
     }
 
     /// Which backend this is.
+    /// A count from `sql` with `$1` bound to `id`.
+    pub async fn count_for(&self, sql: &str, id: uuid::Uuid) -> i64 {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query_scalar(AssertSqlSafe(sql.to_owned())).bind(id).fetch_one(&mut conn).await.unwrap()
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(AssertSqlSafe(sql.to_owned())).bind(id).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             TestDb::Sqlite { .. } => Backend::Sqlite,

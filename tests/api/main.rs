@@ -17,6 +17,7 @@ mod idp;
 mod mail_tls;
 mod mesh;
 mod oauth;
+mod privacy;
 mod profile;
 mod recovery;
 mod redact;

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod keys;
 mod oauth_states;
+mod privacy;
 mod profiles;
 mod revocations;
 mod sessions;
@@ -20,6 +21,7 @@ pub(crate) use admin::admin;
 pub(crate) use audit::audit;
 pub(crate) use keys::keys;
 pub(crate) use oauth_states::oauth_states;
+pub(crate) use privacy::privacy;
 pub(crate) use profiles::profiles;
 pub(crate) use revocations::revocations;
 pub(crate) use sessions::sessions;
@@ -40,6 +42,7 @@ macro_rules! impl_queries {
         $crate::storage::sql::admin!($store);
         $crate::storage::sql::accounts!($store);
         $crate::storage::sql::oauth_states!($store);
+        $crate::storage::sql::privacy!($store);
     };
 }
 pub(crate) use impl_queries;
@@ -126,6 +129,32 @@ macro_rules! shared {
                 .map_err($crate::storage::classify)?;
             }
             <$store>::notify_revocations(tx).await
+        }
+
+        /// Appends a consent record, in the caller's transaction or on the pool.
+        async fn insert_consent<'e, E>(
+            executor: E,
+            c: &$crate::storage::ConsentRow,
+        ) -> Result<(), $crate::storage::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = <$store as $crate::storage::sql::Backend>::Db>,
+        {
+            sqlx::query(
+                "INSERT INTO consent_records (id, user_id, purpose, policy_version, granted, ip_address, \
+                 user_agent, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(c.id)
+            .bind(c.user_id)
+            .bind(&c.purpose)
+            .bind(&c.policy_version)
+            .bind(c.granted)
+            .bind(&c.ip_address)
+            .bind(&c.user_agent)
+            .bind(c.created_at)
+            .execute(executor)
+            .await
+            .map_err($crate::storage::classify)?;
+            Ok(())
         }
 
         /// Appends a user to the user-change feed, in the caller's transaction, and wakes
@@ -217,8 +246,9 @@ macro_rules! shared {
             sqlx::query(
                 "INSERT INTO profiles (user_id, programming_level, programming_languages, ai_knowledge_level, \
                  hardware_experience, learning_style, software_background, hardware_background, role, \
-                 interests, onboarding_completed, consent_given, consent_updated_at, version, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14)",
+                 interests, onboarding_completed, consent_given, consent_updated_at, consent_policy_version, \
+                 version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, 1, $14, $14)",
             )
             .bind(p.user_id)
             .bind(&p.programming_level)
@@ -234,6 +264,7 @@ macro_rules! shared {
             .bind(p.consent_given)
             .bind(p.consent_updated_at)
             .bind(p.created_at)
+            .bind(&p.consent_policy_version)
             .execute(executor)
             .await
             .map_err($crate::storage::classify)?;
@@ -264,10 +295,18 @@ macro_rules! profile_columns {
     () => {
         "user_id, programming_level, programming_languages, ai_knowledge_level, hardware_experience, \
          learning_style, software_background, hardware_background, role, interests, onboarding_completed, \
-         consent_given, consent_updated_at, version, created_at, updated_at"
+         consent_given, consent_updated_at, consent_policy_version, version, created_at, updated_at"
     };
 }
 pub(crate) use profile_columns;
+
+/// Columns of `ConsentRow`.
+macro_rules! consent_columns {
+    () => {
+        "seq, id, user_id, purpose, policy_version, granted, ip_address, user_agent, created_at"
+    };
+}
+pub(crate) use consent_columns;
 
 /// Columns of `AccountRow`.
 macro_rules! account_columns {

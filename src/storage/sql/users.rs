@@ -30,6 +30,9 @@ macro_rules! users {
                 if let Some(profile) = with.profile {
                     insert_profile(&mut *tx, profile).await?;
                 }
+                if let Some(consent) = with.consent {
+                    insert_consent(&mut *tx, consent).await?;
+                }
                 if let Some(token) = with.verification {
                     insert_token(&mut *tx, token).await?;
                 }
