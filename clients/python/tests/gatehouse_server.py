@@ -169,11 +169,13 @@ class GatehouseServer:
         return token
 
     def start(self) -> GatehouseServer:
+        """Starts the server, on a fresh database unless it already has one (a restart)."""
         if self.backend == "postgres":
             if not self.postgres_admin_url:
                 raise RuntimeError("postgres backend needs TEST_POSTGRES_URL")
-            self.database = f"gh_py_{uuid.uuid4().hex}"
-            _psql(self.postgres_admin_url, f'CREATE DATABASE "{self.database}"')
+            if self.database is None:
+                self.database = f"gh_py_{uuid.uuid4().hex}"
+                _psql(self.postgres_admin_url, f'CREATE DATABASE "{self.database}"')
             database_url = _with_database(self.postgres_admin_url, self.database)
         else:
             database_url = f"sqlite://{self.tmp}/gatehouse.db?mode=rwc"
@@ -213,6 +215,13 @@ class GatehouseServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"gatehouse not SERVING within {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def restart(self, env: dict[str, str] | None = None) -> GatehouseServer:
+        """Stops the server and starts it again on the same database and data directory, with
+        ``env`` added to its environment (e.g. a new consent policy version)."""
+        self.stop(drop=False)
+        self.env.update(env or {})
+        return self.start()
 
     def log(self) -> str:
         path = self.tmp / "server.log"

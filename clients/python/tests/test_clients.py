@@ -190,7 +190,7 @@ class _AsyncCountingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: 
 
 
 TOKEN = "gate_" + "B" * 43
-SAFE = ("get_session", "list_sessions", "get_profile", "list_audit_events")
+SAFE = ("get_session", "list_sessions", "get_profile", "list_audit_events", "list_consent_records")
 UNSAFE: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] = (
     ("sign_up", ("a@example.com", PASSWORD, "A"), {}),
     ("sign_in", ("a@example.com", PASSWORD), {}),
@@ -205,6 +205,8 @@ UNSAFE: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] = (
     ("request_password_reset", ("a@example.com",), {}),
     ("reset_password", ("gatelink_" + "C" * 43, NEW_PASSWORD), {}),
     ("request_email_change", ("b@example.com", PASSWORD), {"token": TOKEN}),
+    ("update_consent", ("learner_background", True), {"token": TOKEN}),
+    ("export_my_data", (), {"token": TOKEN}),
 )
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
 

@@ -73,6 +73,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/auth/change-password", {"current_password": PASSWORD, "new_password": "x" * 20}),
     ("POST", "/auth/delete-account", {"password": PASSWORD}),
     ("POST", "/auth/access-token", {"audience": "library"}),
+    ("POST", "/auth/consents", {"purpose": "learner_background", "granted": True}),
     ("POST", "/api/notes", None),
 ]
 ROUTE_IDS = [f"{m} {p}" for m, p, _ in ROUTES]
@@ -201,7 +202,7 @@ async def test_cross_origin_sign_in_is_refused_but_a_script_without_cookie_may(
 
 
 async def test_gets_are_not_subject_to_the_check(web: httpx.AsyncClient) -> None:
-    for path in ("/auth/session", "/auth/profile", "/auth/sessions"):
+    for path in ("/auth/session", "/auth/profile", "/auth/sessions", "/auth/consents"):
         response = await web.get(path, headers={"origin": EVIL, "sec-fetch-site": "cross-site"})
         assert response.status_code == 200, (path, response.text)
 

@@ -135,12 +135,16 @@ def test_profile_patch_mask_follows_present_fields() -> None:
     out = ProfileOut.from_proto(proto)
     assert out.learning_style == "visual" and out.programming_level is None
     # Every proto input field is patchable; output-only fields are not.
-    inputs = {f.name for f in profile_pb2.Profile.DESCRIPTOR.fields} - {
-        "consent_updated_at",
-        "updated_at",
-    }
+    output_only = {"consent_updated_at", "updated_at", "consent_policy_version", "consent_outdated"}
+    inputs = {f.name for f in profile_pb2.Profile.DESCRIPTOR.fields} - output_only
     assert set(ProfileIn.model_fields) == inputs
-    assert set(ProfileOut.model_fields) == inputs | {"consent_updated_at", "updated_at"}
+    assert set(ProfileOut.model_fields) == inputs | output_only
+    flagged = ProfileOut.from_proto(
+        profile_pb2.Profile(consent_given=True, consent_policy_version="1", consent_outdated=True)
+    )
+    assert flagged.consent_policy_version == "1" and flagged.consent_outdated is True
+    with pytest.raises(ValueError):
+        ProfileIn.model_validate({"consent_outdated": False})
 
 
 def test_field_location() -> None:
@@ -217,3 +221,53 @@ def test_query_field_errors_and_cache_clear() -> None:
     assert len(cache) == 1
     cache.clear()
     assert len(cache) == 0
+
+
+def test_consent_and_privacy_report_models() -> None:
+    from gatehouse._models import ConsentIn, ConsentRecordsOut, PrivacyReportOut
+    from gatehouse._proto.gatehouse.v1 import admin_pb2
+
+    page = profile_pb2.ListConsentRecordsResponse(
+        records=[
+            profile_pb2.ConsentRecord(
+                id="r1", purpose="learner_background", policy_version="2", granted=True
+            )
+        ],
+        purposes=[
+            profile_pb2.ConsentState(purpose="learner_background", granted=True, outdated=True),
+            profile_pb2.ConsentState(purpose="analytics"),
+        ],
+        policy_version="3",
+    )
+    page.records[0].created_at.FromSeconds(1_700_000_000)
+    out = ConsentRecordsOut.from_proto(page).model_dump(mode="json")
+    assert out["next_page_token"] is None and out["policy_version"] == "3"
+    assert out["records"][0]["created_at"].startswith("2023-11-14T22:13:20")
+    assert out["records"][0]["ip_address"] == ""
+    assert [(s["purpose"], s["outdated"], s["updated_at"]) for s in out["purposes"]] == [
+        ("learner_background", True, None),
+        ("analytics", False, None),
+    ]
+    with pytest.raises(ValueError):
+        ConsentIn.model_validate({"purpose": "", "granted": True})
+    with pytest.raises(ValueError):
+        ConsentIn.model_validate({"purpose": "analytics"})
+
+    report = admin_pb2.PrivacyReport(
+        policy_version="3",
+        users=5,
+        purposes=[admin_pb2.PurposeConsent(purpose="analytics", current=2, outdated=1, none=2)],
+        self_exports=4,
+        retention=admin_pb2.RetentionSettings(
+            personal_data=duration_pb2.Duration(seconds=30 * 86400),
+            personal_data_mode="truncate",
+            audit_events=duration_pb2.Duration(seconds=90 * 86400),
+        ),
+    )
+    model = PrivacyReportOut.from_proto(report)
+    assert model.retention.personal_data == timedelta(days=30)
+    assert model.retention.feeds == timedelta(0), "unset is zero"
+    assert model.since is None and model.purposes[0].none == 2
+    dumped = model.model_dump(mode="json")
+    assert dumped["retention"]["audit_events"] == "P90D"
+    assert dumped["self_exports"] == 4 and dumped["admin_exports"] == 0

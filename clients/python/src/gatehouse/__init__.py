@@ -20,12 +20,15 @@ from ._proto.gatehouse.v1.auth_pb2 import (
 )
 from ._proto.gatehouse.v1.profile_pb2 import (
     AiKnowledgeLevel,
+    ConsentRecord,
+    ConsentState,
     HardwareExperience,
     LearningStyle,
+    ListConsentRecordsResponse,
     Profile,
     ProgrammingLevel,
 )
-from ._proto.gatehouse.v1.admin_pb2 import AdminUser, ListUsersResponse
+from ._proto.gatehouse.v1.admin_pb2 import AdminUser, ListUsersResponse, PrivacyReport
 from ._proto.gatehouse.v1.token_pb2 import (
     IntrospectTokenResponse,
     IssueAccessTokenResponse,
@@ -55,6 +58,7 @@ __all__ = [
     "IntrospectTokenResponse",
     "IssueAccessTokenResponse",
     "ListUsersResponse",
+    "PrivacyReport",
     "RevocationEvent",
     "RevocationWatch",
     "ServiceClient",
@@ -64,6 +68,8 @@ __all__ = [
     "AuditEvent",
     "AuthResponse",
     "Client",
+    "ConsentRecord",
+    "ConsentState",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FieldViolation",
@@ -73,6 +79,7 @@ __all__ = [
     "InvalidArgument",
     "LearningStyle",
     "ListAuditEventsResponse",
+    "ListConsentRecordsResponse",
     "NotFound",
     "PermissionDenied",
     "Profile",

@@ -346,6 +346,32 @@ class AsyncClient(_AsyncBase):
             "GetProviderAccessToken", self._auth.GetProviderAccessToken, request, metadata, timeout
         )
 
+    # AuthService: privacy
+
+    async def export_my_data(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Everything Gatehouse holds about the caller, as the parsed JSON document (GDPR
+        Art. 15 and 20): ``format`` (``"gatehouse.export.v1"``), ``exported_at``, ``user_id``
+        and ``tables`` (``users``, ``profiles``, ``sessions``, ``accounts``,
+        ``verification_tokens``, ``oauth_states``, ``consent_records``, ``audit_events``,
+        ``revocations``, ``user_changes``: each a list of rows). It never holds a secret (no
+        password hash, token or token hash). The export is audited (``data_exported``), so it
+        is not retried.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = auth_pb2.ExportMyDataRequest()
+        response = await self._call(
+            "ExportMyData", self._auth.ExportMyData, request, metadata, timeout
+        )
+        document: dict[str, Any] = json.loads(response.document)
+        return document
+
     # TokenService
 
     async def issue_access_token(
@@ -384,16 +410,60 @@ class AsyncClient(_AsyncBase):
         update_mask: Iterable[str] | None = None,
         *,
         token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
         timeout: float | None = None,
     ) -> profile_pb2.Profile:
         """Changes the profile fields named in ``update_mask`` and returns the new profile.
 
         A named field that is empty in ``profile`` is cleared; ``["*"]`` replaces every field.
-        Without a mask, every non-empty field of ``profile`` is changed.
+        Without a mask, every non-empty field of ``profile`` is changed. A change of
+        ``consent_given`` is recorded in the consent history with ``client_ip`` and
+        ``user_agent``.
         """
-        metadata = call_metadata(token, token_required=True)
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
         request = _requests.update_profile(profile, update_mask)
         response = await self._call(
             "UpdateProfile", self._profile.UpdateProfile, request, metadata, timeout
         )
         return response.profile
+
+    async def list_consent_records(
+        self, *, token: str, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> profile_pb2.ListConsentRecordsResponse:
+        """One page of the caller's consent history, newest first, with the current state of
+        every configured purpose (``.purposes``) and the policy version in force
+        (``.policy_version``); retried after UNAVAILABLE.
+
+        ``page_size`` 0 means the server's default (50, at most 100); pass the response's
+        ``next_page_token`` as ``page_token`` for the next page (empty on the last one).
+        """
+        metadata = call_metadata(token, token_required=True)
+        request = profile_pb2.ListConsentRecordsRequest(page_size=page_size, page_token=page_token)
+        return await self._call(
+            "ListConsentRecords", self._profile.ListConsentRecords, request, metadata, timeout
+        )
+
+    async def update_consent(
+        self,
+        purpose: str,
+        granted: bool,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> profile_pb2.ConsentState:
+        """Grants or withdraws consent for ``purpose`` (recorded with the policy version in
+        force, ``client_ip`` and ``user_agent``) and returns the purpose's state after.
+
+        ``learner_background`` is the profile's ``consent_given`` (withdrawing erases the
+        background fields). A purpose the server is not configured for is
+        :class:`InvalidArgument` on ``purpose``.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = profile_pb2.UpdateConsentRequest(purpose=purpose, granted=granted)
+        response = await self._call(
+            "UpdateConsent", self._profile.UpdateConsent, request, metadata, timeout
+        )
+        return response.state

@@ -8,10 +8,14 @@ Change service.py and run ``python clients/python/generate.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
 
 import grpc
 
+from . import _requests
 from ._common import DEFAULT_TIMEOUT, RetryPolicy, TlsConfig
 from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, token_pb2
 from ._service_base import _AsyncServiceBase, _service_metadata
@@ -150,6 +154,41 @@ class AsyncServiceClient(_AsyncServiceBase):
         return await self._call(
             "ListUserAuditEvents",
             self._admin.ListUserAuditEvents,
+            request,
+            self._service_metadata,
+            timeout,
+        )
+
+    async def export_user_data(
+        self, user_id: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Everything Gatehouse holds about a user, as the parsed JSON document that
+        :meth:`gatehouse.Client.export_my_data` gives the user themself, for an access or
+        portability request (:class:`NotFound` if there is no such user). Audited
+        (``admin_export``), so it is not retried."""
+        request = admin_pb2.ExportUserDataRequest(user_id=user_id)
+        response = await self._call(
+            "ExportUserData", self._admin.ExportUserData, request, self._service_metadata, timeout
+        )
+        document: dict[str, Any] = json.loads(response.document)
+        return document
+
+    async def get_privacy_report(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> admin_pb2.PrivacyReport:
+        """Figures for privacy compliance reporting: users and consent per purpose now,
+        exports and deletions between ``since`` (default: 30 days before ``until``) and
+        ``until`` (default: now), and the retention settings in force. Naive datetimes are
+        taken as UTC; ``since`` after ``until`` is :class:`InvalidArgument`. For JSON (with
+        :class:`~datetime.timedelta` retention), ``gatehouse.fastapi.PrivacyReportOut``."""
+        request = _requests.privacy_report(since, until)
+        return await self._call(
+            "GetPrivacyReport",
+            self._admin.GetPrivacyReport,
             request,
             self._service_metadata,
             timeout,

@@ -37,6 +37,8 @@ IDEMPOTENT_METHODS: Final = frozenset(
         "ListUsers",
         "GetUser",
         "ListUserAuditEvents",
+        "ListConsentRecords",
+        "GetPrivacyReport",
     }
 )
 
@@ -83,8 +85,10 @@ class RetryPolicy:
 
     Only the read-only RPCs (``GetSession``, ``ListSessions``, ``GetProfile``,
     ``ListAuditEvents``, ``ListAccounts``, ``GetJwks``, ``IntrospectToken``, ``ListUsers``,
-    ``GetUser``, ``ListUserAuditEvents``) are retried, and
-    only after ``UNAVAILABLE``. Every attempt stays within the call's one deadline.
+    ``GetUser``, ``ListUserAuditEvents``, ``ListConsentRecords``, ``GetPrivacyReport``) are
+    retried, and only after ``UNAVAILABLE``. Every attempt stays within the call's one deadline.
+    The exports (``ExportMyData``, ``ExportUserData``) only read too, but each is audited and
+    counted in the privacy report, so they are not retried.
     ``max_attempts=1`` turns retries off.
     """
 

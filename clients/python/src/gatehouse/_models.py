@@ -1,20 +1,22 @@
 """JSON models of the FastAPI integration and their conversion from and to the proto messages.
 
 Enums travel as short lower-case strings (``PROGRAMMING_LEVEL_ADVANCED`` is ``"advanced"``),
-unspecified enums and unset timestamps as ``null``.
+unspecified enums and unset timestamps as ``null``, durations as :class:`~datetime.timedelta`
+(ISO 8601 in JSON, e.g. ``"P30D"``).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._proto.gatehouse.v1 import auth_pb2, profile_pb2
+from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, profile_pb2
 
 ProgrammingLevelName = Literal["beginner", "intermediate", "advanced"]
 AiKnowledgeLevelName = Literal["none", "basic", "intermediate", "advanced"]
@@ -69,6 +71,12 @@ def timestamp(message: Message, field: str) -> datetime | None:
         return None
     ts: Timestamp = getattr(message, field)
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def duration(message: Message, field: str) -> timedelta:
+    """A Duration field as a timedelta (zero when unset)."""
+    value: Duration = getattr(message, field)
+    return value.ToTimedelta()
 
 
 class UserOut(BaseModel):
@@ -164,6 +172,10 @@ class ProfileOut(BaseModel):
     consent_given: bool = False
     consent_updated_at: datetime | None = None
     updated_at: datetime | None = None
+    #: The consent policy version the reader last consented to ("" without consent).
+    consent_policy_version: str = ""
+    #: Consent was given, but for an earlier policy version: ask the reader again.
+    consent_outdated: bool = False
 
     @classmethod
     def from_proto(cls, profile: profile_pb2.Profile) -> ProfileOut:
@@ -181,6 +193,8 @@ class ProfileOut(BaseModel):
             consent_given=profile.consent_given,
             consent_updated_at=timestamp(profile, "consent_updated_at"),
             updated_at=timestamp(profile, "updated_at"),
+            consent_policy_version=profile.consent_policy_version,
+            consent_outdated=profile.consent_outdated,
         )
 
 
@@ -351,6 +365,151 @@ class AuditEventsOut(BaseModel):
         return cls(
             events=[AuditEventOut.from_proto(e) for e in page.events],
             next_page_token=page.next_page_token or None,
+        )
+
+
+class ConsentRecordOut(BaseModel):
+    """One recorded grant or withdrawal of consent (the address and user agent are redacted
+    after Gatehouse's personal-data retention)."""
+
+    id: str
+    purpose: str
+    policy_version: str
+    granted: bool
+    created_at: datetime | None
+    ip_address: str
+    user_agent: str
+
+    @classmethod
+    def from_proto(cls, record: profile_pb2.ConsentRecord) -> ConsentRecordOut:
+        return cls(
+            id=record.id,
+            purpose=record.purpose,
+            policy_version=record.policy_version,
+            granted=record.granted,
+            created_at=timestamp(record, "created_at"),
+            ip_address=record.ip_address,
+            user_agent=record.user_agent,
+        )
+
+
+class ConsentStateOut(BaseModel):
+    """Where the caller stands for one purpose. ``policy_version`` is that of the latest grant
+    ("" if never granted or withdrawn); ``outdated``: granted for an earlier policy version;
+    ``updated_at`` is null if nothing was ever recorded."""
+
+    purpose: str
+    granted: bool
+    policy_version: str
+    outdated: bool
+    updated_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, state: profile_pb2.ConsentState) -> ConsentStateOut:
+        return cls(
+            purpose=state.purpose,
+            granted=state.granted,
+            policy_version=state.policy_version,
+            outdated=state.outdated,
+            updated_at=timestamp(state, "updated_at"),
+        )
+
+
+class ConsentRecordsOut(BaseModel):
+    """A page of the caller's consent history, newest first, the state of every configured
+    purpose and the policy version in force. ``next_page_token`` is null on the last page."""
+
+    records: list[ConsentRecordOut]
+    purposes: list[ConsentStateOut]
+    policy_version: str
+    next_page_token: str | None = None
+
+    @classmethod
+    def from_proto(cls, page: profile_pb2.ListConsentRecordsResponse) -> ConsentRecordsOut:
+        return cls(
+            records=[ConsentRecordOut.from_proto(r) for r in page.records],
+            purposes=[ConsentStateOut.from_proto(s) for s in page.purposes],
+            policy_version=page.policy_version,
+            next_page_token=page.next_page_token or None,
+        )
+
+
+class ConsentIn(BaseModel):
+    """Grant (``granted: true``) or withdraw consent for one of Gatehouse's configured
+    purposes, e.g. ``learner_background``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: str = Field(min_length=1, max_length=64)
+    granted: bool
+
+
+class PurposeConsentOut(BaseModel):
+    """Consent counts for one purpose over the users that exist now: ``current`` (granted for
+    the policy version in force), ``outdated`` (for an earlier one), ``none``."""
+
+    purpose: str
+    current: int
+    outdated: int
+    none: int
+
+    @classmethod
+    def from_proto(cls, counts: admin_pb2.PurposeConsent) -> PurposeConsentOut:
+        return cls(
+            purpose=counts.purpose,
+            current=counts.current,
+            outdated=counts.outdated,
+            none=counts.none,
+        )
+
+
+class RetentionSettingsOut(BaseModel):
+    """Gatehouse's retention settings: client addresses and user agents are redacted after
+    ``personal_data`` (``personal_data_mode``: ``truncate`` or ``clear``), audit events
+    deleted after ``audit_events``, feed entries after ``feeds``."""
+
+    personal_data: timedelta
+    personal_data_mode: str
+    audit_events: timedelta
+    feeds: timedelta
+
+    @classmethod
+    def from_proto(cls, retention: admin_pb2.RetentionSettings) -> RetentionSettingsOut:
+        return cls(
+            personal_data=duration(retention, "personal_data"),
+            personal_data_mode=retention.personal_data_mode,
+            audit_events=duration(retention, "audit_events"),
+            feeds=duration(retention, "feeds"),
+        )
+
+
+class PrivacyReportOut(BaseModel):
+    """Gatehouse's privacy report (``ServiceClient.get_privacy_report``), for an operator page:
+    users and consent per purpose now; exports (by users themselves and by operators) and
+    account deletions between ``since`` and ``until``; the retention settings in force."""
+
+    policy_version: str
+    users: int
+    purposes: list[PurposeConsentOut]
+    since: datetime | None
+    until: datetime | None
+    self_exports: int
+    admin_exports: int
+    deletions: int
+    retention: RetentionSettingsOut
+
+    @classmethod
+    def from_proto(cls, report: admin_pb2.PrivacyReport) -> PrivacyReportOut:
+        return cls(
+            policy_version=report.policy_version,
+            users=report.users,
+            purposes=[PurposeConsentOut.from_proto(p) for p in report.purposes],
+            since=timestamp(report, "since"),
+            until=timestamp(report, "until"),
+            self_exports=report.self_exports,
+            admin_exports=report.admin_exports,
+            deletions=report.deletions,
+            retention=RetentionSettingsOut.from_proto(report.retention),
         )
 
 

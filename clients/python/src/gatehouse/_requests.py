@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from google.protobuf import field_mask_pb2
 
-from ._proto.gatehouse.v1 import auth_pb2, profile_pb2
+from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, profile_pb2
 
 
 def sign_up(
@@ -26,4 +27,16 @@ def update_profile(
     request = profile_pb2.UpdateProfileRequest(profile=profile)
     if update_mask is not None:
         request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+    return request
+
+
+def privacy_report(
+    since: datetime | None, until: datetime | None
+) -> admin_pb2.GetPrivacyReportRequest:
+    """A GetPrivacyReportRequest; an unset bound is the server's default, a naive datetime UTC."""
+    request = admin_pb2.GetPrivacyReportRequest()
+    for field, value in (("since", since), ("until", until)):
+        if value is not None:
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            getattr(request, field).FromDatetime(aware)
     return request

@@ -56,14 +56,21 @@ from .._models import (
     AuditEventsOut,
     AuthOut,
     MessageOut,
+    PrivacyReportOut,
     ProfileIn,
     ProfileOut,
 )
 from .._models import ChangePasswordIn as ChangePasswordIn
+from .._models import ConsentIn as ConsentIn
+from .._models import ConsentRecordOut as ConsentRecordOut
+from .._models import ConsentRecordsOut as ConsentRecordsOut
+from .._models import ConsentStateOut as ConsentStateOut
 from .._models import DeleteAccountIn as DeleteAccountIn
 from .._models import RequestEmailChangeIn as RequestEmailChangeIn
 from .._models import RequestPasswordResetIn as RequestPasswordResetIn
+from .._models import PurposeConsentOut as PurposeConsentOut
 from .._models import ResetPasswordIn as ResetPasswordIn
+from .._models import RetentionSettingsOut as RetentionSettingsOut
 from .._models import RevokedOut as RevokedOut
 from .._models import SessionInfoOut as SessionInfoOut
 from .._models import SessionOut as SessionOut
@@ -93,6 +100,7 @@ __all__ = [
     "CurrentUser",
     "Gatehouse",
     "MessageOut",
+    "PrivacyReportOut",
     "ProfileIn",
     "ProfileOut",
     "SessionCache",

@@ -46,8 +46,10 @@ class RouterHost(Protocol):
         """The signed-in caller, or 401."""
         ...
 
-    async def update_profile(self, user: CurrentUser, body: ProfileIn) -> ProfileOut:
-        """Applies a profile patch for ``user``."""
+    async def update_profile(
+        self, user: CurrentUser, body: ProfileIn, request: Request | None = None
+    ) -> ProfileOut:
+        """Applies a profile patch for ``user`` (forwarding ``request``'s client meta)."""
         ...
 
     def set_session_cookie(self, response: Response, token: str, session: auth_pb2.Session) -> None:

@@ -298,18 +298,31 @@ class Gatehouse(_Cookies):
         ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
         ``POST /request-email-change``; history: ``GET /audit-events``; service mesh:
         ``POST /access-token``; provider sign-in: ``GET /oauth/{provider}/start``,
-        ``GET /oauth/{provider}/callback``. Every state-changing route applies
-        :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
+        ``GET /oauth/{provider}/callback``; privacy: ``GET /export`` (the caller's data as a
+        JSON download), ``GET /consents``, ``POST /consents``. Every state-changing route
+        applies :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
         """
         return build_router(self, tags=tags)
 
 
-    async def update_profile(self, user: CurrentUser, body: ProfileIn) -> ProfileOut:
-        """Applies a :class:`ProfileIn` patch for ``user`` (shared by the router and apps)."""
+    async def update_profile(
+        self, user: CurrentUser, body: ProfileIn, request: Request | None = None
+    ) -> ProfileOut:
+        """Applies a :class:`ProfileIn` patch for ``user`` (shared by the router and apps).
+
+        With ``request``, the browser's address and User-Agent are forwarded: Gatehouse records
+        them with a change of ``consent_given`` in the consent history."""
         mask = body.update_mask()
+        meta = (
+            self.client_meta(request)
+            if request is not None
+            else ClientMeta(client_ip=None, user_agent=None)
+        )
         with _http_errors(strip_field_prefix="profile."):
             if not mask:
                 profile = await self.client.get_profile(token=user.token)
             else:
-                profile = await self.client.update_profile(body.to_proto(), mask, token=user.token)
+                profile = await self.client.update_profile(
+                    body.to_proto(), mask, token=user.token, **meta
+                )
         return ProfileOut.from_proto(profile)

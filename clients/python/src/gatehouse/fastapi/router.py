@@ -16,6 +16,9 @@ from .._models import (
     AuditEventsOut,
     AuthOut,
     ChangePasswordIn,
+    ConsentIn,
+    ConsentRecordsOut,
+    ConsentStateOut,
     DeleteAccountIn,
     MessageOut,
     ProfileIn,
@@ -45,6 +48,8 @@ __all__ = ["build_router"]
 #: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
 _OAUTH_STATE_MAX_AGE: Final = 600
 _RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
+#: The file name browsers save the data export under.
+EXPORT_FILENAME: Final = "gatehouse-export.json"
 
 
 def build_router(gh: RouterHost, *, tags: list[str] | None = None) -> APIRouter:
@@ -56,6 +61,7 @@ def build_router(gh: RouterHost, *, tags: list[str] | None = None) -> APIRouter:
     _add_recovery_routes(router, gh)
     _add_token_routes(router, gh)
     _add_oauth_routes(router, gh)
+    _add_privacy_routes(router, gh)
     return router
 
 
@@ -194,9 +200,9 @@ def _add_account_routes(router: APIRouter, gh: RouterHost) -> None:
         return ProfileOut.from_proto(profile)
 
     @router.patch("/profile")
-    async def update_profile(body: ProfileIn, user: User) -> ProfileOut:
+    async def update_profile(body: ProfileIn, user: User, request: Request) -> ProfileOut:
         """Changes the profile fields present in the body (null clears a field)."""
-        return await gh.update_profile(user, body)
+        return await gh.update_profile(user, body, request)
 
 
 def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
@@ -426,3 +432,49 @@ def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
             gh.clear_oauth_state_cookie(failed)  # the state is spent either way
             return failed
         return _signed_in(gh, result, redirect_to)
+
+
+def _add_privacy_routes(router: APIRouter, gh: RouterHost) -> None:
+    """The caller's data export and consents."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    @router.get("/export", response_model=None)
+    async def export(user: User, request: Request) -> Response:
+        """Everything Gatehouse holds about the caller, as a JSON download
+        (``gatehouse-export.json``: ``format``, ``exported_at``, ``user_id``, ``tables``).
+        Never a secret; the export is audited."""
+        with _http_errors():
+            document = await gh.client.export_my_data(token=user.token, **meta(request))
+        return JSONResponse(
+            document,
+            headers={
+                "Content-Disposition": f'attachment; filename="{EXPORT_FILENAME}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @router.get("/consents")
+    async def list_consents(
+        user: User,
+        page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
+        page_token: Annotated[str, Query(max_length=1024)] = "",
+    ) -> ConsentRecordsOut:
+        """The caller's consent history, newest first, a page at a time (default 50), with
+        the state of every purpose and the policy version in force."""
+        with _http_errors(location="query"):
+            page = await gh.client.list_consent_records(
+                token=user.token, page_size=page_size or 0, page_token=page_token
+            )
+        return ConsentRecordsOut.from_proto(page)
+
+    @router.post("/consents")
+    async def update_consent(body: ConsentIn, user: User, request: Request) -> ConsentStateOut:
+        """Grants or withdraws consent for one purpose (recorded with the browser's address
+        and User-Agent); an unknown purpose is 422 on ``purpose``. Withdrawing
+        ``learner_background`` erases the profile's background fields."""
+        with _http_errors():
+            state = await gh.client.update_consent(
+                body.purpose, body.granted, token=user.token, **meta(request)
+            )
+        return ConsentStateOut.from_proto(state)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from gatehouse._proto.gatehouse.v1 import auth_pb2 as _auth_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -286,3 +287,223 @@ class ListUserAuditEventsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUserAuditEventsRequest: _TypeAlias = ListUserAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportUserDataRequest(_message.Message):
+    """Input of ExportUserData."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """User id (UUID)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserDataRequest: _TypeAlias = ExportUserDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportUserDataResponse(_message.Message):
+    """Result of ExportUserData."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    EXPORTED_AT_FIELD_NUMBER: _builtins.int
+    document: _builtins.str
+    """The JSON document, as ExportMyDataResponse.document describes it."""
+    @_builtins.property
+    def exported_at(self) -> _timestamp_pb2.Timestamp:
+        """When the document was read."""
+
+    def __init__(
+        self,
+        *,
+        document: _builtins.str = ...,
+        exported_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exported_at", b"exported_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "exported_at", b"exported_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserDataResponse: _TypeAlias = ExportUserDataResponse  # noqa: Y015
+
+@_typing.final
+class GetPrivacyReportRequest(_message.Message):
+    """Input of GetPrivacyReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period for the export and deletion counts (default: 30 days before `until`)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (default: now). Must not be before `since`."""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPrivacyReportRequest: _TypeAlias = GetPrivacyReportRequest  # noqa: Y015
+
+@_typing.final
+class PurposeConsent(_message.Message):
+    """Consent counts for one purpose, over the users that exist now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    OUTDATED_FIELD_NUMBER: _builtins.int
+    NONE_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The purpose."""
+    current: _builtins.int
+    """Users whose latest record for it is a grant of the policy version in force."""
+    outdated: _builtins.int
+    """Users whose latest record is a grant of an earlier policy version."""
+    none: _builtins.int
+    """Users who never granted it or withdrew it."""
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        current: _builtins.int = ...,
+        outdated: _builtins.int = ...,
+        none: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "none", b"none", "outdated", b"outdated", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurposeConsent: _TypeAlias = PurposeConsent  # noqa: Y015
+
+@_typing.final
+class RetentionSettings(_message.Message):
+    """The retention settings in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONAL_DATA_FIELD_NUMBER: _builtins.int
+    PERSONAL_DATA_MODE_FIELD_NUMBER: _builtins.int
+    AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
+    FEEDS_FIELD_NUMBER: _builtins.int
+    personal_data_mode: _builtins.str
+    """`truncate` (IPv4 to /24, IPv6 to /48, user agent cleared) or `clear` (both cleared)."""
+    @_builtins.property
+    def personal_data(self) -> _duration_pb2.Duration:
+        """After this long, IP addresses and user agents on sessions, audit events and consent
+        records are redacted.
+        """
+
+    @_builtins.property
+    def audit_events(self) -> _duration_pb2.Duration:
+        """Audit events are deleted after this long."""
+
+    @_builtins.property
+    def feeds(self) -> _duration_pb2.Duration:
+        """Revocation and user-change feed entries are deleted after this long."""
+
+    def __init__(
+        self,
+        *,
+        personal_data: _duration_pb2.Duration | None = ...,
+        personal_data_mode: _builtins.str = ...,
+        audit_events: _duration_pb2.Duration | None = ...,
+        feeds: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "feeds", b"feeds", "personal_data", b"personal_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "feeds", b"feeds", "personal_data", b"personal_data", "personal_data_mode", b"personal_data_mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionSettings: _TypeAlias = RetentionSettings  # noqa: Y015
+
+@_typing.final
+class PrivacyReport(_message.Message):
+    """Result of GetPrivacyReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    SELF_EXPORTS_FIELD_NUMBER: _builtins.int
+    ADMIN_EXPORTS_FIELD_NUMBER: _builtins.int
+    DELETIONS_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    policy_version: _builtins.str
+    """The consent policy version in force."""
+    users: _builtins.int
+    """Users that exist now."""
+    self_exports: _builtins.int
+    """Exports users made of their own data (ExportMyData) in the period."""
+    admin_exports: _builtins.int
+    """Exports operators made (ExportUserData) in the period."""
+    deletions: _builtins.int
+    """Accounts deleted in the period, by their owner or an operator (from the audit log's
+    deletion tombstones, so only within the audit retention).
+    """
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeConsent]:
+        """Consent per configured purpose, in configuration order."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """The period the next three counts cover (both ends included)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """End of the period."""
+
+    @_builtins.property
+    def retention(self) -> Global___RetentionSettings:
+        """The retention settings in force."""
+
+    def __init__(
+        self,
+        *,
+        policy_version: _builtins.str = ...,
+        users: _builtins.int = ...,
+        purposes: _abc.Iterable[Global___PurposeConsent] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        self_exports: _builtins.int = ...,
+        admin_exports: _builtins.int = ...,
+        deletions: _builtins.int = ...,
+        retention: Global___RetentionSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention", "since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_exports", b"admin_exports", "deletions", b"deletions", "policy_version", b"policy_version", "purposes", b"purposes", "retention", b"retention", "self_exports", b"self_exports", "since", b"since", "until", b"until", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyReport: _TypeAlias = PrivacyReport  # noqa: Y015

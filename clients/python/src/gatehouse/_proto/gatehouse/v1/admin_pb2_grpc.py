@@ -74,6 +74,16 @@ class AdminServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.ListUserAuditEventsRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ExportUserData = channel.unary_unary(
+                '/gatehouse.v1.AdminService/ExportUserData',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
+                _registered_method=True)
+        self.GetPrivacyReport = channel.unary_unary(
+                '/gatehouse.v1.AdminService/GetPrivacyReport',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -132,6 +142,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUserData(self, request, context):
+        """Everything Gatehouse holds about a user, as ExportMyData gives it to the user themself,
+        for an operator answering an access or portability request. Audited (`admin_export`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrivacyReport(self, request, context):
+        """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
+        period, and the retention settings in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +195,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListUserAuditEvents,
                     request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ListUserAuditEventsRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ExportUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUserData,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ExportUserDataRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.ExportUserDataResponse.SerializeToString,
+            ),
+            'GetPrivacyReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrivacyReport,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +400,60 @@ class AdminService:
             '/gatehouse.v1.AdminService/ListUserAuditEvents',
             gatehouse_dot_v1_dot_admin__pb2.ListUserAuditEventsRequest.SerializeToString,
             gatehouse_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/ExportUserData',
+            gatehouse_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrivacyReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/GetPrivacyReport',
+            gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.FromString,
             options,
             channel_credentials,
             insecure,

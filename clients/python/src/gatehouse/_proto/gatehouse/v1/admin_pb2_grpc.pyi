@@ -52,6 +52,14 @@ class AdminServiceStub:
     """Ends every session of a user."""
     ListUserAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUserAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]
     """A user's security events, newest first."""
+    ExportUserData: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]
+    """Everything Gatehouse holds about a user, as ExportMyData gives it to the user themself,
+    for an operator answering an access or portability request. Audited (`admin_export`).
+    """
+    GetPrivacyReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPrivacyReportRequest, _admin_pb2.PrivacyReport]
+    """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
+    period, and the retention settings in force.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -76,6 +84,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Ends every session of a user."""
     ListUserAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUserAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """A user's security events, newest first."""
+    ExportUserData: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]  # type: ignore[assignment]
+    """Everything Gatehouse holds about a user, as ExportMyData gives it to the user themself,
+    for an operator answering an access or portability request. Audited (`admin_export`).
+    """
+    GetPrivacyReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPrivacyReportRequest, _admin_pb2.PrivacyReport]  # type: ignore[assignment]
+    """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
+    period, and the retention settings in force.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is for trusted services and operators only. Callers authenticate as services:
@@ -139,5 +155,25 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListAuditEventsResponse, _abc.Awaitable[_auth_pb2.ListAuditEventsResponse]]:
         """A user's security events, newest first."""
+
+    @_abc_1.abstractmethod
+    def ExportUserData(
+        self,
+        request: _admin_pb2.ExportUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ExportUserDataResponse, _abc.Awaitable[_admin_pb2.ExportUserDataResponse]]:
+        """Everything Gatehouse holds about a user, as ExportMyData gives it to the user themself,
+        for an operator answering an access or portability request. Audited (`admin_export`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetPrivacyReport(
+        self,
+        request: _admin_pb2.GetPrivacyReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PrivacyReport, _abc.Awaitable[_admin_pb2.PrivacyReport]]:
+        """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
+        period, and the retention settings in force.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1153,3 +1153,52 @@ class GetProviderAccessTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProviderAccessTokenResponse: _TypeAlias = GetProviderAccessTokenResponse  # noqa: Y015
+
+@_typing.final
+class ExportMyDataRequest(_message.Message):
+    """Input of ExportMyData: the bearer token names the user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataRequest: _TypeAlias = ExportMyDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportMyDataResponse(_message.Message):
+    """Result of ExportMyData."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    EXPORTED_AT_FIELD_NUMBER: _builtins.int
+    document: _builtins.str
+    """The JSON document (UTF-8). Top-level keys: `format` ("gatehouse.export.v1"), `exported_at`,
+    `user_id`, and `tables`: one array of rows per stored table that holds the user's data,
+    named as the table (`users`, `profiles`, `sessions`, `accounts`, `verification_tokens`,
+    `oauth_states`, `consent_records`, `audit_events`, `revocations`, `user_changes`).
+    """
+    @_builtins.property
+    def exported_at(self) -> _timestamp_pb2.Timestamp:
+        """When the document was read."""
+
+    def __init__(
+        self,
+        *,
+        document: _builtins.str = ...,
+        exported_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exported_at", b"exported_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "exported_at", b"exported_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataResponse: _TypeAlias = ExportMyDataResponse  # noqa: Y015

@@ -143,6 +143,11 @@ class AuthServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.FromString,
                 _registered_method=True)
+        self.ExportMyData = channel.unary_unary(
+                '/gatehouse.v1.AuthService/ExportMyData',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.ExportMyDataRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.ExportMyDataResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -326,6 +331,17 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportMyData(self, request, context):
+        """Everything Gatehouse holds about the caller, as one JSON document (GDPR Art. 15 and 20):
+        the user, profile, sessions, linked provider accounts, email links, provider sign-ins in
+        progress, consent records, audit events and the revocation and change feeds. Never a
+        secret: no password hash, session or link token (nor their hashes), provider token or
+        PKCE verifier. The export itself is audited (`data_exported`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +444,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetProviderAccessToken,
                     request_deserializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.SerializeToString,
+            ),
+            'ExportMyData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportMyData,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.ExportMyDataRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.ExportMyDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -979,6 +1000,33 @@ class AuthService:
             '/gatehouse.v1.AuthService/GetProviderAccessToken',
             gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenRequest.SerializeToString,
             gatehouse_dot_v1_dot_auth__pb2.GetProviderAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMyData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/ExportMyData',
+            gatehouse_dot_v1_dot_auth__pb2.ExportMyDataRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.ExportMyDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

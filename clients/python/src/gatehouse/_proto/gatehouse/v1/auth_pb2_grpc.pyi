@@ -125,6 +125,13 @@ class AuthServiceStub:
     No linked account is NOT_FOUND; an expired token that cannot be refreshed is
     FAILED_PRECONDITION (the user must sign in with the provider again).
     """
+    ExportMyData: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ExportMyDataRequest, _auth_pb2.ExportMyDataResponse]
+    """Everything Gatehouse holds about the caller, as one JSON document (GDPR Art. 15 and 20):
+    the user, profile, sessions, linked provider accounts, email links, provider sign-ins in
+    progress, consent records, audit events and the revocation and change feeds. Never a
+    secret: no password hash, session or link token (nor their hashes), provider token or
+    PKCE verifier. The export itself is audited (`data_exported`).
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -222,6 +229,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     the stored refresh token when it has expired, for backends that call the provider's API.
     No linked account is NOT_FOUND; an expired token that cannot be refreshed is
     FAILED_PRECONDITION (the user must sign in with the provider again).
+    """
+    ExportMyData: _aio.UnaryUnaryMultiCallable[_auth_pb2.ExportMyDataRequest, _auth_pb2.ExportMyDataResponse]  # type: ignore[assignment]
+    """Everything Gatehouse holds about the caller, as one JSON document (GDPR Art. 15 and 20):
+    the user, profile, sessions, linked provider accounts, email links, provider sign-ins in
+    progress, consent records, audit events and the revocation and change feeds. Never a
+    secret: no password hash, session or link token (nor their hashes), provider token or
+    PKCE verifier. The export itself is audited (`data_exported`).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -437,6 +451,19 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         the stored refresh token when it has expired, for backends that call the provider's API.
         No linked account is NOT_FOUND; an expired token that cannot be refreshed is
         FAILED_PRECONDITION (the user must sign in with the provider again).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportMyData(
+        self,
+        request: _auth_pb2.ExportMyDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ExportMyDataResponse, _abc.Awaitable[_auth_pb2.ExportMyDataResponse]]:
+        """Everything Gatehouse holds about the caller, as one JSON document (GDPR Art. 15 and 20):
+        the user, profile, sessions, linked provider accounts, email links, provider sign-ins in
+        progress, consent records, audit events and the revocation and change feeds. Never a
+        secret: no password hash, session or link token (nor their hashes), provider token or
+        PKCE verifier. The export itself is audited (`data_exported`).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,31 +26,43 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agatehouse/v1/profile.proto\x12\x0cgatehouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x04\n\x07Profile\x12\x39\n\x11programming_level\x18\x01 \x01(\x0e\x32\x1e.gatehouse.v1.ProgrammingLevel\x12\x1d\n\x15programming_languages\x18\x02 \x03(\t\x12:\n\x12\x61i_knowledge_level\x18\x03 \x01(\x0e\x32\x1e.gatehouse.v1.AiKnowledgeLevel\x12=\n\x13hardware_experience\x18\x04 \x01(\x0e\x32 .gatehouse.v1.HardwareExperience\x12\x33\n\x0elearning_style\x18\x05 \x01(\x0e\x32\x1b.gatehouse.v1.LearningStyle\x12\x1b\n\x13software_background\x18\x06 \x01(\t\x12\x1b\n\x13hardware_background\x18\x07 \x01(\t\x12\x0c\n\x04role\x18\x08 \x01(\t\x12\x11\n\tinterests\x18\t \x03(\t\x12\x1c\n\x14onboarding_completed\x18\n \x01(\x08\x12\x15\n\rconsent_given\x18\x0b \x01(\x08\x12\x36\n\x12\x63onsent_updated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11GetProfileRequest\"<\n\x12GetProfileResponse\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile\"o\n\x14UpdateProfileRequest\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"?\n\x15UpdateProfileResponse\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile*\x99\x01\n\x10ProgrammingLevel\x12!\n\x1dPROGRAMMING_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROGRAMMING_LEVEL_BEGINNER\x10\x01\x12\"\n\x1ePROGRAMMING_LEVEL_INTERMEDIATE\x10\x02\x12\x1e\n\x1aPROGRAMMING_LEVEL_ADVANCED\x10\x03*\xb7\x01\n\x10\x41iKnowledgeLevel\x12\"\n\x1e\x41I_KNOWLEDGE_LEVEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41I_KNOWLEDGE_LEVEL_NONE\x10\x01\x12\x1c\n\x18\x41I_KNOWLEDGE_LEVEL_BASIC\x10\x02\x12#\n\x1f\x41I_KNOWLEDGE_LEVEL_INTERMEDIATE\x10\x03\x12\x1f\n\x1b\x41I_KNOWLEDGE_LEVEL_ADVANCED\x10\x04*\xc2\x01\n\x12HardwareExperience\x12#\n\x1fHARDWARE_EXPERIENCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18HARDWARE_EXPERIENCE_NONE\x10\x01\x12\x1d\n\x19HARDWARE_EXPERIENCE_BASIC\x10\x02\x12 \n\x1cHARDWARE_EXPERIENCE_ROBOTICS\x10\x03\x12(\n$HARDWARE_EXPERIENCE_EMBEDDED_SYSTEMS\x10\x04*\x9e\x01\n\rLearningStyle\x12\x1e\n\x1aLEARNING_STYLE_UNSPECIFIED\x10\x00\x12\x19\n\x15LEARNING_STYLE_THEORY\x10\x01\x12\x1d\n\x19LEARNING_STYLE_CODE_FIRST\x10\x02\x12\x19\n\x15LEARNING_STYLE_VISUAL\x10\x03\x12\x18\n\x14LEARNING_STYLE_MIXED\x10\x04\x32\xbb\x01\n\x0eProfileService\x12O\n\nGetProfile\x12\x1f.gatehouse.v1.GetProfileRequest\x1a .gatehouse.v1.GetProfileResponse\x12X\n\rUpdateProfile\x12\".gatehouse.v1.UpdateProfileRequest\x1a#.gatehouse.v1.UpdateProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agatehouse/v1/profile.proto\x12\x0cgatehouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x04\n\x07Profile\x12\x39\n\x11programming_level\x18\x01 \x01(\x0e\x32\x1e.gatehouse.v1.ProgrammingLevel\x12\x1d\n\x15programming_languages\x18\x02 \x03(\t\x12:\n\x12\x61i_knowledge_level\x18\x03 \x01(\x0e\x32\x1e.gatehouse.v1.AiKnowledgeLevel\x12=\n\x13hardware_experience\x18\x04 \x01(\x0e\x32 .gatehouse.v1.HardwareExperience\x12\x33\n\x0elearning_style\x18\x05 \x01(\x0e\x32\x1b.gatehouse.v1.LearningStyle\x12\x1b\n\x13software_background\x18\x06 \x01(\t\x12\x1b\n\x13hardware_background\x18\x07 \x01(\t\x12\x0c\n\x04role\x18\x08 \x01(\t\x12\x11\n\tinterests\x18\t \x03(\t\x12\x1c\n\x14onboarding_completed\x18\n \x01(\x08\x12\x15\n\rconsent_given\x18\x0b \x01(\x08\x12\x36\n\x12\x63onsent_updated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x63onsent_policy_version\x18\x0e \x01(\t\x12\x18\n\x10\x63onsent_outdated\x18\x0f \x01(\x08\"\x13\n\x11GetProfileRequest\"<\n\x12GetProfileResponse\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile\"o\n\x14UpdateProfileRequest\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"?\n\x15UpdateProfileResponse\x12&\n\x07profile\x18\x01 \x01(\x0b\x32\x15.gatehouse.v1.Profile\"\xad\x01\n\rConsentRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12\x0f\n\x07granted\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nip_address\x18\x06 \x01(\t\x12\x12\n\nuser_agent\x18\x07 \x01(\t\"\x8a\x01\n\x0c\x43onsentState\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12\x10\n\x08outdated\x18\x04 \x01(\x08\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListConsentRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa9\x01\n\x1aListConsentRecordsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.gatehouse.v1.ConsentRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12,\n\x08purposes\x18\x03 \x03(\x0b\x32\x1a.gatehouse.v1.ConsentState\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\"8\n\x14UpdateConsentRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\x08\"B\n\x15UpdateConsentResponse\x12)\n\x05state\x18\x01 \x01(\x0b\x32\x1a.gatehouse.v1.ConsentState*\x99\x01\n\x10ProgrammingLevel\x12!\n\x1dPROGRAMMING_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROGRAMMING_LEVEL_BEGINNER\x10\x01\x12\"\n\x1ePROGRAMMING_LEVEL_INTERMEDIATE\x10\x02\x12\x1e\n\x1aPROGRAMMING_LEVEL_ADVANCED\x10\x03*\xb7\x01\n\x10\x41iKnowledgeLevel\x12\"\n\x1e\x41I_KNOWLEDGE_LEVEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41I_KNOWLEDGE_LEVEL_NONE\x10\x01\x12\x1c\n\x18\x41I_KNOWLEDGE_LEVEL_BASIC\x10\x02\x12#\n\x1f\x41I_KNOWLEDGE_LEVEL_INTERMEDIATE\x10\x03\x12\x1f\n\x1b\x41I_KNOWLEDGE_LEVEL_ADVANCED\x10\x04*\xc2\x01\n\x12HardwareExperience\x12#\n\x1fHARDWARE_EXPERIENCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18HARDWARE_EXPERIENCE_NONE\x10\x01\x12\x1d\n\x19HARDWARE_EXPERIENCE_BASIC\x10\x02\x12 \n\x1cHARDWARE_EXPERIENCE_ROBOTICS\x10\x03\x12(\n$HARDWARE_EXPERIENCE_EMBEDDED_SYSTEMS\x10\x04*\x9e\x01\n\rLearningStyle\x12\x1e\n\x1aLEARNING_STYLE_UNSPECIFIED\x10\x00\x12\x19\n\x15LEARNING_STYLE_THEORY\x10\x01\x12\x1d\n\x19LEARNING_STYLE_CODE_FIRST\x10\x02\x12\x19\n\x15LEARNING_STYLE_VISUAL\x10\x03\x12\x18\n\x14LEARNING_STYLE_MIXED\x10\x04\x32\xfe\x02\n\x0eProfileService\x12O\n\nGetProfile\x12\x1f.gatehouse.v1.GetProfileRequest\x1a .gatehouse.v1.GetProfileResponse\x12X\n\rUpdateProfile\x12\".gatehouse.v1.UpdateProfileRequest\x1a#.gatehouse.v1.UpdateProfileResponse\x12g\n\x12ListConsentRecords\x12\'.gatehouse.v1.ListConsentRecordsRequest\x1a(.gatehouse.v1.ListConsentRecordsResponse\x12X\n\rUpdateConsent\x12\".gatehouse.v1.UpdateConsentRequest\x1a#.gatehouse.v1.UpdateConsentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse._proto.gatehouse.v1.profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROGRAMMINGLEVEL']._serialized_start=899
-  _globals['_PROGRAMMINGLEVEL']._serialized_end=1052
-  _globals['_AIKNOWLEDGELEVEL']._serialized_start=1055
-  _globals['_AIKNOWLEDGELEVEL']._serialized_end=1238
-  _globals['_HARDWAREEXPERIENCE']._serialized_start=1241
-  _globals['_HARDWAREEXPERIENCE']._serialized_end=1435
-  _globals['_LEARNINGSTYLE']._serialized_start=1438
-  _globals['_LEARNINGSTYLE']._serialized_end=1596
+  _globals['_PROGRAMMINGLEVEL']._serialized_start=1640
+  _globals['_PROGRAMMINGLEVEL']._serialized_end=1793
+  _globals['_AIKNOWLEDGELEVEL']._serialized_start=1796
+  _globals['_AIKNOWLEDGELEVEL']._serialized_end=1979
+  _globals['_HARDWAREEXPERIENCE']._serialized_start=1982
+  _globals['_HARDWAREEXPERIENCE']._serialized_end=2176
+  _globals['_LEARNINGSTYLE']._serialized_start=2179
+  _globals['_LEARNINGSTYLE']._serialized_end=2337
   _globals['_PROFILE']._serialized_start=112
-  _globals['_PROFILE']._serialized_end=635
-  _globals['_GETPROFILEREQUEST']._serialized_start=637
-  _globals['_GETPROFILEREQUEST']._serialized_end=656
-  _globals['_GETPROFILERESPONSE']._serialized_start=658
-  _globals['_GETPROFILERESPONSE']._serialized_end=718
-  _globals['_UPDATEPROFILEREQUEST']._serialized_start=720
-  _globals['_UPDATEPROFILEREQUEST']._serialized_end=831
-  _globals['_UPDATEPROFILERESPONSE']._serialized_start=833
-  _globals['_UPDATEPROFILERESPONSE']._serialized_end=896
-  _globals['_PROFILESERVICE']._serialized_start=1599
-  _globals['_PROFILESERVICE']._serialized_end=1786
+  _globals['_PROFILE']._serialized_end=693
+  _globals['_GETPROFILEREQUEST']._serialized_start=695
+  _globals['_GETPROFILEREQUEST']._serialized_end=714
+  _globals['_GETPROFILERESPONSE']._serialized_start=716
+  _globals['_GETPROFILERESPONSE']._serialized_end=776
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=778
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=889
+  _globals['_UPDATEPROFILERESPONSE']._serialized_start=891
+  _globals['_UPDATEPROFILERESPONSE']._serialized_end=954
+  _globals['_CONSENTRECORD']._serialized_start=957
+  _globals['_CONSENTRECORD']._serialized_end=1130
+  _globals['_CONSENTSTATE']._serialized_start=1133
+  _globals['_CONSENTSTATE']._serialized_end=1271
+  _globals['_LISTCONSENTRECORDSREQUEST']._serialized_start=1273
+  _globals['_LISTCONSENTRECORDSREQUEST']._serialized_end=1339
+  _globals['_LISTCONSENTRECORDSRESPONSE']._serialized_start=1342
+  _globals['_LISTCONSENTRECORDSRESPONSE']._serialized_end=1511
+  _globals['_UPDATECONSENTREQUEST']._serialized_start=1513
+  _globals['_UPDATECONSENTREQUEST']._serialized_end=1569
+  _globals['_UPDATECONSENTRESPONSE']._serialized_start=1571
+  _globals['_UPDATECONSENTRESPONSE']._serialized_end=1637
+  _globals['_PROFILESERVICE']._serialized_start=2340
+  _globals['_PROFILESERVICE']._serialized_end=2722
 # @@protoc_insertion_point(module_scope)

@@ -164,6 +164,8 @@ class Profile(_message.Message):
     CONSENT_GIVEN_FIELD_NUMBER: _builtins.int
     CONSENT_UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CONSENT_POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    CONSENT_OUTDATED_FIELD_NUMBER: _builtins.int
     programming_level: Global___ProgrammingLevel.ValueType
     """Background (needs consent): programming experience."""
     ai_knowledge_level: Global___AiKnowledgeLevel.ValueType
@@ -186,6 +188,15 @@ class Profile(_message.Message):
     """Preference: whether the reader finished onboarding."""
     consent_given: _builtins.bool
     """Whether the reader consents to storing the background fields."""
+    consent_policy_version: _builtins.str
+    """Output only: the consent policy version the reader last consented to (empty without
+    consent). Ignored on input.
+    """
+    consent_outdated: _builtins.bool
+    """Output only: consent_given is true but for an earlier policy version than the one in
+    force; the background fields are kept but should not be relied on until the reader
+    consents again. Ignored on input.
+    """
     @_builtins.property
     def programming_languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Background (needs consent): languages the reader knows, e.g. "python" (at most 20, each at
@@ -220,10 +231,12 @@ class Profile(_message.Message):
         consent_given: _builtins.bool = ...,
         consent_updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        consent_policy_version: _builtins.str = ...,
+        consent_outdated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["consent_updated_at", b"consent_updated_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_knowledge_level", b"ai_knowledge_level", "consent_given", b"consent_given", "consent_updated_at", b"consent_updated_at", "hardware_background", b"hardware_background", "hardware_experience", b"hardware_experience", "interests", b"interests", "learning_style", b"learning_style", "onboarding_completed", b"onboarding_completed", "programming_languages", b"programming_languages", "programming_level", b"programming_level", "role", b"role", "software_background", b"software_background", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_knowledge_level", b"ai_knowledge_level", "consent_given", b"consent_given", "consent_outdated", b"consent_outdated", "consent_policy_version", b"consent_policy_version", "consent_updated_at", b"consent_updated_at", "hardware_background", b"hardware_background", "hardware_experience", b"hardware_experience", "interests", b"interests", "learning_style", b"learning_style", "onboarding_completed", b"onboarding_completed", "programming_languages", b"programming_languages", "programming_level", b"programming_level", "role", b"role", "software_background", b"software_background", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,3 +339,209 @@ class UpdateProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateProfileResponse: _TypeAlias = UpdateProfileResponse  # noqa: Y015
+
+@_typing.final
+class ConsentRecord(_message.Message):
+    """One grant or withdrawal of consent, as recorded. Records are never changed; the IP address
+    and user agent are truncated or cleared after the personal-data retention period.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique id (UUID)."""
+    purpose: _builtins.str
+    """What the consent is for, e.g. `learner_background`."""
+    policy_version: _builtins.str
+    """The policy version in force when it was recorded."""
+    granted: _builtins.bool
+    """True for a grant, false for a withdrawal."""
+    ip_address: _builtins.str
+    """The end user's IP address as forwarded by the calling backend (empty if unknown; a network
+    such as `203.0.113.0/24` after retention).
+    """
+    user_agent: _builtins.str
+    """The end user's user agent as forwarded (empty if unknown or past retention)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+        granted: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        ip_address: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "granted", b"granted", "id", b"id", "ip_address", b"ip_address", "policy_version", b"policy_version", "purpose", b"purpose", "user_agent", b"user_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentRecord: _TypeAlias = ConsentRecord  # noqa: Y015
+
+@_typing.final
+class ConsentState(_message.Message):
+    """Where the reader stands for one purpose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    OUTDATED_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The purpose."""
+    granted: _builtins.bool
+    """Whether the latest record for it is a grant."""
+    policy_version: _builtins.str
+    """The policy version of the latest grant (empty if never granted or withdrawn)."""
+    outdated: _builtins.bool
+    """Granted, but for an earlier policy version than the one in force."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the latest record was made (unset if there is none)."""
+
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        granted: _builtins.bool = ...,
+        policy_version: _builtins.str = ...,
+        outdated: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "outdated", b"outdated", "policy_version", b"policy_version", "purpose", b"purpose", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentState: _TypeAlias = ConsentState  # noqa: Y015
+
+@_typing.final
+class ListConsentRecordsRequest(_message.Message):
+    """Input of ListConsentRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most records (1 to 100; default 50)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentRecordsRequest: _TypeAlias = ListConsentRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentRecordsResponse(_message.Message):
+    """Result of ListConsentRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty on the last page."""
+    policy_version: _builtins.str
+    """The policy version in force."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentRecord]:
+        """Records, newest first."""
+
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentState]:
+        """Every configured purpose, in configuration order."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ConsentRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+        purposes: _abc.Iterable[Global___ConsentState] | None = ...,
+        policy_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "policy_version", b"policy_version", "purposes", b"purposes", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentRecordsResponse: _TypeAlias = ListConsentRecordsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateConsentRequest(_message.Message):
+    """Input of UpdateConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """One of the configured purposes, e.g. `learner_background`."""
+    granted: _builtins.bool
+    """True to grant, false to withdraw."""
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        granted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConsentRequest: _TypeAlias = UpdateConsentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateConsentResponse(_message.Message):
+    """Result of UpdateConsent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___ConsentState:
+        """The purpose's state after the change."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ConsentState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConsentResponse: _TypeAlias = UpdateConsentResponse  # noqa: Y015

@@ -34,6 +34,14 @@ class ProfileServiceStub:
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     def __init__(self, channel):
@@ -52,6 +60,16 @@ class ProfileServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_profile__pb2.UpdateProfileRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_profile__pb2.UpdateProfileResponse.FromString,
                 _registered_method=True)
+        self.ListConsentRecords = channel.unary_unary(
+                '/gatehouse.v1.ProfileService/ListConsentRecords',
+                request_serializer=gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsResponse.FromString,
+                _registered_method=True)
+        self.UpdateConsent = channel.unary_unary(
+                '/gatehouse.v1.ProfileService/UpdateConsent',
+                request_serializer=gatehouse_dot_v1_dot_profile__pb2.UpdateConsentRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_profile__pb2.UpdateConsentResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -63,6 +81,14 @@ class ProfileServiceServicer:
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     def GetProfile(self, request, context):
@@ -74,6 +100,24 @@ class ProfileServiceServicer:
 
     def UpdateProfile(self, request, context):
         """Updates the fields of the caller's profile named in `update_mask` and returns the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsentRecords(self, request, context):
+        """The caller's consent history, newest first, and the current state of every configured
+        purpose.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConsent(self, request, context):
+        """Grants or withdraws consent for one purpose, recording it. For `learner_background` this is
+        the same as UpdateProfile of consent_given (withdrawing erases the background fields).
+        Granting again while consent is outdated records the current policy version. An unknown
+        purpose is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +136,16 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     request_deserializer=gatehouse_dot_v1_dot_profile__pb2.UpdateProfileRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_profile__pb2.UpdateProfileResponse.SerializeToString,
             ),
+            'ListConsentRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsentRecords,
+                    request_deserializer=gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsResponse.SerializeToString,
+            ),
+            'UpdateConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConsent,
+                    request_deserializer=gatehouse_dot_v1_dot_profile__pb2.UpdateConsentRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_profile__pb2.UpdateConsentResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gatehouse.v1.ProfileService', rpc_method_handlers)
@@ -109,6 +163,14 @@ class ProfileService:
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     @staticmethod
@@ -155,6 +217,60 @@ class ProfileService:
             '/gatehouse.v1.ProfileService/UpdateProfile',
             gatehouse_dot_v1_dot_profile__pb2.UpdateProfileRequest.SerializeToString,
             gatehouse_dot_v1_dot_profile__pb2.UpdateProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsentRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ProfileService/ListConsentRecords',
+            gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_profile__pb2.ListConsentRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.ProfileService/UpdateConsent',
+            gatehouse_dot_v1_dot_profile__pb2.UpdateConsentRequest.SerializeToString,
+            gatehouse_dot_v1_dot_profile__pb2.UpdateConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,14 @@ class ProfileServiceStub:
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     @_typing.overload
@@ -45,6 +53,16 @@ class ProfileServiceStub:
     """Returns the caller's profile (all fields empty if it was never set)."""
     UpdateProfile: _grpc.UnaryUnaryMultiCallable[_profile_pb2.UpdateProfileRequest, _profile_pb2.UpdateProfileResponse]
     """Updates the fields of the caller's profile named in `update_mask` and returns the result."""
+    ListConsentRecords: _grpc.UnaryUnaryMultiCallable[_profile_pb2.ListConsentRecordsRequest, _profile_pb2.ListConsentRecordsResponse]
+    """The caller's consent history, newest first, and the current state of every configured
+    purpose.
+    """
+    UpdateConsent: _grpc.UnaryUnaryMultiCallable[_profile_pb2.UpdateConsentRequest, _profile_pb2.UpdateConsentResponse]
+    """Grants or withdraws consent for one purpose, recording it. For `learner_background` this is
+    the same as UpdateProfile of consent_given (withdrawing erases the background fields).
+    Granting again while consent is outdated records the current policy version. An unknown
+    purpose is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -56,6 +74,14 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,6 +89,16 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """Returns the caller's profile (all fields empty if it was never set)."""
     UpdateProfile: _aio.UnaryUnaryMultiCallable[_profile_pb2.UpdateProfileRequest, _profile_pb2.UpdateProfileResponse]  # type: ignore[assignment]
     """Updates the fields of the caller's profile named in `update_mask` and returns the result."""
+    ListConsentRecords: _aio.UnaryUnaryMultiCallable[_profile_pb2.ListConsentRecordsRequest, _profile_pb2.ListConsentRecordsResponse]  # type: ignore[assignment]
+    """The caller's consent history, newest first, and the current state of every configured
+    purpose.
+    """
+    UpdateConsent: _aio.UnaryUnaryMultiCallable[_profile_pb2.UpdateConsentRequest, _profile_pb2.UpdateConsentResponse]  # type: ignore[assignment]
+    """Grants or withdraws consent for one purpose, recording it. For `learner_background` this is
+    the same as UpdateProfile of consent_given (withdrawing erases the background fields).
+    Granting again while consent is outdated records the current policy version. An unknown
+    purpose is INVALID_ARGUMENT.
+    """
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProfileService keeps the learner profile of the book's readers. Every RPC acts for the
@@ -73,6 +109,14 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     stored only while consent_given is true. Setting one without consent is FAILED_PRECONDITION;
     withdrawing consent erases them. The preferences (learning_style, role, interests,
     onboarding_completed) need no consent.
+
+    Consent records: every grant and withdrawal is appended to the reader's consent history
+    with its purpose, the policy version in force (GATEHOUSE_CONSENT_POLICY_VERSION), the time
+    and the forwarded IP address and user agent. `consent_given` is the purpose
+    `learner_background`; operators may configure more (GATEHOUSE_CONSENT_PURPOSES). When the
+    policy version moves on, a reader's earlier consent is *outdated*: the background fields
+    stay stored (consent was given, for the earlier text) but are flagged, and the front end
+    should ask again; consenting again records the new version.
     """
 
     @_abc_1.abstractmethod
@@ -90,5 +134,27 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profile_pb2.UpdateProfileResponse, _abc.Awaitable[_profile_pb2.UpdateProfileResponse]]:
         """Updates the fields of the caller's profile named in `update_mask` and returns the result."""
+
+    @_abc_1.abstractmethod
+    def ListConsentRecords(
+        self,
+        request: _profile_pb2.ListConsentRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.ListConsentRecordsResponse, _abc.Awaitable[_profile_pb2.ListConsentRecordsResponse]]:
+        """The caller's consent history, newest first, and the current state of every configured
+        purpose.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConsent(
+        self,
+        request: _profile_pb2.UpdateConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.UpdateConsentResponse, _abc.Awaitable[_profile_pb2.UpdateConsentResponse]]:
+        """Grants or withdraws consent for one purpose, recording it. For `learner_background` this is
+        the same as UpdateProfile of consent_given (withdrawing erases the background fields).
+        Granting again while consent is outdated records the current policy version. An unknown
+        purpose is INVALID_ARGUMENT.
+        """
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
