@@ -2,7 +2,8 @@
 
 Public: ``POST /api/v1/query`` and ``POST /api/v1/select`` answer anyone, and personalise the
 answer from the reader's learner profile when a session cookie or bearer token is present.
-Protected: ``GET``/``POST /api/v1/profile``. The Gatehouse auth router is mounted at ``/auth``.
+Protected: ``GET /api/v1/me``, ``GET``/``POST /api/v1/profile``; ``POST /api/v1/feedback``
+also needs a verified address. The Gatehouse auth router is mounted at ``/auth``.
 
 The "retrieval" is a fixed list of passages and a word-overlap score: the point is the wiring.
 
@@ -16,13 +17,14 @@ Run beside Gatehouse (see README.md)::
 
 import os
 import re
-from typing import Annotated
+from typing import Annotated, cast
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, status
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, Field
 
 from gatehouse import AsyncClient, AsyncServiceClient
-from gatehouse.fastapi import CurrentUser, Gatehouse, ProfileIn, ProfileOut
+from gatehouse.fastapi import CurrentUser, Gatehouse, ProfileIn, ProfileOut, SameSite, UserOut
 
 PASSAGES: tuple[tuple[str, str], ...] = (
     (
@@ -66,6 +68,20 @@ class SelectIn(BaseModel):
 
     selected_text: str = Field(min_length=1, max_length=5000)
     question: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackIn(BaseModel):
+    """A reader's remark on an answer or a chapter."""
+
+    comment: str = Field(min_length=1, max_length=2000)
+    question: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackOut(BaseModel):
+    """Feedback received; the authors may reply to ``reply_to``."""
+
+    received: bool
+    reply_to: str
 
 
 class AnswerOut(BaseModel):
@@ -117,6 +133,7 @@ def create_app(
     oauth_base_url: str | None = None,
     trusted_origins: list[str] | None = None,
     cookie_host_prefix: bool | None = None,
+    cookie_samesite: SameSite | None = None,
 ) -> FastAPI:
     """Builds the app. ``target`` defaults to ``$GATEHOUSE_TARGET`` or ``localhost:50051``;
     ``cookie_secure`` to ``$GATEHOUSE_COOKIE_SECURE`` (``true`` unless set to ``false``);
@@ -127,8 +144,11 @@ def create_app(
     ``<url>/auth/oauth/{provider}/callback``, which must be in Gatehouse's
     ``GATEHOUSE_*_REDIRECT_URIS``) to ``$GATEHOUSE_OAUTH_BASE_URL``;
     ``trusted_origins`` (front ends on other origins allowed to send cookie requests that
-    change state) to ``$GATEHOUSE_TRUSTED_ORIGINS`` (comma-separated);
-    ``cookie_host_prefix`` (the ``__Host-`` cookie) to ``$GATEHOUSE_COOKIE_HOST_PREFIX``."""
+    change state; they also get CORS with credentials) to ``$GATEHOUSE_TRUSTED_ORIGINS``
+    (comma-separated);
+    ``cookie_host_prefix`` (the ``__Host-`` cookie) to ``$GATEHOUSE_COOKIE_HOST_PREFIX``;
+    ``cookie_samesite`` (``none`` for a front end on another site) to
+    ``$GATEHOUSE_COOKIE_SAMESITE`` (``lax`` unless set)."""
     target = target or os.environ.get("GATEHOUSE_TARGET", "localhost:50051")
     if cookie_secure is None:
         cookie_secure = os.environ.get("GATEHOUSE_COOKIE_SECURE", "true").lower() != "false"
@@ -142,6 +162,9 @@ def create_app(
         trusted_origins = [o.strip() for o in listed if o.strip()]
     if cookie_host_prefix is None:
         cookie_host_prefix = os.environ.get("GATEHOUSE_COOKIE_HOST_PREFIX", "").lower() == "true"
+    if cookie_samesite is None:
+        # Any case; Gatehouse refuses an unknown value (and "none" without Secure).
+        cookie_samesite = cast(SameSite, os.environ.get("GATEHOUSE_COOKIE_SAMESITE", "lax"))
     gatehouse = Gatehouse(
         AsyncClient(target),
         cookie_secure=cookie_secure,
@@ -150,6 +173,7 @@ def create_app(
         oauth_base_url=oauth_base_url,
         trusted_origins=trusted_origins,
         cookie_host_prefix=cookie_host_prefix,
+        cookie_samesite=cookie_samesite,
     )
 
     app = FastAPI(
@@ -157,10 +181,22 @@ def create_app(
     )
     app.state.gatehouse = gatehouse
     gatehouse.install(app)
+    if trusted_origins:
+        # A front end on another origin calls with credentials: CORS names it exactly (never
+        # "*"), as the cross-site check does; gatehouse.trusted_origins holds them normalised
+        # (no trailing slash, no default port), as browsers send Origin.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(gatehouse.trusted_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["content-type", "authorization"],
+        )
     app.include_router(gatehouse.router(), prefix="/auth")
 
     Reader = Annotated[CurrentUser | None, Depends(gatehouse.optional_user)]
     SignedIn = Annotated[CurrentUser, Depends(gatehouse.current_user)]
+    Verified = Annotated[CurrentUser, Depends(gatehouse.current_user(verified=True))]
 
     async def reader_profile(reader: CurrentUser | None) -> ProfileOut | None:
         if reader is None:
@@ -189,6 +225,17 @@ def create_app(
             sources=[title for title, _ in passages],
             personalized=pitch is not None,
         )
+
+    @app.get("/api/v1/me")
+    async def me(user: SignedIn) -> UserOut:
+        """The signed-in reader (for the front end's header and account page)."""
+        return user.user
+
+    @app.post("/api/v1/feedback", status_code=status.HTTP_202_ACCEPTED)
+    async def feedback(body: FeedbackIn, user: Verified) -> FeedbackOut:
+        """Takes a reader's feedback. The authors may answer by mail, so the address must be
+        verified (403 until it is)."""
+        return FeedbackOut(received=True, reply_to=user.user.email)
 
     @app.get("/api/v1/profile")
     async def get_profile(user: SignedIn) -> ProfileOut:

@@ -134,6 +134,33 @@ async def test_rag_is_public_and_personalises_when_signed_in(
     assert stale.json()["personalized"] is False
 
 
+async def test_me_and_the_verified_only_feedback(
+    web: httpx.AsyncClient, server: GatehouseServer, example: ModuleType, email: str
+) -> None:
+    assert (await sign_up(web, email)).status_code == 201
+    me = await web.get("/api/v1/me")
+    assert me.status_code == 200, me.text
+    assert me.json()["email"] == email and me.json()["email_verified"] is False
+
+    feedback = {"comment": "Chapter 3 needs a diagram of the joint angles."}
+    refused = await web.post("/api/v1/feedback", json=feedback)
+    assert refused.status_code == 403, refused.text
+    assert "not verified" in refused.json()["detail"]
+    link = server.wait_for_link(email, "Confirm your email address")
+    assert (await web.post("/auth/verify-email", json={"token": link})).status_code == 200
+    accepted = await web.post("/api/v1/feedback", json=feedback)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json() == {"received": True, "reply_to": email}
+    assert (await web.get("/api/v1/me")).json()["email_verified"] is True
+
+    web.cookies.clear()
+    assert (await web.get("/api/v1/me")).status_code == 401
+    assert (await web.post("/api/v1/feedback", json=feedback)).status_code == 401
+    paths = example.create_app(server.target).openapi()["paths"]
+    me_schema = paths["/api/v1/me"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert me_schema["schema"] == {"$ref": "#/components/schemas/UserOut"}
+
+
 async def test_sign_out_clears_cookie_and_revokes_token(web: httpx.AsyncClient, email: str) -> None:
     assert (await sign_up(web, email)).status_code == 201
     token = web.cookies[COOKIE]

@@ -72,9 +72,12 @@ async def test_start_without_configured_provider_maps_the_server_error(
     web: httpx.AsyncClient,
 ) -> None:
     response = await web.get("/auth/oauth/google/start", params={"redirect_to": "/books"})
-    # Gatehouse has no Google client id: INVALID_ARGUMENT on the provider, 422 here.
+    # Gatehouse has no Google client id: INVALID_ARGUMENT on the provider, 422 here, located
+    # where FastAPI's own 422 would put it: the provider is a path parameter.
     assert response.status_code == 422, response.text
-    assert response.json()["detail"][0]["loc"][0] == "query"
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["path", "provider"], error
+    assert error["msg"] and error["type"] == "gatehouse.invalid_argument"
     assert STATE not in set_cookies(response)
     assert SESSION not in set_cookies(response)
 
@@ -86,7 +89,9 @@ async def test_start_for_a_provider_without_callback_url_is_404(server: Gatehous
             response = await web.get("/auth/oauth/google/start")
             assert response.status_code == 404, response.text
             # The mapped provider reaches Gatehouse, which has no GitHub client: 422.
-            assert (await web.get("/auth/oauth/github/start")).status_code == 422
+            refused = await web.get("/auth/oauth/github/start")
+            assert refused.status_code == 422, refused.text
+            assert [e["loc"] for e in refused.json()["detail"]] == [["path", "provider"]]
     finally:
         await app.state.gatehouse.client.close()
 

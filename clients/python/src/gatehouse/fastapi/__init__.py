@@ -4,8 +4,9 @@
 >>> gatehouse.install(app)                       # exception handlers for GatehouseError
 >>> app.include_router(gatehouse.router(), prefix="/auth")
 >>> @app.get("/me")
-... async def me(user: Annotated[CurrentUser, Depends(gatehouse.current_user)]) -> str:
-...     return user.user.email
+... async def me(user: Annotated[CurrentUser, Depends(gatehouse.current_user)]) -> UserOut:
+...     return user.user                         # a pydantic model, in the OpenAPI document
+>>> Verified = Depends(gatehouse.current_user(verified=True))  # also optional=, active=
 
 HTTP status mapping (:func:`http_exception`):
 
@@ -84,9 +85,11 @@ from .._models import timestamp as timestamp
 from .cache import SessionCache
 from .caller import ClientMeta as ClientMeta
 from .caller import CurrentUser
+from .caller import UserDependency as UserDependency
 from .cookies import DEFAULT_COOKIE_NAME as DEFAULT_COOKIE_NAME
 from .cookies import DEFAULT_OAUTH_STATE_COOKIE as DEFAULT_OAUTH_STATE_COOKIE
 from .cookies import HOST_PREFIX as HOST_PREFIX
+from .cookies import SameSite as SameSite
 from .errors import gatehouse_exception_handler, http_exception
 from .integration import DEFAULT_OAUTH_CALLBACK_PATH as DEFAULT_OAUTH_CALLBACK_PATH
 from .integration import Gatehouse

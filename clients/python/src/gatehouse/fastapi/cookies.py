@@ -2,11 +2,13 @@
 :class:`gatehouse.fastapi.Gatehouse` that set, read and clear them."""
 
 import base64
+import re
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal
 
 from fastapi import Request, Response
 
+from .._models import SessionOut
 from .._proto.gatehouse.v1 import auth_pb2
 from .origins import _safe_redirect
 
@@ -14,15 +16,41 @@ DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
 DEFAULT_OAUTH_STATE_COOKIE: Final = "gatehouse_oauth_state"
 HOST_PREFIX: Final = "__Host-"
 _SECURE_PREFIX: Final = "__Secure-"
+SameSite = Literal["lax", "strict", "none"]
+_SAMESITE: Final[tuple[SameSite, ...]] = ("lax", "strict", "none")
+#: A cookie name is an RFC 9110 token: no space, separator or control character.
+_COOKIE_NAME_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _with_prefix(name: str) -> str:
     return name if name.startswith(HOST_PREFIX) else HOST_PREFIX + name
 
 
-def _check_cookie_prefix(name: str, secure: bool, domain: str | None, path: str) -> None:
-    """Refuses settings a browser would silently drop the cookie for (RFC 6265bis 4.1.3):
-    better a clear error at startup than a sign-in that never sticks."""
+def _samesite(value: str) -> SameSite:
+    """``value`` as a SameSite setting (any case), or ValueError."""
+    lowered = value.lower()
+    if lowered not in _SAMESITE:
+        raise ValueError(f"cookie_samesite must be 'lax', 'strict' or 'none' (is {value!r})")
+    return lowered
+
+
+def _check_cookie(
+    name: str, secure: bool, domain: str | None, path: str, samesite: SameSite = "lax"
+) -> None:
+    """Refuses settings a browser would silently drop the cookie for (RFC 6265bis: the
+    ``__Host-``/``__Secure-`` prefixes, SameSite=None without Secure, a name that is no
+    token): better a clear error at startup than a sign-in that never sticks."""
+    if not _COOKIE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"cookie_name {name!r} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    if not path.startswith("/"):
+        raise ValueError(f"cookie_path must start with '/' (is {path!r})")
+    if samesite == "none" and not secure:
+        raise ValueError(
+            f"cookie {name!r}: browsers refuse a SameSite=None cookie that is not Secure; "
+            "set cookie_secure=True (browsers accept Secure cookies on http://localhost)"
+        )
     problems: list[str] = []
     if name.startswith(HOST_PREFIX):
         if not secure:
@@ -52,12 +80,17 @@ class _Cookies:
     cookie_secure: bool
     cookie_domain: str | None
     cookie_path: str
+    cookie_samesite: SameSite
     oauth_state_cookie_name: str
 
-    # One set of attributes for both cookies: HttpOnly so no script reads them, SameSite=Lax
-    # so they still come back on the provider's top-level redirect to the OAuth callback.
+    # One set of attributes for both cookies: HttpOnly so no script reads them, Secure as
+    # configured, the configured Path and Domain. SameSite is the setting for the session
+    # cookie, and always Lax for the state cookie, which must come back on the provider's
+    # top-level (cross-site) redirect to the OAuth callback: Strict would not send it.
 
-    def _set_cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
+    def _set_cookie(
+        self, response: Response, name: str, value: str, max_age: int, samesite: SameSite
+    ) -> None:
         response.set_cookie(
             name,
             value,
@@ -66,30 +99,47 @@ class _Cookies:
             domain=self.cookie_domain,
             secure=self.cookie_secure,
             httponly=True,
-            samesite="lax",
+            samesite=samesite,
         )
 
-    def _delete_cookie(self, response: Response, name: str) -> None:
+    def _delete_cookie(self, response: Response, name: str, samesite: SameSite) -> None:
+        # The browser replaces the cookie of the same name, Domain and Path; the deletion
+        # repeats Secure and SameSite too (a SameSite=None one without Secure is refused).
         response.delete_cookie(
             name,
             path=self.cookie_path,
             domain=self.cookie_domain,
             secure=self.cookie_secure,
             httponly=True,
-            samesite="lax",
+            samesite=samesite,
         )
 
-    def set_session_cookie(self, response: Response, token: str, session: auth_pb2.Session) -> None:
-        """Sets the HttpOnly, SameSite=Lax session cookie, living until ``session.expires_at``."""
-        max_age = 0
-        if session.HasField("expires_at"):
+    def set_session_cookie(
+        self, response: Response, token: str, session: auth_pb2.Session | SessionOut
+    ) -> None:
+        """Sets the HttpOnly session cookie (SameSite as ``cookie_samesite``), living until the
+        session's ``expires_at``."""
+        if isinstance(session, SessionOut):
+            expires = session.expires_at
+        elif session.HasField("expires_at"):
             expires = session.expires_at.ToDatetime(tzinfo=UTC)
+        else:
+            expires = None
+        max_age = 0
+        if expires is not None:
             max_age = max(0, int((expires - datetime.now(UTC)).total_seconds()))
-        self._set_cookie(response, self.cookie_name, token, max_age)
+        self._set_cookie(response, self.cookie_name, token, max_age, self.cookie_samesite)
 
     def clear_session_cookie(self, response: Response) -> None:
         """Expires the session cookie."""
-        self._delete_cookie(response, self.cookie_name)
+        self._delete_cookie(response, self.cookie_name, self.cookie_samesite)
+
+    def session_cookie_clearing(self) -> str:
+        """The ``Set-Cookie`` value that expires the session cookie, for the headers of an
+        HTTPException (whose answer is not a Response the app can change)."""
+        response = Response()
+        self.clear_session_cookie(response)
+        return response.headers["set-cookie"]
 
     def set_oauth_state_cookie(
         self, response: Response, state: str, redirect_to: str | None, max_age: int
@@ -99,7 +149,7 @@ class _Cookies:
         value = state
         if redirect_to:
             value += "." + base64.urlsafe_b64encode(redirect_to.encode()).decode().rstrip("=")
-        self._set_cookie(response, self.oauth_state_cookie_name, value, max_age)
+        self._set_cookie(response, self.oauth_state_cookie_name, value, max_age, "lax")
 
     def oauth_state_from_request(self, request: Request) -> tuple[str, str | None] | None:
         """(state, redirect_to) from the state cookie, or None if absent or malformed."""
@@ -119,4 +169,4 @@ class _Cookies:
 
     def clear_oauth_state_cookie(self, response: Response) -> None:
         """Expires the state cookie."""
-        self._delete_cookie(response, self.oauth_state_cookie_name)
+        self._delete_cookie(response, self.oauth_state_cookie_name, "lax")

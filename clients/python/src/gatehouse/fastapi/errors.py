@@ -1,7 +1,7 @@
 """Gatehouse errors as HTTP answers: the status mapping and the exception handler."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -39,25 +39,31 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
 
 
 def _violation_detail(
-    violation: FieldViolation, strip_prefix: str, location: str
+    violation: FieldViolation, strip_prefix: str, location: str, locations: Mapping[str, str]
 ) -> dict[str, Any]:
     field = violation.field.removeprefix(strip_prefix)
+    path = field_location(field)
     return {
-        "loc": [location, *field_location(field)],
+        "loc": [locations.get(str(path[0]), location) if path else location, *path],
         "msg": violation.description,
         "type": "gatehouse.invalid_argument",
     }
 
 
 def http_exception(
-    exc: GatehouseError, *, strip_field_prefix: str = "", location: str = "body"
+    exc: GatehouseError,
+    *,
+    strip_field_prefix: str = "",
+    location: str = "body",
+    locations: Mapping[str, str] | None = None,
 ) -> HTTPException:
     """The HTTPException a Gatehouse error becomes (see :mod:`gatehouse.fastapi` for the table).
 
     ``strip_field_prefix`` removes a proto prefix from field violation paths when the HTTP body
     is shaped differently (the profile update body is the profile itself, so ``profile.``).
     ``location`` is the first element of each field error's ``loc`` (``"query"`` for fields
-    sent as query parameters).
+    sent as query parameters); ``locations`` overrides it per top-level field
+    (``{"provider": "path"}`` for a path parameter).
     Messages of 5xx answers are generic; 4xx answers carry Gatehouse's message, which never
     contains secrets or internal details.
     """
@@ -71,7 +77,8 @@ def http_exception(
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, InvalidArgument):
         detail = [
-            _violation_detail(v, strip_field_prefix, location) for v in exc.field_violations
+            _violation_detail(v, strip_field_prefix, location, locations or {})
+            for v in exc.field_violations
         ] or [{"loc": [location], "msg": exc.message, "type": "gatehouse.invalid_argument"}]
     elif isinstance(exc, ResourceExhausted):
         retry = exc.retry_after if exc.retry_after is not None else 1.0
@@ -93,9 +100,15 @@ async def gatehouse_exception_handler(request: Request, exc: Exception) -> JSONR
 
 
 @contextmanager
-def _http_errors(strip_field_prefix: str = "", location: str = "body") -> Iterator[None]:
+def _http_errors(
+    strip_field_prefix: str = "",
+    location: str = "body",
+    locations: Mapping[str, str] | None = None,
+) -> Iterator[None]:
     """Turns a GatehouseError raised in the block into its HTTPException."""
     try:
         yield
     except GatehouseError as exc:
-        raise http_exception(exc, strip_field_prefix=strip_field_prefix, location=location) from exc
+        raise http_exception(
+            exc, strip_field_prefix=strip_field_prefix, location=location, locations=locations
+        ) from exc

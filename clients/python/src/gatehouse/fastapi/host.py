@@ -10,11 +10,11 @@ from typing import Literal, Protocol
 
 from fastapi import Request, Response
 
-from .._models import ProfileIn, ProfileOut
+from .._models import ProfileIn, ProfileOut, SessionOut
 from .._proto.gatehouse.v1 import auth_pb2
 from ..client import AsyncClient
 from .cache import SessionCache
-from .caller import ClientMeta, CurrentUser
+from .caller import ClientMeta, CurrentUser, UserDependency
 
 __all__ = ["RouterHost"]
 
@@ -25,6 +25,8 @@ class RouterHost(Protocol):
     client: AsyncClient
     cache: SessionCache | None
     expose_token: bool
+    #: The signed-in caller, or 401.
+    current_user: UserDependency
 
     def token_from_request(self, request: Request) -> tuple[str, Literal["header", "cookie"]] | None:
         """The session token and where it came from, or None."""
@@ -42,17 +44,15 @@ class RouterHost(Protocol):
         """403 for a state-changing cookie request from another origin."""
         ...
 
-    async def current_user(self, request: Request) -> CurrentUser:
-        """The signed-in caller, or 401."""
-        ...
-
     async def update_profile(
         self, user: CurrentUser, body: ProfileIn, request: Request | None = None
     ) -> ProfileOut:
         """Applies a profile patch for ``user`` (forwarding ``request``'s client meta)."""
         ...
 
-    def set_session_cookie(self, response: Response, token: str, session: auth_pb2.Session) -> None:
+    def set_session_cookie(
+        self, response: Response, token: str, session: auth_pb2.Session | SessionOut
+    ) -> None:
         """Sets the session cookie."""
         ...
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 
 from .._models import ProfileIn, ProfileOut
 from .._proto.gatehouse.v1 import auth_pb2
@@ -17,12 +17,14 @@ from ..client import AsyncClient
 from ..errors import GatehouseError, Unauthenticated
 from ..service import AsyncRevocationWatch, AsyncServiceClient
 from .cache import SessionCache
-from .caller import ClientMeta, CurrentUser
+from .caller import ClientMeta, CurrentUser, UserDependency
 from .cookies import (
     DEFAULT_COOKIE_NAME,
     DEFAULT_OAUTH_STATE_COOKIE,
-    _check_cookie_prefix,
+    SameSite,
+    _check_cookie,
     _Cookies,
+    _samesite,
     _with_prefix,
 )
 from .errors import _http_errors, gatehouse_exception_handler, http_exception
@@ -41,7 +43,10 @@ class Gatehouse(_Cookies):
     ``client`` is an :class:`AsyncClient` or a ``host:port`` target. The session token is read
     from ``Authorization: Bearer <token>`` first, then from the cookie ``cookie_name``.
     ``cookie_secure`` should stay ``True`` outside plain-http tests (browsers accept Secure
-    cookies on ``http://localhost``). ``cache_ttl`` (seconds, ``0`` = off) enables the
+    cookies on ``http://localhost``). ``cookie_samesite`` is ``"lax"`` (default), ``"strict"``
+    or ``"none"``, the last for a front end on another site (it needs Secure; see the README,
+    "Front end on another origin"); ``cookie_domain`` and ``cookie_path`` set the cookie's
+    Domain and Path. ``cache_ttl`` (seconds, ``0`` = off) enables the
     :class:`SessionCache` trade-off described in :mod:`gatehouse.fastapi`. ``expose_token`` also
     returns the token in sign-up/sign-in bodies, for non-browser clients. ``service`` (an
     :class:`AsyncServiceClient` with an API key or client certificate) makes the cache follow
@@ -59,7 +64,7 @@ class Gatehouse(_Cookies):
     Cross-site request forgery: a state-changing request (any method but GET, HEAD and
     OPTIONS) that is not authenticated by ``Authorization: Bearer`` is refused with 403 when
     it comes from a page of another origin: on every route of :meth:`router` and wherever
-    :meth:`current_user` / :meth:`optional_user` (or :meth:`check_origin`) is a dependency.
+    :attr:`current_user` / :attr:`optional_user` (or :meth:`check_origin`) is a dependency.
     The browser's ``Sec-Fetch-Site`` decides when present (``same-origin``/``none`` pass,
     ``same-site``/``cross-site`` only with an ``Origin`` in ``trusted_origins``); otherwise
     ``Origin`` must be the app's own (its host equals the request's ``Host``) or trusted.
@@ -71,7 +76,14 @@ class Gatehouse(_Cookies):
     ``cookie_host_prefix`` names the cookies ``__Host-<name>``: the browser then only accepts
     them Secure, with Path=/ and no Domain, so a sibling subdomain cannot set or shadow them.
     Settings that contradict that (``cookie_secure=False``, a ``cookie_domain``, another
-    ``cookie_path``) raise ValueError here, as does a malformed trusted origin.
+    ``cookie_path``) raise ValueError here, as do SameSite=None without Secure, an unknown
+    ``cookie_samesite``, a malformed cookie name or path, and a malformed trusted origin.
+
+    Dependencies: :attr:`current_user` (the caller or 401) and :attr:`optional_user` (or
+    None), and their variants ``current_user(verified=..., optional=..., active=...)`` (see
+    :class:`UserDependency`). They give a :class:`CurrentUser`, a pydantic model a route can
+    return. When Gatehouse refuses the session cookie's token (revoked, expired, forged), the
+    answer clears the cookie, so the browser stops sending it.
 
     The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
     ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
@@ -86,6 +98,7 @@ class Gatehouse(_Cookies):
         cookie_secure: bool = True,
         cookie_domain: str | None = None,
         cookie_path: str = "/",
+        cookie_samesite: SameSite = "lax",
         cache_ttl: float = 0.0,
         cache_max_entries: int = 10_000,
         expose_token: bool = False,
@@ -100,8 +113,9 @@ class Gatehouse(_Cookies):
         if cookie_host_prefix:
             cookie_name = _with_prefix(cookie_name)
             oauth_state_cookie_name = _with_prefix(oauth_state_cookie_name)
-        _check_cookie_prefix(cookie_name, cookie_secure, cookie_domain, cookie_path)
-        _check_cookie_prefix(oauth_state_cookie_name, cookie_secure, cookie_domain, cookie_path)
+        cookie_samesite = _samesite(cookie_samesite)
+        _check_cookie(cookie_name, cookie_secure, cookie_domain, cookie_path, cookie_samesite)
+        _check_cookie(oauth_state_cookie_name, cookie_secure, cookie_domain, cookie_path)
         origins: set[str] = set()
         for entry in [*trusted_origins, *([oauth_base_url] if oauth_base_url else [])]:
             origin = _origin(entry)
@@ -128,6 +142,14 @@ class Gatehouse(_Cookies):
         self.cookie_secure = cookie_secure
         self.cookie_domain = cookie_domain
         self.cookie_path = cookie_path
+        self.cookie_samesite: SameSite = cookie_samesite
+        #: Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable; 403 for
+        #: a state-changing cookie request from another origin). Call it for a variant:
+        #: ``current_user(verified=True)``, ``current_user(optional=True)``.
+        self.current_user = UserDependency(self._resolve_caller)
+        #: Dependency: the signed-in caller, or None when there is no valid session (still
+        #: 503 when Gatehouse is unavailable: better than treating a reader as anonymous).
+        self.optional_user = self.current_user(optional=True)
         self.cache: SessionCache | None = (
             SessionCache(cache_ttl, cache_max_entries) if cache_ttl > 0 else None
         )
@@ -258,29 +280,43 @@ class Gatehouse(_Cookies):
             self.cache.put(token, response)
         return response
 
-    async def current_user(self, request: Request) -> CurrentUser:
-        """Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable; 403
-        for a state-changing cookie request from another origin)."""
+    async def _resolve_caller(
+        self, request: Request, response: Response, verified: bool, optional: bool
+    ) -> CurrentUser | None:
+        """What a :class:`UserDependency` gives: checks the origin, then the session (clearing
+        a cookie Gatehouse refuses), then the options."""
         self.check_origin(request)
         found = self.token_from_request(request)
         if found is None:
-            raise http_exception(Unauthenticated("not signed in"))
-        with _http_errors():
-            response = await self._session(found[0])
-        return CurrentUser(user=response.user, session=response.session, token=found[0])
-
-    async def optional_user(self, request: Request) -> CurrentUser | None:
-        """Dependency: the signed-in caller, or None when there is no valid session.
-
-        Other failures (Gatehouse unavailable) still raise: a 503 is clearer than silently
-        treating a signed-in reader as anonymous.
-        """
-        try:
-            return await self.current_user(request)
-        except HTTPException as exc:
-            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+            if optional:
                 return None
-            raise
+            raise http_exception(Unauthenticated("not signed in"))
+        token, source = found
+        try:
+            answer = await self._session(token)
+        except Unauthenticated as exc:
+            # Revoked, expired or forged. A cookie would come back with every request and
+            # cost a Gatehouse round trip each time until it expires: clear it.
+            if optional:
+                if source == "cookie":
+                    self.clear_session_cookie(response)
+                return None
+            refused = http_exception(exc)
+            headers = dict(refused.headers or {})
+            if source == "cookie":
+                headers["set-cookie"] = self.session_cookie_clearing()
+            raise HTTPException(refused.status_code, refused.detail, headers) from exc
+        except GatehouseError as exc:
+            raise http_exception(exc) from exc
+        caller = CurrentUser(user=answer.user, session=answer.session, token=token)
+        if verified and not caller.user.email_verified:
+            if optional:
+                return None
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail="email address not verified: follow the link mailed to it first",
+            )
+        return caller
 
     # App wiring
 
@@ -301,6 +337,9 @@ class Gatehouse(_Cookies):
         ``GET /oauth/{provider}/callback``; privacy: ``GET /export`` (the caller's data as a
         JSON download), ``GET /consents``, ``POST /consents``. Every state-changing route
         applies :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
+        ``POST /sign-out`` always clears the cookie and answers 204, revoking the session
+        at Gatehouse when it can (if it cannot, a warning is logged and the session lives
+        until it expires, unless revoked later).
         """
         return build_router(self, tags=tags)
 

@@ -4,6 +4,7 @@
 # alias `User` local to each group.
 
 import hmac
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Final
 
@@ -45,9 +46,14 @@ from .origins import _REDIRECT_TO_MAX, _safe_redirect
 
 __all__ = ["build_router"]
 
+_log = logging.getLogger("gatehouse.fastapi")
+
 #: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
 _OAUTH_STATE_MAX_AGE: Final = 600
 _RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
+#: Where FastAPI's own 422 puts the provider routes' fields: ``provider`` is a path parameter,
+#: the rest (``code``, ``state``) are query parameters.
+_OAUTH_LOCATIONS: Final = {"provider": "path"}
 #: The file name browsers save the data export under.
 EXPORT_FILENAME: Final = "gatehouse-export.json"
 
@@ -107,18 +113,28 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
 
     @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
     async def sign_out(request: Request) -> Response:
-        """Revokes the caller's session (if any) and clears the cookie. Always 204."""
+        """Clears the cookie and revokes the caller's session (if any) at Gatehouse. Always
+        204: when Gatehouse cannot be reached, the browser is signed out all the same, and
+        the session lives until it expires unless revoked later (a warning is logged)."""
         response = Response(status_code=status.HTTP_204_NO_CONTENT)
         found = gh.token_from_request(request)
         if found is not None:
             if gh.cache is not None:
                 gh.cache.evict(found[0])
             try:
-                with _http_errors():
-                    await gh.client.sign_out(token=found[0], **meta(request))
-            except HTTPException as exc:
-                if exc.status_code != status.HTTP_401_UNAUTHORIZED:
-                    raise
+                await gh.client.sign_out(token=found[0], **meta(request))
+            except Unauthenticated:
+                pass  # already revoked or expired, or never a session
+            except GatehouseError as exc:
+                # Never the token: the log would then hold a live session.
+                _log.warning(
+                    "sign-out: Gatehouse did not revoke the session (%s: %s); the caller is "
+                    "signed out here, but the session stays valid until it expires unless "
+                    "revoked later (another session's sign-out of it, a password change, "
+                    "an operator)",
+                    type(exc).__name__,
+                    exc.message,
+                )
         gh.clear_session_cookie(response)
         return response
 
@@ -129,9 +145,7 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
         found = gh.token_from_request(request)
         if found is not None and found[1] == "cookie":
             gh.set_session_cookie(response, user.token, user.session)
-        return SessionInfoOut(
-            user=UserOut.from_proto(user.user), session=SessionOut.from_proto(user.session)
-        )
+        return SessionInfoOut(user=user.user, session=user.session)
 
     @router.get("/sessions")
     async def list_sessions(user: User) -> SessionsOut:
@@ -387,7 +401,7 @@ def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
         ``/books``; anything else is 422) is where the callback sends the browser after."""
         _check_redirect_to(redirect_to)
         redirect_uri = _redirect_uri_for(gh, provider)
-        with _http_errors(location="query"):
+        with _http_errors(location="query", locations=_OAUTH_LOCATIONS):
             started = await gh.client.start_o_auth(provider, redirect_uri)
         max_age = _state_max_age(started)
         response = RedirectResponse(started.authorization_url, status_code=status.HTTP_302_FOUND)
@@ -425,7 +439,7 @@ def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
                 provider, code, state, redirect_uri, **meta(request)
             )
         except GatehouseError as exc:
-            http = http_exception(exc, location="query")
+            http = http_exception(exc, location="query", locations=_OAUTH_LOCATIONS)
             failed = JSONResponse(
                 {"detail": http.detail}, status_code=http.status_code, headers=http.headers
             )
