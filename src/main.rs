@@ -1,7 +1,7 @@
-//! The `gatehouse` binary: parse configuration, start telemetry, then serve, migrate or rotate
-//! keys.
+//! The `gatehouse` binary: parse configuration, start telemetry, then serve, migrate, rotate
+//! keys or check a running server's health.
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use gatehouse::{
     Application, Config,
@@ -28,6 +28,27 @@ async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `gatehouse health`: SERVING from the running server's gRPC health service, or an error.
+async fn check_health(config: &Config, addr: Option<String>, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let target = addr.unwrap_or_else(|| {
+        let listen = config.server.listen;
+        let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
+        format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+    });
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(target.clone())?.connect().await?;
+        let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
+        anyhow::Ok(answer.into_inner().status())
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(ServingStatus::Serving)) => Ok(()),
+        Ok(Ok(status)) => anyhow::bail!("{target} is {}", status.as_str_name()),
+        Ok(Err(error)) => Err(error.context(format!("asking {target}"))),
+        Err(_) => anyhow::bail!("{target} did not answer within {timeout:?}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let (command, config) = Config::from_args();
@@ -40,6 +61,14 @@ async fn main() -> ExitCode {
     };
     let result = match command.unwrap_or(Command::Serve) {
         Command::Keys { action: KeysCommand::Rotate } => rotate_keys(&config).await,
+        Command::Health { addr, timeout } => match check_health(&config, addr, timeout).await {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(error) => {
+                // A health check prints one line, not a log record.
+                eprintln!("gatehouse health: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Migrate => storage::migrate(&config.db_options())
             .await
             .map(|()| tracing::info!("migrations applied"))

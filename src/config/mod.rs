@@ -54,10 +54,21 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
     Serve,
+    /// Ask a running server's gRPC health service (`grpc.health.v1.Health/Check`) whether it
+    /// is SERVING: exit 0 if so, 1 if not or unreachable. The container image's health check.
+    Health {
+        /// The server to ask, in plaintext [default: http://127.0.0.1:<port of GATEHOUSE_LISTEN>,
+        /// or its own address when it listens on a specific one].
+        #[arg(long)]
+        addr: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage access-token signing keys.

@@ -194,3 +194,26 @@ async fn health_turns_not_serving_when_postgres_refuses_writes() {
     }
     app.finish().await;
 }
+
+/// `gatehouse health` against the binary's own health service: the container's health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_subcommand_exits_by_the_servers_answer() {
+    let Some(mut app) = spawn_app_with(Backend::Sqlite, crate::helpers::no_tweak).await else { return };
+    wait_for(&app, ServingStatus::Serving).await;
+    let addr = format!("http://{}", app.addr);
+    let check = |addr: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["health", "--addr", &addr, "--timeout", "2s"])
+            .env("RUST_LOG", "error")
+            .output()
+            .await
+            .unwrap()
+    };
+    let serving = check(addr.clone()).await;
+    assert!(serving.status.success(), "{}", String::from_utf8_lossy(&serving.stderr));
+    app.stop().await;
+    let stopped = check(addr).await;
+    assert_eq!(stopped.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert!(said.starts_with("gatehouse health: asking http://127.0.0.1:"), "{said}");
+}
