@@ -18,12 +18,24 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[fastapi,dev]"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check build twine
 
 step "generated code up to date (stubs from proto/, asyncio clients from the sync ones)"
 "$venv/bin/python" "$here/generate.py" --check
 
 step "mypy (strict)"
 (cd "$here" && "$venv/bin/python" -m mypy)
+
+step "sdist and wheel (python -m build), twine check, the wheel holds _proto and py.typed"
+dist="$(mktemp -d)"
+"$venv/bin/python" -m build --outdir "$dist" "$here"
+"$venv/bin/python" -m twine check --strict "$dist"/*
+listing="$("$venv/bin/python" -m zipfile -l "$dist"/*.whl)"
+for member in gatehouse/py.typed gatehouse/_proto/gatehouse/v1/auth_pb2.py \
+  gatehouse/_proto/gatehouse/v1/auth_pb2.pyi gatehouse/testing.py; do
+  grep -q "^$member " <<<"$listing" || { echo "wheel lacks $member" >&2; exit 1; }
+done
+rm -rf "$dist" "$here/build"
 
 step "build gatehouse"
 cargo build -j2 --bin gatehouse

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, profile_pb2
 
@@ -38,6 +38,45 @@ ENUM_FIELDS: dict[str, tuple[Any, str, Any]] = {
     ),
     "learning_style": (profile_pb2.LearningStyle, "LEARNING_STYLE_", LearningStyleName),
 }
+
+
+# The server's limits (src/domain/email.rs, password.rs, auth.rs, profile.rs; the comments of
+# proto/gatehouse/v1/auth.proto and profile.proto), checked here too so that the OpenAPI
+# document states them and an obviously bad form is FastAPI's 422 before Gatehouse is asked.
+# Gatehouse still checks everything (the blocklist, a higher configured minimum).
+MAX_EMAIL_CHARS: Final = 254
+#: GATEHOUSE_PASSWORD_MIN_LENGTH's default; a server configured higher answers 422 itself.
+MIN_PASSWORD_CHARS: Final = 8
+MAX_PASSWORD_CHARS: Final = 128
+MAX_NAME_CHARS: Final = 200
+MAX_BACKGROUND_CHARS: Final = 2000
+MAX_ROLE_CHARS: Final = 100
+MAX_LIST_ITEMS: Final = 20
+MAX_LANGUAGE_CHARS: Final = 50
+MAX_INTEREST_CHARS: Final = 100
+#: A lenient shape (one @, no spaces, a dot somewhere after it): Gatehouse checks the rest.
+_EMAIL_PATTERN: Final = r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$"
+
+Email = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=MAX_EMAIL_CHARS,
+        pattern=_EMAIL_PATTERN,
+        json_schema_extra={"format": "email"},
+        examples=["ada@example.com"],
+    ),
+]
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=MIN_PASSWORD_CHARS,
+        max_length=MAX_PASSWORD_CHARS,
+        json_schema_extra={"format": "password", "writeOnly": True},
+    ),
+]
+_Language = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LANGUAGE_CHARS)]
+_Interest = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INTEREST_CHARS)]
 
 
 def enum_names(field: str) -> tuple[str, ...]:
@@ -206,14 +245,14 @@ class ProfileIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     programming_level: ProgrammingLevelName | None = None
-    programming_languages: list[str] | None = None
+    programming_languages: list[_Language] | None = Field(None, max_length=MAX_LIST_ITEMS)
     ai_knowledge_level: AiKnowledgeLevelName | None = None
     hardware_experience: HardwareExperienceName | None = None
     learning_style: LearningStyleName | None = None
-    software_background: str | None = None
-    hardware_background: str | None = None
-    role: str | None = None
-    interests: list[str] | None = None
+    software_background: str | None = Field(None, max_length=MAX_BACKGROUND_CHARS)
+    hardware_background: str | None = Field(None, max_length=MAX_BACKGROUND_CHARS)
+    role: str | None = Field(None, max_length=MAX_ROLE_CHARS)
+    interests: list[_Interest] | None = Field(None, max_length=MAX_LIST_ITEMS)
     onboarding_completed: bool | None = None
     consent_given: bool | None = None
 
@@ -238,13 +277,14 @@ class ProfileIn(BaseModel):
 
 
 class SignUpIn(BaseModel):
-    """Sign-up form: Gatehouse checks the values and answers 422 with field errors."""
+    """Sign-up form. Lengths and the address's shape are checked here (FastAPI's 422); Gatehouse
+    checks the rest (a common password, an address in use) and answers 422 or 409."""
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str
-    password: str
-    name: str
+    email: Email
+    password: NewPassword
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     profile: ProfileIn | None = None
 
 
@@ -263,7 +303,7 @@ class ChangePasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     current_password: str
-    new_password: str
+    new_password: NewPassword
     revoke_other_sessions: bool = False
 
 
@@ -297,7 +337,7 @@ class ResetPasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str
-    new_password: str
+    new_password: NewPassword
 
 
 class RequestEmailChangeIn(BaseModel):

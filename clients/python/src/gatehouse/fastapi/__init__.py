@@ -90,7 +90,11 @@ from .cookies import DEFAULT_COOKIE_NAME as DEFAULT_COOKIE_NAME
 from .cookies import DEFAULT_OAUTH_STATE_COOKIE as DEFAULT_OAUTH_STATE_COOKIE
 from .cookies import HOST_PREFIX as HOST_PREFIX
 from .cookies import SameSite as SameSite
+from .errors import ErrorOut as ErrorOut
+from .errors import error_responses as error_responses
 from .errors import gatehouse_exception_handler, http_exception
+from .integration import BEARER_SCHEME_NAME as BEARER_SCHEME_NAME
+from .integration import COOKIE_SCHEME_NAME as COOKIE_SCHEME_NAME
 from .integration import DEFAULT_OAUTH_CALLBACK_PATH as DEFAULT_OAUTH_CALLBACK_PATH
 from .integration import Gatehouse
 
@@ -110,3 +114,17 @@ __all__ = [
     "gatehouse_exception_handler",
     "http_exception",
 ]
+
+# Offline access-token verification (gatehouse.fastapi.access_tokens) needs the `verify` extra
+# (PyJWT), so it is imported on first use rather than with the package.
+_ACCESS_TOKEN_NAMES = frozenset(
+    {"AccessTokenClaims", "AccessTokenVerifier", "JwksCache", "TokenRejected", "VerifierUnavailable"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _ACCESS_TOKEN_NAMES:
+        from . import access_tokens
+
+        return getattr(access_tokens, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,10 @@
 themselves (:class:`UserDependency`: ``gatehouse.current_user`` and its variants)."""
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar, TypedDict, overload
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from pydantic import ConfigDict, PrivateAttr
 
 from .._models import SessionInfoOut, SessionOut, UserOut
@@ -84,6 +84,11 @@ class UserDependency:
     ``gatehouse.optional_user(verified=True)`` is optional and verified. Each combination is
     one object, so FastAPI resolves it once per request and ``app.dependency_overrides`` can
     replace it.
+
+    ``security`` (the integration's OpenAPI security schemes, e.g. ``APIKeyCookie`` and
+    ``HTTPBearer`` with ``auto_error=False``) become sub-dependencies, so that every route
+    using the dependency carries ``security`` in the OpenAPI document and ``/docs`` shows the
+    Authorize button. Their values are ignored: the resolver reads the token itself.
     """
 
     # FastAPI reads a dependency's parameters with inspect.signature, which takes this
@@ -101,11 +106,29 @@ class UserDependency:
         *,
         verified: bool = False,
         optional: bool = False,
+        security: Sequence[Callable[..., Any]] = (),
         _family: "dict[tuple[bool, bool], UserDependency] | None" = None,
     ) -> None:
         self.verified = verified
         self.optional = optional
         self._resolve = resolve
+        self._security = tuple(security)
+        if self._security:
+            # Per instance: FastAPI reads inspect.signature(self), which prefers this attribute.
+            vars(self)["__signature__"] = inspect.Signature(
+                [
+                    *type(self).__signature__.parameters.values(),
+                    *(
+                        inspect.Parameter(
+                            f"_security_{i}",
+                            inspect.Parameter.KEYWORD_ONLY,
+                            default=Depends(scheme),
+                            annotation=Any,
+                        )
+                        for i, scheme in enumerate(self._security)
+                    ),
+                ]
+            )
         self._family = {} if _family is None else _family
         self._family.setdefault((verified, optional), self)
         # Python calls type(self).__call__, which is both the factory and (with a request)
@@ -113,12 +136,14 @@ class UserDependency:
         # its __call__ attribute, and this instance attribute answers that it is awaitable.
         vars(self)["__call__"] = self._dependency
 
-    async def _dependency(self, request: Request, response: Response) -> CurrentUser | None:
+    async def _dependency(
+        self, request: Request, response: Response, **_credentials: Any
+    ) -> CurrentUser | None:
         return await self._resolve(request, response, self.verified, self.optional)
 
     @overload
     def __call__(
-        self, *, request: Request, response: Response
+        self, *, request: Request, response: Response, **_credentials: Any
     ) -> Coroutine[Any, Any, CurrentUser | None]: ...
 
     @overload
@@ -138,6 +163,7 @@ class UserDependency:
         verified: bool | None = None,
         optional: bool | None = None,
         active: bool = True,
+        **_credentials: Any,
     ) -> "Coroutine[Any, Any, CurrentUser | None] | UserDependency":
         if request is not None and response is not None:
             return self._dependency(request, response)
@@ -155,7 +181,11 @@ class UserDependency:
         found = self._family.get(key)
         if found is None:
             found = UserDependency(
-                self._resolve, verified=key[0], optional=key[1], _family=self._family
+                self._resolve,
+                verified=key[0],
+                optional=key[1],
+                security=self._security,
+                _family=self._family,
             )
         return found
 

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import (
     AlreadyExists,
@@ -23,7 +24,40 @@ from ..errors import (
 )
 from .._models import field_location
 
-__all__ = ["gatehouse_exception_handler", "http_exception"]
+__all__ = ["ErrorOut", "error_responses", "gatehouse_exception_handler", "http_exception"]
+
+
+class ErrorOut(BaseModel):
+    """An error answer, in FastAPI's own shape: ``{"detail": "..."}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "not signed in"}]})
+
+    detail: str
+
+
+#: What each error status means on the integration's routes (the OpenAPI descriptions).
+ERROR_DESCRIPTIONS: Final[Mapping[int, str]] = {
+    400: "The request cannot be applied as sent (Gatehouse's FAILED_PRECONDITION)",
+    401: "Not signed in, or the session was refused (expired, revoked); "
+    "`WWW-Authenticate: Bearer`",
+    403: "Refused: a cross-site request, a permission Gatehouse denies, or an unverified "
+    "address where one is required",
+    404: "Not found",
+    409: "Already exists (e.g. an account uses this address)",
+    429: "Too many attempts; wait `Retry-After` seconds",
+    503: "Gatehouse is unavailable; retry after `Retry-After` seconds",
+    504: "Gatehouse did not answer in time",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the given error statuses, each with :class:`ErrorOut`, for a
+    route's ``responses=``: ``@app.get("/me", responses=error_responses(401, 503))``. (422
+    keeps FastAPI's own ``HTTPValidationError``, the shape Gatehouse's field errors take.)"""
+    return {
+        code: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS.get(code, "Error")}
+        for code in codes
+    }
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
     (Unauthenticated, status.HTTP_401_UNAUTHORIZED),

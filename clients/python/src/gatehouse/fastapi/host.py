@@ -6,7 +6,7 @@ depends on neither ``integration.py`` nor the other way round through a type imp
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import Request, Response
 
@@ -27,6 +27,8 @@ class RouterHost(Protocol):
     expose_token: bool
     #: The signed-in caller, or 401.
     current_user: UserDependency
+    #: The OpenAPI security schemes (dependencies that never refuse).
+    security_schemes: tuple[Any, ...]
 
     def token_from_request(self, request: Request) -> tuple[str, Literal["header", "cookie"]] | None:
         """The session token and where it came from, or None."""

@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from typing import Final, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from fastapi.security import APIKeyCookie, HTTPBearer
 
 from .._models import ProfileIn, ProfileOut
 from .._proto.gatehouse.v1 import auth_pb2
 from ..client import AsyncClient
-from ..errors import GatehouseError, Unauthenticated
+from ..errors import DeadlineExceeded, GatehouseError, Unauthenticated, Unavailable
 from ..service import AsyncRevocationWatch, AsyncServiceClient
 from .cache import SessionCache
 from .caller import ClientMeta, CurrentUser, UserDependency
@@ -31,9 +32,17 @@ from .errors import _http_errors, gatehouse_exception_handler, http_exception
 from .origins import _origin, cross_site_refusal
 from .router import build_router
 
-__all__ = ["DEFAULT_OAUTH_CALLBACK_PATH", "Gatehouse"]
+__all__ = [
+    "BEARER_SCHEME_NAME",
+    "COOKIE_SCHEME_NAME",
+    "DEFAULT_OAUTH_CALLBACK_PATH",
+    "Gatehouse",
+]
 
 DEFAULT_OAUTH_CALLBACK_PATH: Final = "/auth/oauth/{provider}/callback"
+#: The names of the OpenAPI security schemes (``components.securitySchemes``).
+COOKIE_SCHEME_NAME: Final = "GatehouseSessionCookie"
+BEARER_SCHEME_NAME: Final = "GatehouseBearer"
 _log = logging.getLogger("gatehouse.fastapi")
 
 
@@ -87,6 +96,13 @@ class Gatehouse(_Cookies):
 
     The end user's address (``request.client.host``; run uvicorn with ``--proxy-headers`` and
     ``--forwarded-allow-ips`` behind a proxy) and User-Agent are forwarded to Gatehouse.
+
+    ``degrade_public_to_anonymous`` (off by default): where the dependency is optional
+    (:attr:`optional_user`, ``current_user(optional=True)``), a Gatehouse that is down or too
+    slow (UNAVAILABLE, DEADLINE_EXCEEDED) makes the caller anonymous (``None``) instead of a
+    503/504: a public page stays up, a signed-in reader sees it signed out meanwhile. The
+    cookie is kept (Gatehouse did not refuse it), a warning is logged (never the token), and
+    :attr:`degraded_requests` counts such requests. Protected routes still answer 503/504.
     """
 
 
@@ -109,6 +125,7 @@ class Gatehouse(_Cookies):
         oauth_state_cookie_name: str = DEFAULT_OAUTH_STATE_COOKIE,
         trusted_origins: Iterable[str] = (),
         cookie_host_prefix: bool = False,
+        degrade_public_to_anonymous: bool = False,
     ) -> None:
         if cookie_host_prefix:
             cookie_name = _with_prefix(cookie_name)
@@ -143,17 +160,41 @@ class Gatehouse(_Cookies):
         self.cookie_domain = cookie_domain
         self.cookie_path = cookie_path
         self.cookie_samesite: SameSite = cookie_samesite
+        #: The OpenAPI security schemes (the session cookie, and the same token as Bearer),
+        #: sub-dependencies of :attr:`current_user` and its variants so that their routes carry
+        #: ``security`` and ``/docs`` has the Authorize button. ``auto_error=False``: they never
+        #: refuse a request themselves.
+        self.security_schemes: tuple[APIKeyCookie, HTTPBearer] = (
+            APIKeyCookie(
+                name=cookie_name,
+                scheme_name=COOKIE_SCHEME_NAME,
+                description="The session cookie set by sign-in and sign-up (HttpOnly).",
+                auto_error=False,
+            ),
+            HTTPBearer(
+                scheme_name=BEARER_SCHEME_NAME,
+                bearerFormat="gate_...",
+                description="A Gatehouse session token, for clients that are not browsers.",
+                auto_error=False,
+            ),
+        )
         #: Dependency: the signed-in caller, or 401 (503 if Gatehouse is unavailable; 403 for
         #: a state-changing cookie request from another origin). Call it for a variant:
         #: ``current_user(verified=True)``, ``current_user(optional=True)``.
-        self.current_user = UserDependency(self._resolve_caller)
+        self.current_user = UserDependency(self._resolve_caller, security=self.security_schemes)
         #: Dependency: the signed-in caller, or None when there is no valid session (still
-        #: 503 when Gatehouse is unavailable: better than treating a reader as anonymous).
+        #: 503 when Gatehouse is unavailable: better than treating a reader as anonymous;
+        #: ``degrade_public_to_anonymous=True`` chooses anonymous instead).
         self.optional_user = self.current_user(optional=True)
         self.cache: SessionCache | None = (
             SessionCache(cache_ttl, cache_max_entries) if cache_ttl > 0 else None
         )
         self.expose_token = expose_token
+        #: See the class docstring: optional dependencies give None while Gatehouse is down.
+        self.degrade_public_to_anonymous = degrade_public_to_anonymous
+        #: How many requests were served as anonymous because Gatehouse was down or slow
+        #: (with ``degrade_public_to_anonymous``); e.g. for a metric or a health page.
+        self.degraded_requests = 0
 
     # Request helpers
 
@@ -306,6 +347,19 @@ class Gatehouse(_Cookies):
             if source == "cookie":
                 headers["set-cookie"] = self.session_cookie_clearing()
             raise HTTPException(refused.status_code, refused.detail, headers) from exc
+        except (Unavailable, DeadlineExceeded) as exc:
+            if not (optional and self.degrade_public_to_anonymous):
+                raise http_exception(exc) from exc
+            # The cookie stays: Gatehouse did not say the session is invalid.
+            self.degraded_requests += 1
+            _log.warning(
+                "%s %s served as anonymous: Gatehouse %s (%s); degrade_public_to_anonymous",
+                request.method,
+                request.url.path,
+                "unavailable" if isinstance(exc, Unavailable) else "timed out",
+                exc.message,
+            )
+            return None
         except GatehouseError as exc:
             raise http_exception(exc) from exc
         caller = CurrentUser(user=answer.user, session=answer.session, token=token)

@@ -40,7 +40,7 @@ from .._models import (
 from .._proto.gatehouse.v1 import auth_pb2
 from ..errors import GatehouseError, Unauthenticated
 from .caller import CurrentUser
-from .errors import _http_errors, http_exception
+from .errors import _http_errors, error_responses, http_exception
 from .host import RouterHost
 from .origins import _REDIRECT_TO_MAX, _safe_redirect
 
@@ -90,7 +90,11 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
 
-    @router.post("/sign-up", status_code=status.HTTP_201_CREATED)
+    @router.post(
+        "/sign-up",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(403, 409, 429, 503, 504),
+    )
     async def sign_up(body: SignUpIn, request: Request, response: Response) -> AuthOut:
         """Creates an account (with optional profile), signs in and sets the cookie."""
         profile = body.profile.to_proto() if body.profile is not None else None
@@ -101,7 +105,7 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
         _set_cookie_for(gh, response, result)
         return _auth_out(gh, result)
 
-    @router.post("/sign-in")
+    @router.post("/sign-in", responses=error_responses(401, 403, 429, 503, 504))
     async def sign_in(body: SignInIn, request: Request, response: Response) -> AuthOut:
         """Signs in and sets the session cookie."""
         with _http_errors():
@@ -111,7 +115,12 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
         _set_cookie_for(gh, response, result)
         return _auth_out(gh, result)
 
-    @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+    @router.post(
+        "/sign-out",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(403),
+        dependencies=[Depends(scheme) for scheme in gh.security_schemes],
+    )
     async def sign_out(request: Request) -> Response:
         """Clears the cookie and revokes the caller's session (if any) at Gatehouse. Always
         204: when Gatehouse cannot be reached, the browser is signed out all the same, and
@@ -138,7 +147,7 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
         gh.clear_session_cookie(response)
         return response
 
-    @router.get("/session")
+    @router.get("/session", responses=error_responses(401, 503, 504))
     async def session(user: User, request: Request, response: Response) -> SessionInfoOut:
         """The signed-in user and session; a cookie session gets its cookie's lifetime
         renewed to the session's (sliding) expiry."""
@@ -147,14 +156,18 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
             gh.set_session_cookie(response, user.token, user.session)
         return SessionInfoOut(user=user.user, session=user.session)
 
-    @router.get("/sessions")
+    @router.get("/sessions", responses=error_responses(401, 503, 504))
     async def list_sessions(user: User) -> SessionsOut:
         """The caller's active sessions, the current one marked."""
         with _http_errors():
             sessions = await gh.client.list_sessions(token=user.token)
         return SessionsOut(sessions=[SessionOut.from_proto(s) for s in sessions])
 
-    @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        "/sessions/{session_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(401, 403, 404, 503, 504),
+    )
     async def revoke_session(session_id: str, user: User, request: Request) -> Response:
         """Revokes one of the caller's sessions."""
         with _http_errors():
@@ -163,7 +176,7 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
             gh.cache.evict_user(user.id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @router.post("/sessions/revoke-others")
+    @router.post("/sessions/revoke-others", responses=error_responses(401, 403, 503, 504))
     async def revoke_other_sessions(user: User, request: Request) -> RevokedOut:
         """Signs the caller out everywhere else."""
         with _http_errors():
@@ -178,7 +191,7 @@ def _add_account_routes(router: APIRouter, gh: RouterHost) -> None:
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
 
-    @router.post("/change-password")
+    @router.post("/change-password", responses=error_responses(401, 403, 429, 503, 504))
     async def change_password(
         body: ChangePasswordIn, user: User, request: Request
     ) -> RevokedOut:
@@ -195,7 +208,11 @@ def _add_account_routes(router: APIRouter, gh: RouterHost) -> None:
             gh.cache.evict_user(user.id)
         return RevokedOut(revoked_count=count)
 
-    @router.post("/delete-account", status_code=status.HTTP_204_NO_CONTENT)
+    @router.post(
+        "/delete-account",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(401, 403, 503, 504),
+    )
     async def delete_account(body: DeleteAccountIn, user: User, request: Request) -> Response:
         """Deletes the caller's account after checking the password; clears the cookie."""
         with _http_errors():
@@ -206,14 +223,14 @@ def _add_account_routes(router: APIRouter, gh: RouterHost) -> None:
         gh.clear_session_cookie(response)
         return response
 
-    @router.get("/profile")
+    @router.get("/profile", responses=error_responses(401, 503, 504))
     async def get_profile(user: User) -> ProfileOut:
         """The caller's learner profile."""
         with _http_errors():
             profile = await gh.client.get_profile(token=user.token)
         return ProfileOut.from_proto(profile)
 
-    @router.patch("/profile")
+    @router.patch("/profile", responses=error_responses(400, 401, 403, 503, 504))
     async def update_profile(body: ProfileIn, user: User, request: Request) -> ProfileOut:
         """Changes the profile fields present in the body (null clears a field)."""
         return await gh.update_profile(user, body, request)
@@ -228,14 +245,18 @@ def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
     # (GATEHOUSE_FRONTEND_URL/verify-email?token=... or /reset-password?token=...), which
     # posts the token here.
 
-    @router.post("/send-verification", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/send-verification",
+        status_code=status.HTTP_202_ACCEPTED,
+        responses=error_responses(400, 401, 403, 429, 503, 504),
+    )
     async def send_verification(user: User, request: Request) -> MessageOut:
         """Mails the caller a new verification link (400 if already verified)."""
         with _http_errors():
             await gh.client.send_verification_email(token=user.token, **meta(request))
         return MessageOut(message="A new verification link is on its way.")
 
-    @router.post("/verify-email")
+    @router.post("/verify-email", responses=error_responses(403, 429, 503, 504))
     async def verify_email(body: VerifyEmailIn, request: Request) -> MessageOut:
         """Redeems a verification or email-change link's token; needs no session. A used,
         expired or unknown token is 422 on ``token``."""
@@ -246,7 +267,11 @@ def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
             gh.cache.evict(found[0])
         return MessageOut(message="Your email address is verified.")
 
-    @router.post("/request-password-reset", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/request-password-reset",
+        status_code=status.HTTP_202_ACCEPTED,
+        responses=error_responses(403, 429, 503, 504),
+    )
     async def request_password_reset(
         body: RequestPasswordResetIn, request: Request
     ) -> MessageOut:
@@ -256,7 +281,7 @@ def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
             await gh.client.request_password_reset(body.email, **meta(request))
         return MessageOut(message=_RESET_REQUESTED)
 
-    @router.post("/reset-password")
+    @router.post("/reset-password", responses=error_responses(403, 429, 503, 504))
     async def reset_password(
         body: ResetPasswordIn, request: Request, response: Response
     ) -> MessageOut:
@@ -276,7 +301,11 @@ def _add_recovery_routes(router: APIRouter, gh: RouterHost) -> None:
                 pass
         return MessageOut(message="Your password was reset. Sign in with the new one.")
 
-    @router.post("/request-email-change", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/request-email-change",
+        status_code=status.HTTP_202_ACCEPTED,
+        responses=error_responses(401, 403, 409, 429, 503, 504),
+    )
     async def request_email_change(
         body: RequestEmailChangeIn, user: User, request: Request
     ) -> MessageOut:
@@ -294,7 +323,7 @@ def _add_token_routes(router: APIRouter, gh: RouterHost) -> None:
     """Access tokens for other services, and the caller's audit log."""
     User = Annotated[CurrentUser, Depends(gh.current_user)]
 
-    @router.post("/access-token")
+    @router.post("/access-token", responses=error_responses(401, 403, 503, 504))
     async def access_token(body: AccessTokenIn, user: User) -> AccessTokenOut:
         """A short-lived signed JWT for another service (``audience``), for the signed-in
         caller; an audience Gatehouse is not configured for is 422 on ``audience``."""
@@ -306,7 +335,7 @@ def _add_token_routes(router: APIRouter, gh: RouterHost) -> None:
             expires_at=timestamp(issued, "expires_at"),
         )
 
-    @router.get("/audit-events")
+    @router.get("/audit-events", responses=error_responses(401, 503, 504))
     async def audit_events(
         user: User,
         page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
@@ -391,7 +420,11 @@ def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
     """Provider sign-in: the start and the callback."""
     meta = gh.client_meta
 
-    @router.get("/oauth/{provider}/start", response_model=None)
+    @router.get(
+        "/oauth/{provider}/start",
+        response_model=None,
+        responses=error_responses(404, 503, 504),
+    )
     async def oauth_start(
         provider: Annotated[str, Path(min_length=1, max_length=64)],
         request: Request,
@@ -409,7 +442,11 @@ def _add_oauth_routes(router: APIRouter, gh: RouterHost) -> None:
         gh.set_oauth_state_cookie(response, started.state, redirect_to, max_age)
         return response
 
-    @router.get("/oauth/{provider}/callback", response_model=None)
+    @router.get(
+        "/oauth/{provider}/callback",
+        response_model=None,
+        responses=error_responses(400, 401, 404, 503, 504),
+    )
     async def oauth_callback(
         provider: Annotated[str, Path(min_length=1, max_length=64)],
         request: Request,
@@ -453,7 +490,11 @@ def _add_privacy_routes(router: APIRouter, gh: RouterHost) -> None:
     User = Annotated[CurrentUser, Depends(gh.current_user)]
     meta = gh.client_meta
 
-    @router.get("/export", response_model=None)
+    @router.get(
+        "/export",
+        response_model=None,
+        responses=error_responses(401, 503, 504),
+    )
     async def export(user: User, request: Request) -> Response:
         """Everything Gatehouse holds about the caller, as a JSON download
         (``gatehouse-export.json``: ``format``, ``exported_at``, ``user_id``, ``tables``).
@@ -468,7 +509,7 @@ def _add_privacy_routes(router: APIRouter, gh: RouterHost) -> None:
             },
         )
 
-    @router.get("/consents")
+    @router.get("/consents", responses=error_responses(401, 503, 504))
     async def list_consents(
         user: User,
         page_size: Annotated[int | None, Query(ge=1, le=100)] = None,
@@ -482,7 +523,7 @@ def _add_privacy_routes(router: APIRouter, gh: RouterHost) -> None:
             )
         return ConsentRecordsOut.from_proto(page)
 
-    @router.post("/consents")
+    @router.post("/consents", responses=error_responses(401, 403, 503, 504))
     async def update_consent(body: ConsentIn, user: User, request: Request) -> ConsentStateOut:
         """Grants or withdraws consent for one purpose (recorded with the browser's address
         and User-Agent); an unknown purpose is 422 on ``purpose``. Withdrawing
