@@ -191,6 +191,8 @@ def create_app(
             allow_credentials=True,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["content-type", "authorization"],
+            # So a page on a trusted origin can read when to retry after a 429 or 503.
+            expose_headers=["retry-after"],
         )
     app.include_router(gatehouse.router(), prefix="/auth")
 
