@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The integration tests' PostgreSQL and Redis twins are marked ignored, not silently passed,
 /// when no server is configured. CI=true keeps them on, so a missing URL fails there.
 fn test_backends() {
+    const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
     let ci = env::var("CI").is_ok_and(|v| v == "true");
     for (var, cfg) in [("TEST_POSTGRES_URL", "gatehouse_test_postgres"), ("TEST_REDIS_URL", "gatehouse_test_redis")] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -45,6 +46,13 @@ fn test_backends() {
         if ci || env::var_os(var).is_some_and(|v| !v.is_empty()) {
             println!("cargo::rustc-cfg={cfg}");
         }
+    }
+    // The PgBouncer twins start their own pooler in front of TEST_POSTGRES_URL.
+    println!("cargo::rustc-check-cfg=cfg(gatehouse_test_pgbouncer)");
+    // Debian's package path (not PATH: a changed PATH would rerun this and rebuild the crate).
+    let pgbouncer = std::path::Path::new(PGBOUNCER).exists();
+    if ci || (pgbouncer && env::var_os("TEST_POSTGRES_URL").is_some_and(|v| !v.is_empty())) {
+        println!("cargo::rustc-cfg=gatehouse_test_pgbouncer");
     }
     // The full-disk test mounts a tmpfs, which needs root: without it the test is ignored
     // (and reported so), except under CI, where it must run.

@@ -22,7 +22,7 @@ mod server;
 mod sessions;
 mod tls;
 
-pub use database::DatabaseArgs;
+pub use database::{DatabaseArgs, Pooler};
 pub use limits::LimitArgs;
 pub use mail::MailArgs;
 pub use mesh::MeshArgs;
@@ -232,7 +232,7 @@ impl Config {
 
     /// Database connection settings.
     pub fn db_options(&self) -> DbOptions {
-        self.database.options(&self.server.data_dir)
+        self.database.options(&self.server.data_dir, self.server.request_timeout)
     }
 
     /// The server secret: given, read from a file, or (development only) generated once and

@@ -45,6 +45,33 @@ pub struct DbOptions {
     pub max_connections: u32,
     /// How long a query waits for a free connection before failing as unavailable.
     pub acquire_timeout: Duration,
+    /// PostgreSQL: a direct address for what a transaction-mode pooler cannot carry
+    /// (migrations with their advisory lock, the revocation `LISTEN`).
+    pub direct_url: Option<String>,
+    /// PostgreSQL: `url` is a transaction-mode pooler (PgBouncer, Neon's pooled endpoint), so
+    /// no session state survives a transaction.
+    pub pooler: bool,
+    /// PostgreSQL: statements are prepared once per connection and cached. Off for poolers that
+    /// cannot keep prepared statements across transactions (PgBouncer before 1.21).
+    pub prepared_statements: bool,
+    /// PostgreSQL: the server cancels a statement that runs longer (a lock wait, a runaway
+    /// plan), so a request that gave up does not keep its connection busy.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl DbOptions {
+    /// A direct connection to `url` with the pool's defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            direct_url: None,
+            pooler: false,
+            prepared_statements: true,
+            statement_timeout: None,
+        }
+    }
 }
 
 /// Accounts and credentials.

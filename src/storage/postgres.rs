@@ -1,11 +1,17 @@
 //! PostgreSQL: the production backend, shared by any number of stateless replicas.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt, future::BoxFuture, stream::BoxStream};
 use sqlx::{
+    Connection, Either, Execute, Executor, Postgres, SqlStr,
+    error::BoxDynError,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
+    postgres::{
+        PgArguments, PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow,
+        PgStatement, PgTypeInfo,
+    },
 };
 
 use super::{
@@ -20,11 +26,12 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The PostgreSQL store.
 pub struct PgStore {
-    pool: PgPool,
+    pool: PgExec,
     max_connections: u32,
     /// A one-connection pool of its own for the revocation listener: a listener holds its
     /// connection for good, and one taken from `pool` would make `pool.close()` wait forever.
-    listener_pool: PgPool,
+    /// `None` behind a transaction-mode pooler without a direct URL: the follower polls.
+    listener_pool: Option<PgPool>,
     /// Listens for revocations from other replicas; opened lazily and reopened after a failure.
     listener: tokio::sync::Mutex<Option<PgListener>>,
 }
@@ -34,10 +41,23 @@ impl Backend for PgStore {
 }
 
 impl PgStore {
-    /// Connects and migrates (the migrator takes an advisory lock, so replicas starting
-    /// together apply each migration once).
+    /// Connects and brings the schema up to date: migrating over a direct connection (the
+    /// migrator takes an advisory lock, so replicas starting together apply each migration
+    /// once), or, behind a transaction-mode pooler without a direct URL, refusing to start
+    /// while migrations are pending.
     pub async fn connect(opts: &DbOptions) -> Result<Self, StoreError> {
-        let connect = connect_options(&opts.url)?;
+        let mut connect = connect_options(&opts.url)?;
+        if opts.pooler {
+            // PgBouncer refuses startup parameters it does not track (`unsupported startup
+            // parameter`), and sqlx's only optional one is extra_float_digits, which no query
+            // here needs: Gatehouse stores no floating-point columns.
+            connect = connect.extra_float_digits(None);
+        } else if let Some(timeout) = opts.statement_timeout {
+            connect = connect.options([("statement_timeout", millis(timeout).as_str())]);
+        }
+        if !opts.prepared_statements {
+            connect = connect.statement_cache_capacity(0);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
@@ -47,20 +67,203 @@ impl PgStore {
             .connect_with(connect.clone())
             .await
             .map_err(classify)?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Other(e.into()))?;
-        let listener_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(opts.acquire_timeout)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(connect);
+        let pool = PgExec::new(pool, opts);
+        let direct = opts.direct_url.as_deref().map(connect_options).transpose()?;
+        match (&direct, opts.pooler) {
+            (Some(direct), _) => migrate_over(direct).await?,
+            (None, false) => migrate_over(&connect_options(&opts.url)?).await?,
+            (None, true) => refuse_pending_migrations(&pool).await?,
+        }
+        let listen_on = match direct {
+            Some(direct) => Some(direct),
+            None if !opts.pooler => Some(connect),
+            None => {
+                tracing::info!(
+                    "DATABASE_URL is a transaction-mode pooler and GATEHOUSE_DATABASE_DIRECT_URL is unset: replicas \
+                     learn of each other's revocations by polling the feed, not by LISTEN"
+                );
+                None
+            }
+        };
+        let listener_pool = listen_on.map(|options| {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(opts.acquire_timeout)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(options)
+        });
         Ok(Self { pool, max_connections: opts.max_connections, listener_pool, listener: tokio::sync::Mutex::new(None) })
     }
 
-    /// Announces new revocations to every replica when the transaction commits.
+    /// Announces new revocations to every replica when the transaction commits (through a
+    /// pooler too: NOTIFY is transactional, LISTEN is what needs a session).
     async fn notify_revocations(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, '')").bind(REVOCATION_CHANNEL).execute(&mut **tx).await.map_err(classify)?;
         Ok(())
+    }
+}
+
+/// A duration as PostgreSQL's milliseconds.
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+/// Applies pending migrations over one connection of their own: no statement timeout (an index
+/// on a large table may take a while), and a session for the migrator's advisory lock.
+async fn migrate_over(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let mut conn = PgConnection::connect_with(options).await.map_err(classify)?;
+    let result = MIGRATOR.run(&mut conn).await;
+    let _ = conn.close().await;
+    result.map_err(|e| StoreError::Other(e.into()))
+}
+
+/// Behind a transaction-mode pooler the migrator's session advisory lock protects nothing, so
+/// migrations run only over a direct connection; this checks that none is pending.
+async fn refuse_pending_migrations(pool: &PgExec) -> Result<(), StoreError> {
+    let applied: Vec<(i64,)> =
+        match sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
+            Ok(rows) => rows,
+            // 42P01: no migrations table yet, so everything is pending.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(classify(e)),
+        };
+    let pending = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .filter(|m| !applied.iter().any(|(v,)| *v == m.version))
+        .count();
+    if pending == 0 {
+        return Ok(());
+    }
+    Err(StoreError::Other(sqlx::Error::Configuration(
+        format!(
+            "{pending} database migration(s) pending, and DATABASE_URL is a transaction-mode pooler, where the \
+             migrator's advisory lock does not hold: set GATEHOUSE_DATABASE_DIRECT_URL to the database's direct \
+             address, or run `gatehouse migrate` with DATABASE_URL pointing there"
+        )
+        .into(),
+    )))
+}
+
+/// The pool as the queries see it. Connected directly, a plain pool. Behind a transaction-mode
+/// pooler, every statement runs inside a transaction of its own: the pooler hands a server
+/// connection to a client only for the length of a transaction, and sqlx sends a statement's
+/// Parse and its Execute in two round trips, which must reach the same server. Each such
+/// transaction also sets the statement timeout (a pooler forwards no session settings), and,
+/// where the pooler cannot keep prepared statements, clears the ones an earlier client left on
+/// that server connection, so sqlx's per-connection statement names cannot collide.
+#[derive(Clone, Debug)]
+pub(super) struct PgExec {
+    pool: PgPool,
+    /// The statement that opens each transaction behind a pooler; `None` when direct.
+    begin: Option<Arc<str>>,
+    /// Statements may be prepared under a name (and cached, when the cache is on).
+    named: bool,
+}
+
+impl PgExec {
+    fn new(pool: PgPool, opts: &DbOptions) -> Self {
+        let begin = opts.pooler.then(|| {
+            let mut sql = String::from("BEGIN");
+            if let Some(timeout) = opts.statement_timeout {
+                sql.push_str(&format!("; SET LOCAL statement_timeout = {}", millis(timeout)));
+            }
+            if !opts.prepared_statements {
+                sql.push_str("; DEALLOCATE ALL");
+            }
+            Arc::from(sql)
+        });
+        Self { pool, begin, named: opts.prepared_statements }
+    }
+
+    /// Opens a transaction.
+    pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        match &self.begin {
+            None => self.pool.begin().await,
+            Some(sql) => self.pool.begin_with(sqlx::AssertSqlSafe(sql.to_string())).await,
+        }
+    }
+}
+
+/// A statement sent unnamed when the pooler cannot keep named ones.
+struct Statement<Q> {
+    query: Q,
+    named: bool,
+}
+
+impl<'q, Q: Execute<'q, Postgres>> Execute<'q, Postgres> for Statement<Q> {
+    fn sql(self) -> SqlStr {
+        self.query.sql()
+    }
+
+    fn statement(&self) -> Option<&PgStatement> {
+        self.query.statement()
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<PgArguments>, BoxDynError> {
+        self.query.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        self.named && self.query.persistent()
+    }
+}
+
+impl<'p> Executor<'p> for &'p PgExec {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.begin.is_none() {
+            return (&self.pool).fetch_many(query);
+        }
+        // Collected inside the transaction, then streamed: the queries here read pages, not
+        // tables.
+        let rows = async move {
+            let mut tx = self.begin().await?;
+            let rows: Vec<_> = (&mut *tx).fetch_many(Statement { query, named: self.named }).try_collect().await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(futures_util::stream::iter(rows.into_iter().map(Ok)))
+        };
+        futures_util::stream::once(rows).try_flatten().boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        if self.begin.is_none() {
+            return (&self.pool).fetch_optional(query);
+        }
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let row = (&mut *tx).fetch_optional(Statement { query, named: self.named }).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        (&self.pool).prepare_with(sql, parameters)
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        (&self.pool).describe(sql)
     }
 }
 
@@ -142,8 +345,10 @@ impl Store for PgStore {
     async fn close(&self) {
         // Drop the listener first: its connection goes back to (and closes with) its own pool.
         drop(self.listener.lock().await.take());
-        self.listener_pool.close().await;
-        self.pool.close().await;
+        if let Some(listener_pool) = &self.listener_pool {
+            listener_pool.close().await;
+        }
+        self.pool.pool.close().await;
     }
 
     fn backend(&self) -> &'static str {
@@ -151,9 +356,14 @@ impl Store for PgStore {
     }
 
     async fn wait_for_revocations(&self, timeout: Duration) {
+        let Some(listener_pool) = &self.listener_pool else {
+            // Polling: the caller reads the feed after every `timeout`.
+            tokio::time::sleep(timeout).await;
+            return;
+        };
         let mut guard = self.listener.lock().await;
         if guard.is_none() {
-            match PgListener::connect_with(&self.listener_pool).await {
+            match PgListener::connect_with(listener_pool).await {
                 Ok(mut listener) => {
                     if listener.listen(REVOCATION_CHANNEL).await.is_ok() {
                         *guard = Some(listener);
@@ -175,8 +385,8 @@ impl Store for PgStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let size = self.pool.pool.size();
+        let idle = u32::try_from(self.pool.pool.num_idle()).unwrap_or(u32::MAX);
         PoolStats { size, idle, max: self.max_connections }
     }
 }

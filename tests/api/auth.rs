@@ -27,6 +27,17 @@ backends! {
     own: old_hash_parameters_are_upgraded_at_sign_in;
 }
 
+crate::through_pgbouncer! {
+    app:
+    round_trip,
+    unknown_email_and_wrong_password_are_indistinguishable,
+    concurrent_duplicate_sign_up_creates_one_user,
+    sign_up_rejects_bad_input_per_field,
+    change_password,
+    delete_account,
+    sign_in_issues_a_new_token_each_time;
+}
+
 async fn round_trip(app: &TestApp) {
     let up = app.sign_up("reader@example.com").await;
     let user = up.user.clone().unwrap();

@@ -28,12 +28,24 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL through a PgBouncer in transaction mode that the test process starts.
+    PgBouncer,
 }
 
 /// The database a test server uses, kept when the test fails.
 pub enum TestDb {
-    Sqlite { _dir: TempDir, path: PathBuf },
-    Postgres { admin_url: String, name: String, url: String },
+    Sqlite {
+        _dir: TempDir,
+        path: PathBuf,
+    },
+    /// `url` is the direct address the test's own checks use; `pooled`, when set, the
+    /// PgBouncer address the server is given instead.
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+        pooled: Option<String>,
+    },
 }
 
 impl TestDb {
@@ -49,7 +61,7 @@ impl TestDb {
                 std::fs::copy(template, &path).expect("copy the SQLite template");
                 Some(TestDb::Sqlite { _dir: dir, path })
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::PgBouncer => {
                 // PostgreSQL twins run only where the suite was built with TEST_POSTGRES_URL (or
                 // CI=true); elsewhere they are reported as ignored. One that runs must have it.
                 let Ok(admin_url) = std::env::var("TEST_POSTGRES_URL") else {
@@ -66,16 +78,25 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let url = with_database(&admin_url, &name);
-                Some(TestDb::Postgres { admin_url, name, url })
+                let pooled = (backend == Backend::PgBouncer).then(|| with_database(crate::pgbouncer::url(), &name));
+                Some(TestDb::Postgres { admin_url, name, url, pooled })
             }
         }
     }
 
-    /// The URL the server connects to.
+    /// The database's direct URL.
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { path, .. } => format!("sqlite://{}?mode=rwc", path.display()),
             TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The URL the server connects to: through PgBouncer on that backend, else direct.
+    pub fn server_url(&self) -> String {
+        match self {
+            TestDb::Postgres { pooled: Some(pooled), .. } => pooled.clone(),
+            _ => self.url(),
         }
     }
 
@@ -164,7 +185,8 @@ impl TestDb {
     pub fn backend(&self) -> Backend {
         match self {
             TestDb::Sqlite { .. } => Backend::Sqlite,
-            TestDb::Postgres { .. } => Backend::Postgres,
+            TestDb::Postgres { pooled: None, .. } => Backend::Postgres,
+            TestDb::Postgres { pooled: Some(_), .. } => Backend::PgBouncer,
         }
     }
 
@@ -202,7 +224,11 @@ fn migrations_digest(backend: &str) -> String {
 fn migrate_blocking(url: String) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let opts = gatehouse::storage::DbOptions { url, max_connections: 1, acquire_timeout: Duration::from_secs(30) };
+        let opts = gatehouse::storage::DbOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(30),
+            ..gatehouse::storage::DbOptions::new(url)
+        };
         gatehouse::storage::migrate(&opts).await.expect("migrate the template database");
     });
 }
@@ -257,7 +283,8 @@ fn postgres_template() -> &'static str {
     })
 }
 
-fn with_database(url: &str, name: &str) -> String {
+/// `url` with its database replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[authority_end..].find('/') {
@@ -296,7 +323,11 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     let mut config = Config::default_for_test();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.http_listen = "127.0.0.1:0".parse().unwrap();
-    config.database.database_url = Some(db.url());
+    config.database.database_url = Some(db.server_url());
+    if db.backend() == Backend::PgBouncer {
+        // Said outright: the free port the test's PgBouncer took is not 6432.
+        config.database.db_pooler = gatehouse::config::Pooler::Transaction;
+    }
     config.server.data_dir = data_dir.to_path_buf();
     config.server.secret = Some(SecretString::from("test-secret-test-secret-test-secret!".to_owned()));
     config.server.health_interval = Duration::from_millis(100);
@@ -549,6 +580,27 @@ macro_rules! backends {
         )]
         async fn $name() { $crate::backends!(@run Postgres (fixture $t) [$($tweak)?] $name); }
     };
+    (@test PgBouncer (own redis) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(all(gatehouse_test_redis, gatehouse_test_pgbouncer)),
+            ignore = "TEST_REDIS_URL, TEST_POSTGRES_URL or pgbouncer is missing"
+        )]
+        async fn $name() { $crate::backends!(@run PgBouncer (own) [$($tweak)?] $name); }
+    };
+    (@test PgBouncer (fixture redis $t:ty) $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(all(gatehouse_test_redis, gatehouse_test_pgbouncer)),
+            ignore = "TEST_REDIS_URL, TEST_POSTGRES_URL or pgbouncer is missing"
+        )]
+        async fn $name() { $crate::backends!(@run PgBouncer (fixture $t) [$($tweak)?] $name); }
+    };
+    (@test PgBouncer $kind:tt $name:ident [$($tweak:path)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(gatehouse_test_pgbouncer), ignore = "TEST_POSTGRES_URL or pgbouncer is missing")]
+        async fn $name() { $crate::backends!(@run PgBouncer $kind [$($tweak)?] $name); }
+    };
     (@test Sqlite $kind:tt $name:ident [$($tweak:path)?]) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() { $crate::backends!(@run Sqlite $kind [$($tweak)?] $name); }
@@ -596,6 +648,18 @@ macro_rules! backends {
     };
     (@tweak) => { $crate::helpers::no_tweak as fn(&mut gatehouse::Config) };
     (@tweak $tweak:path) => { $tweak as fn(&mut gatehouse::Config) };
+}
+
+/// PostgreSQL twins through a transaction-mode PgBouncer, for tests already listed in
+/// [`backends!`]: `pgbouncer::name`, written like a `backends!` list. Reported as ignored
+/// where PgBouncer is not installed (except under CI).
+#[macro_export]
+macro_rules! through_pgbouncer {
+    ($( $kind:tt : $( $name:ident $(=> $tweak:path)? ),* $(,)? );* $(;)?) => {
+        mod pgbouncer {
+            $( $( $crate::backends!(@test PgBouncer $kind $name [$($tweak)?]); )* )*
+        }
+    };
 }
 
 /// What a `(fixture T)` group of [`backends!`] sets up for each test: started on a backend

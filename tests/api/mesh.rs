@@ -446,6 +446,13 @@ crate::backends! {
     own: watch_across_replicas, rotation_across_replicas, hs256_compatibility_mode;
 }
 
+crate::through_pgbouncer! {
+    app:
+        access_tokens_verify_offline => mesh_config,
+        introspection_follows_the_session => mesh_config;
+    own: watch_across_replicas;
+}
+
 /// Revocations made on one replica reach a watcher on another within a second, and a watcher
 /// that reconnects resumes from its last id without losing any.
 async fn watch_across_replicas(backend: Backend) {

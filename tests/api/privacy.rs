@@ -221,7 +221,7 @@ async fn user_tables(db: &TestDb) -> Vec<(String, String)> {
             )
             .await
         }
-        Backend::Postgres => {
+        Backend::Postgres | Backend::PgBouncer => {
             db.query_texts(
                 "SELECT table_name || ':' || column_name FROM information_schema.columns \
                  WHERE table_schema = 'public' AND column_name IN ('user_id', 'link_user_id') ORDER BY 1",

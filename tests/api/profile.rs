@@ -20,6 +20,15 @@ backends! {
     bad_profile_updates_name_the_field;
 }
 
+crate::through_pgbouncer! {
+    app:
+    new_users_have_an_empty_profile,
+    partial_update_changes_only_masked_fields,
+    background_fields_need_consent,
+    withdrawing_consent_erases_background,
+    sign_up_with_profile_is_all_or_nothing;
+}
+
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
 }

@@ -29,6 +29,15 @@ backends! {
     tokens_are_stored_hashed;
 }
 
+crate::through_pgbouncer! {
+    mail:
+    sign_up_sends_a_link_that_verifies_the_email,
+    password_reset_ends_every_session,
+    concurrent_redemptions_of_one_token_succeed_once,
+    reset_for_an_unknown_email_is_indistinguishable,
+    email_change_happens_when_the_new_address_is_confirmed;
+}
+
 fn require_verification(c: &mut Config) {
     c.sessions.require_email_verification = true;
 }

@@ -44,6 +44,18 @@ backends! {
     a_deaf_follower_stops_the_cache;
 }
 
+crate::through_pgbouncer! {
+    app:
+    the_cache_answers_from_memory,
+    sign_out_is_refused_at_once,
+    a_revoked_session_is_refused_at_once,
+    a_password_change_ends_the_others_and_shows_at_once,
+    deleting_the_account_is_refused_at_once;
+    (fixture Pair):
+    another_replica_hears_a_revocation_within_the_bound,
+    another_replica_hears_a_user_change_within_the_bound;
+}
+
 const NEW_PASSWORD: &str = "a brand new passphrase 42";
 
 fn cache_off(c: &mut Config) {

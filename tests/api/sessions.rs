@@ -19,6 +19,15 @@ backends! {
     revoke_other_sessions_spares_other_users;
 }
 
+crate::through_pgbouncer! {
+    app:
+    idle_timeout_slides_with_use,
+    absolute_lifetime_ends_even_an_active_session,
+    list_sessions_marks_the_current_one,
+    revoke_one_session,
+    revoke_other_sessions_spares_other_users;
+}
+
 const IDLE: TimeDelta = TimeDelta::days(7);
 const TTL: TimeDelta = TimeDelta::days(30);
 const SECOND: TimeDelta = TimeDelta::seconds(1);

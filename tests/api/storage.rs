@@ -15,10 +15,13 @@ async fn user_and_profile_are_one_transaction(backend: Backend) {
     let Some(db) = TestDb::create(backend).await else {
         return;
     };
-    let store =
-        storage::connect(&DbOptions { url: db.url(), max_connections: 2, acquire_timeout: Duration::from_secs(2) })
-            .await
-            .unwrap();
+    let store = storage::connect(&DbOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(2),
+        ..DbOptions::new(db.url())
+    })
+    .await
+    .unwrap();
     let now = Utc::now();
     let user =
         NewUser { id: Uuid::now_v7(), email: "tx@example.com".into(), name: "T".into(), password_hash: None, now };

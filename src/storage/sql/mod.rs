@@ -174,14 +174,15 @@ macro_rules! shared {
         }
 
         /// Writes the health probe's row: proof that the database takes writes, not only reads.
-        async fn probe_write(
-            pool: &sqlx::Pool<<$store as $crate::storage::sql::Backend>::Db>,
-        ) -> Result<(), $crate::storage::StoreError> {
+        async fn probe_write<'e, E>(executor: E) -> Result<(), $crate::storage::StoreError>
+        where
+            E: sqlx::Executor<'e, Database = <$store as $crate::storage::sql::Backend>::Db>,
+        {
             sqlx::query(
                 "INSERT INTO health_probe (id, checks) VALUES (1, 1) \
                  ON CONFLICT (id) DO UPDATE SET checks = health_probe.checks + 1",
             )
-            .execute(pool)
+            .execute(executor)
             .await
             .map_err($crate::storage::classify)?;
             Ok(())
