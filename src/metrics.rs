@@ -62,6 +62,8 @@ pub struct Metrics {
     cache_entries: Gauge,
     feed_lag: Gauge<f64, AtomicU64>,
     feed_delay: Histogram,
+    limits_degraded: Gauge,
+    limits_fallbacks: Counter,
 }
 
 /// The process's metrics.
@@ -142,6 +144,18 @@ impl Metrics {
             "Delay from a revocation's commit (on any replica) to this replica's follower reading it",
             feed_delay.clone(),
         );
+        let limits_degraded = Gauge::default();
+        registry.register(
+            "rate_limit_degraded",
+            "1 while Redis does not answer and rate limits are counted per replica, else 0",
+            limits_degraded.clone(),
+        );
+        let limits_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit checks counted in-process because Redis did not answer",
+            limits_fallbacks.clone(),
+        );
         Self {
             registry,
             rpcs,
@@ -162,7 +176,19 @@ impl Metrics {
             cache_entries,
             feed_lag,
             feed_delay,
+            limits_degraded,
+            limits_fallbacks,
         }
+    }
+
+    /// Marks the shared (Redis) rate limits as unavailable or back.
+    pub fn rate_limit_degraded(&self, degraded: bool) {
+        self.limits_degraded.set(i64::from(degraded));
+    }
+
+    /// Counts a rate-limit check made in-process because Redis did not answer.
+    pub fn rate_limit_fallback(&self) {
+        self.limits_fallbacks.inc();
     }
 
     /// Counts a session-cache event.

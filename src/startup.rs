@@ -119,7 +119,7 @@ impl Application {
         let rates = config.limits.rates();
         let backend: Arc<dyn RateLimitBackend> = match &config.limits.redis_url {
             Some(url) => Arc::new(
-                RedisLimits::connect(url, &config.limits.redis_prefix, Arc::clone(&clock))
+                RedisLimits::connect(url, &config.limits.redis_prefix, Arc::clone(&clock), &rates)
                     .await
                     .with_context(|| format!("connecting to Redis {}", crate::redact::url(url)))?,
             ),

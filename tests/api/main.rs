@@ -17,6 +17,7 @@ mod idp;
 mod mail_tls;
 mod mesh;
 mod oauth;
+mod outage;
 mod pgbouncer;
 mod privacy;
 mod profile;
