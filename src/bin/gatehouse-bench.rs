@@ -65,6 +65,11 @@ struct Args {
     /// on it keeps validating on the first (warm) one: p50/p99 over this many revocations.
     #[arg(long, default_value_t = 0)]
     replica_revocations: usize,
+
+    /// Replicas started on the one database (they must share it: a postgres:// URL), with the
+    /// connections spread over them round-robin: the scale-out runs.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Connections for `--abandoned-streams`.
     #[arg(long, default_value_t = 16)]
     abandon_connections: usize,
@@ -204,9 +209,19 @@ async fn main() -> anyhow::Result<()> {
     let backend = database_url.split(':').next().unwrap_or("?").to_owned();
 
     let endpoint = format!("http://127.0.0.1:{port}");
+    let mut endpoints = vec![endpoint];
+    let mut others = Vec::new();
+    for _ in 1..args.replicas.max(1) {
+        // Started once the first has migrated the database.
+        connect_when_serving(&endpoints[0]).await?;
+        let dir = tempfile_dir()?;
+        let (port, child) = start_server(&args, &database_url, &dir)?;
+        endpoints.push(format!("http://127.0.0.1:{port}"));
+        others.push((child, dir));
+    }
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(connect_when_serving(&endpoint).await?);
+    for i in 0..args.connections.max(1) * endpoints.len() {
+        channels.push(connect_when_serving(&endpoints[i % endpoints.len()]).await?);
     }
     let channels = Arc::new(channels);
     let (_, idle_rss) = peak_rss_kib(pid).unwrap_or_default();
@@ -218,7 +233,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "gatehouse-bench: backend {backend}, {} streams over {} connections, {:?} per run, {} cores",
+        "gatehouse-bench: backend {backend}, {} replica(s), {} streams over {} connections, {:?} per run, {} cores",
+        endpoints.len(),
         args.concurrency,
         channels.len(),
         args.duration,
@@ -352,6 +368,12 @@ async fn main() -> anyhow::Result<()> {
         probe_storm.percentile(0.99) / probe_quiet.percentile(0.99)
     );
 
+    for (mut other, other_dir) in others {
+        if let Some(pid) = other.id() {
+            stop(pid, &mut other).await;
+        }
+        let _ = std::fs::remove_dir_all(&other_dir);
+    }
     stop(pid, &mut child).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

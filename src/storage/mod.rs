@@ -504,8 +504,17 @@ fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
     // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
     // intervention such as shutdown or "database does not allow connections" (57, 55000), and
-    // a read-only transaction (25006: a standby after a failover takes no writes).
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55000" || code == "25006"
+    // a read-only transaction (25006: a standby after a failover takes no writes), and
+    // a transaction PostgreSQL chose to abort.
+    // A serialization failure or deadlock (40001, 40P01) rolled the transaction back whole:
+    // the caller may run it again.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code == "55000"
+        || code == "25006"
+        || code == "40001"
+        || code == "40P01"
         // SQLite primary codes: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN (extended codes keep
         // the primary in the low byte).
         || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14))

@@ -4,7 +4,7 @@
 //! started again.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc, Mutex,
@@ -607,4 +607,120 @@ mod redis {
     async fn postgres_a_redis_outage_falls_back_to_local_limits() {
         super::a_redis_outage_falls_back_to_local_limits(crate::helpers::Backend::Postgres).await;
     }
+}
+
+/// TLS to the database: `sslmode=verify-full` with the operator's CA file connects (and every
+/// Gatehouse connection is encrypted), a CA that did not sign the server's certificate stops
+/// the start, and `sslmode=require` encrypts without verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn tls_to_the_database_is_verified() {
+    let cluster = Cluster::start_new("");
+    let ca = crate::tls::Ca::new("Gatehouse test database CA");
+    let (cert, key) = ca.leaf("127.0.0.1", &["127.0.0.1", "localhost"]);
+    let data = cluster.dir.path().join("data");
+    std::fs::write(data.join("server.crt"), cert).unwrap();
+    std::fs::write(data.join("server.key"), key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    chown_for_service(&data);
+    let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres")).await.unwrap();
+    // One statement each: a multi-statement string is one implicit transaction, which
+    // ALTER SYSTEM refuses.
+    for sql in [
+        "ALTER SYSTEM SET ssl = 'on'",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut admin).await.unwrap();
+    }
+    let files = tempfile::tempdir().unwrap();
+    let ca_path = crate::tls::write(files.path(), "ca.pem", &ca.pem());
+    let other_path = crate::tls::write(files.path(), "other.pem", &crate::tls::Ca::new("Someone else").pem());
+    let db = cluster.database("gatehouse").await;
+    let tls_url =
+        |mode: &str, root: &Path| format!("{}?sslmode={mode}&sslrootcert={}", cluster.url("gatehouse"), root.display());
+    let with_url = |url: String| TestDb::Postgres {
+        admin_url: cluster.url("postgres"),
+        name: "gatehouse".into(),
+        url,
+        pooled: None,
+    };
+    // The reload takes effect at once for new connections; wait for it to be visible.
+    let began = Instant::now();
+    while sqlx::PgConnection::connect(&tls_url("verify-full", &ca_path)).await.is_err() {
+        assert!(began.elapsed() < Duration::from_secs(10), "the cluster did not turn TLS on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(db);
+
+    let verified = Arc::new(with_url(tls_url("verify-full", &ca_path)));
+    let app = spawn_on(verified.clone(), crate::helpers::no_tweak).await;
+    let signed_up = app.sign_up("tls@example.com").await;
+    app.get_session(&signed_up.session_token).await.unwrap();
+    let (encrypted, total): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE s.ssl), COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = 'gatehouse' AND a.pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(total > 0, "Gatehouse has connections open");
+    assert_eq!(encrypted, total, "every Gatehouse connection is TLS");
+    let mut app = app;
+    app.stop().await;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let untrusted = with_url(tls_url("verify-full", &other_path));
+    let config = crate::helpers::test_config(&untrusted, data_dir.path());
+    let clock = gatehouse::domain::ManualClock::new(chrono::Utc::now());
+    let refused = match gatehouse::Application::build(config, Arc::new(clock)).await {
+        Ok(_) => panic!("a certificate the CA file did not sign must be refused"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+
+    let required = Arc::new(with_url(format!("{}?sslmode=require", cluster.url("gatehouse"))));
+    let app = spawn_on(required, crate::helpers::no_tweak).await;
+    app.sign_in("tls@example.com", PASSWORD).await.unwrap();
+    let mut app = app;
+    app.stop().await;
+    drop(cluster);
+}
+
+/// PostgreSQL aborts a transaction to break a deadlock (40P01) or a serialization conflict
+/// (40001): the transaction was rolled back whole, so the caller is told to try again
+/// (UNAVAILABLE), not that the server failed (INTERNAL), and trying again works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+async fn an_aborted_transaction_is_retryable() {
+    let db = Arc::new(TestDb::create(Backend::Postgres).await.unwrap());
+    let app = spawn_on(db.clone(), crate::helpers::no_tweak).await;
+    app.sign_up("aborted@example.com").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    // The next two session inserts are chosen as victims, as PostgreSQL's deadlock detector
+    // and serializable isolation would.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE victims; \
+         CREATE FUNCTION victim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           CASE nextval('victims') \
+             WHEN 1 THEN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; \
+             WHEN 2 THEN RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; \
+             ELSE RETURN NEW; \
+           END CASE; END $$; \
+         CREATE TRIGGER victim BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION victim();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for abort in ["40P01", "40001"] {
+        let status = app.sign_in("aborted@example.com", PASSWORD).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{abort}: {status:?}");
+        assert!(!status.message().contains("deadlock") && !status.message().contains("serialize"), "{status:?}");
+    }
+    app.sign_in("aborted@example.com", PASSWORD).await.unwrap();
+    app.finish().await;
 }
