@@ -86,6 +86,7 @@ impl From<StoreError> for Error {
             StoreError::NotFound => Error::NotFound("record"),
             // Expected conflicts are handled where they can happen; any other is a bug.
             StoreError::Conflict(constraint) => Error::Internal(anyhow::anyhow!("unexpected conflict on {constraint}")),
+            StoreError::Setup(why) => Error::Internal(anyhow::anyhow!(why)),
             StoreError::Other(source) => Error::Internal(source.into()),
         }
     }

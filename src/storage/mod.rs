@@ -31,6 +31,10 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded; worth retrying.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database is not fit to serve as configured (say, migrations pending behind a pooler);
+    /// the message says what to do.
+    #[error("{0}")]
+    Setup(String),
     /// Anything else.
     #[error("database error")]
     Other(#[source] sqlx::Error),
@@ -496,6 +500,41 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
         }
         E::Database(ref db) if is_transient(db.code().as_deref()) => StoreError::Unavailable(err),
         other => StoreError::Other(other),
+    }
+}
+
+/// How many times a transaction runs when PostgreSQL keeps aborting it.
+const ABORTED_ATTEMPTS: u32 = 3;
+
+impl StoreError {
+    /// PostgreSQL aborted the transaction to break a deadlock (40P01) or a serialization
+    /// conflict (40001): nothing of it was applied.
+    fn is_aborted(&self) -> bool {
+        matches!(self, StoreError::Unavailable(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+    }
+}
+
+/// Runs a transaction, and runs it again (twice at most, after a short jittered pause) when
+/// PostgreSQL aborted it as a deadlock or serialization victim. An aborted transaction was
+/// rolled back whole and the transactions here touch nothing outside the database, so a
+/// repeat cannot apply anything twice. Anything else, including a failed COMMIT whose outcome
+/// is unknown, is returned as it is.
+pub(crate) async fn retry_aborted<'a, T>(
+    mut attempt: impl FnMut() -> futures_util::future::BoxFuture<'a, Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if tries < ABORTED_ATTEMPTS && error.is_aborted() => {
+                tries += 1;
+                let mut byte = [0u8; 1];
+                let jitter = getrandom::fill(&mut byte).map_or(0, |()| u64::from(byte[0] % 16));
+                tracing::debug!(tries, "the database aborted a transaction; running it again");
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(tries) + jitter)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -22,6 +22,9 @@ use super::{
 /// The channel on which every replica announces new revocations.
 const REVOCATION_CHANNEL: &str = "gatehouse_revocations";
 
+/// The `application_name` of the connection that LISTENs on [`REVOCATION_CHANNEL`].
+const LISTENER_NAME: &str = "gatehouse-revocations";
+
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The PostgreSQL store.
@@ -86,6 +89,8 @@ impl PgStore {
             }
         };
         let listener_pool = listen_on.map(|options| {
+            // Named, so an operator (and the tests) can tell the listener from the pool.
+            let options = options.application_name(LISTENER_NAME);
             PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(opts.acquire_timeout)
@@ -136,13 +141,10 @@ async fn refuse_pending_migrations(pool: &PgExec) -> Result<(), StoreError> {
     if pending == 0 {
         return Ok(());
     }
-    Err(StoreError::Other(sqlx::Error::Configuration(
-        format!(
-            "{pending} database migration(s) pending, and DATABASE_URL is a transaction-mode pooler, where the \
-             migrator's advisory lock does not hold: set GATEHOUSE_DATABASE_DIRECT_URL to the database's direct \
-             address, or run `gatehouse migrate` with DATABASE_URL pointing there"
-        )
-        .into(),
+    Err(StoreError::Setup(format!(
+        "{pending} database migration(s) pending, and DATABASE_URL is a transaction-mode pooler, where the \
+         migrator's advisory lock does not hold: set GATEHOUSE_DATABASE_DIRECT_URL to the database's direct \
+         address, or run `gatehouse migrate` with DATABASE_URL pointing there"
     )))
 }
 

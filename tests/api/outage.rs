@@ -692,35 +692,52 @@ async fn tls_to_the_database_is_verified() {
 }
 
 /// PostgreSQL aborts a transaction to break a deadlock (40P01) or a serialization conflict
-/// (40001): the transaction was rolled back whole, so the caller is told to try again
-/// (UNAVAILABLE), not that the server failed (INTERNAL), and trying again works.
+/// (40001), rolling it back whole. Gatehouse runs such a transaction again, three attempts in
+/// all; past that (and for a lone statement) the caller is told to try again (UNAVAILABLE),
+/// never that the server failed (INTERNAL), and nothing of the attempts is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(gatehouse_test_postgres), ignore = "TEST_POSTGRES_URL is not set")]
-async fn an_aborted_transaction_is_retryable() {
+async fn aborted_transactions_are_retried_a_bounded_number_of_times() {
     let db = Arc::new(TestDb::create(Backend::Postgres).await.unwrap());
     let app = spawn_on(db.clone(), crate::helpers::no_tweak).await;
-    app.sign_up("aborted@example.com").await;
+    let first = app.sign_up("aborted@example.com").await;
+    let second = app.sign_in("aborted@example.com", PASSWORD).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    // The next two session inserts are chosen as victims, as PostgreSQL's deadlock detector
-    // and serializable isolation would.
+    // A sign-out deletes the session and appends to the revocation feed in one transaction.
+    // The trigger makes PostgreSQL abort the first `$1` appends, as its deadlock detector and
+    // serializable isolation would.
     sqlx::raw_sql(
-        "CREATE SEQUENCE victims; \
-         CREATE FUNCTION victim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           CASE nextval('victims') \
-             WHEN 1 THEN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; \
-             WHEN 2 THEN RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; \
-             ELSE RETURN NEW; \
-           END CASE; END $$; \
-         CREATE TRIGGER victim BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION victim();",
+        "CREATE TABLE abort_plan (victims int); INSERT INTO abort_plan VALUES (2); \
+         CREATE SEQUENCE attempts; \
+         CREATE FUNCTION victim() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         DECLARE n bigint := nextval('attempts'); BEGIN \
+           IF n <= (SELECT victims FROM abort_plan) THEN \
+             IF n % 2 = 1 THEN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; \
+             ELSE RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; END IF; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER victim BEFORE INSERT ON revocations FOR EACH ROW EXECUTE FUNCTION victim();",
     )
     .execute(&mut conn)
     .await
     .unwrap();
-    for abort in ["40P01", "40001"] {
-        let status = app.sign_in("aborted@example.com", PASSWORD).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable, "{abort}: {status:?}");
-        assert!(!status.message().contains("deadlock") && !status.message().contains("serialize"), "{status:?}");
-    }
-    app.sign_in("aborted@example.com", PASSWORD).await.unwrap();
+    let attempts = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT last_value FROM attempts").fetch_one(conn).await.unwrap()
+    };
+
+    // Two aborts, then the third attempt commits: the caller sees only success.
+    app.auth().sign_out(bearer(pb::SignOutRequest {}, &first.session_token)).await.unwrap();
+    assert_eq!(attempts(&mut conn).await, 3, "two aborted attempts and the one that committed");
+    assert_eq!(db.count("revocations").await, 1, "the aborted attempts left nothing behind");
+    let refused = app.get_session(&first.session_token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // Aborted every time: three attempts, then UNAVAILABLE, and the session is untouched.
+    sqlx::raw_sql("UPDATE abort_plan SET victims = 1000").execute(&mut conn).await.unwrap();
+    let status = app.auth().sign_out(bearer(pb::SignOutRequest {}, &second.session_token)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().contains("deadlock") && !status.message().contains("serialize"), "{status:?}");
+    assert_eq!(attempts(&mut conn).await, 6, "bounded: three attempts");
+    assert_eq!(db.count("revocations").await, 1);
+    app.get_session(&second.session_token).await.unwrap();
     app.finish().await;
 }

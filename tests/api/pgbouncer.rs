@@ -117,6 +117,7 @@ async fn migrations_need_the_direct_url_behind_a_pooler() {
     };
     assert!(refused.contains("migration(s) pending"), "{refused}");
     assert!(refused.contains("GATEHOUSE_DATABASE_DIRECT_URL"), "{refused}");
+    assert_eq!(refused.matches("pending").count(), 1, "said once: {refused}");
     assert_eq!(db.count("pg_tables WHERE tablename = 'users'").await, 0, "nothing was half-applied");
 
     let db = Arc::new(db);
@@ -129,7 +130,46 @@ async fn migrations_need_the_direct_url_behind_a_pooler() {
     let signed_up = app.sign_up("pooled@example.com").await;
     let session = app.get_session(&signed_up.session_token).await.unwrap();
     assert_eq!(session.user.unwrap().email, "pooled@example.com");
+
+    // A second replica, the same way: its revocation LISTEN goes over the direct URL (the
+    // pooler cannot carry it), and a sign-out on one reaches the other's cache.
+    let direct = db.url();
+    let other = spawn_on(Arc::clone(&db), |c| {
+        c.database.db_pooler = gatehouse::config::Pooler::Transaction;
+        c.database.database_direct_url = Some(direct);
+    })
+    .await;
+    other.get_session(&signed_up.session_token).await.unwrap();
+    app.auth().sign_out(crate::helpers::bearer(pb::SignOutRequest {}, &signed_up.session_token)).await.unwrap();
+    let began = Instant::now();
+    while other.get_session(&signed_up.session_token).await.is_ok() {
+        assert!(began.elapsed() < Duration::from_secs(2), "the other replica still accepts the signed-out session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each replica's follower opens its listener on its first pass.
+    let began = Instant::now();
+    while listeners(&db).await != 2 {
+        assert!(began.elapsed() < Duration::from_secs(2), "one LISTEN per replica, on the direct connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut other = other;
+    other.stop().await;
     app.finish().await;
+}
+
+/// Gatehouse connections LISTENing for revocations on the test database (they are named).
+async fn listeners(db: &TestDb) -> i64 {
+    use sqlx::Connection;
+    let TestDb::Postgres { admin_url, name, .. } = db else { unreachable!() };
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'gatehouse-revocations' \
+         AND query LIKE 'LISTEN%'",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
 }
 
 /// Many statements on few server connections, in parallel: PgBouncer hands each client's
@@ -181,5 +221,7 @@ async fn a_parallel_burst_through_the_pooler_is_answered_correctly() {
     }
     assert_eq!(db.count("users").await, 24);
     assert_eq!(db.count("sessions").await, 24 * 6);
+    // Without a direct URL nothing LISTENs: the follower polls the feed.
+    assert_eq!(listeners(&db).await, 0);
     app.finish().await;
 }

@@ -46,26 +46,29 @@ macro_rules! accounts {
                 account: &$crate::storage::NewAccount,
             ) -> Result<$crate::storage::UserRow, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let user = &new.user;
-                let row = sqlx::query_as::<_, $crate::storage::UserRow>(concat!(
-                    "INSERT INTO users (id, email, name, image, email_verified, password_hash, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
-                    $crate::storage::sql::user_columns!()
-                ))
-                .bind(user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(&new.image)
-                .bind(new.email_verified)
-                .bind(&user.password_hash)
-                .bind(user.now)
-                .fetch_one(&mut *tx)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let user = &new.user;
+                    let row = sqlx::query_as::<_, $crate::storage::UserRow>(concat!(
+                        "INSERT INTO users (id, email, name, image, email_verified, password_hash, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+                        $crate::storage::sql::user_columns!()
+                    ))
+                    .bind(user.id)
+                    .bind(&user.email)
+                    .bind(&user.name)
+                    .bind(&new.image)
+                    .bind(new.email_verified)
+                    .bind(&user.password_hash)
+                    .bind(user.now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    insert_account(&mut *tx, account).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(row)
+                }))
                 .await
-                .map_err(classify)?;
-                insert_account(&mut *tx, account).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(row)
             }
 
             #[tracing::instrument(skip_all)]
@@ -131,52 +134,55 @@ macro_rules! accounts {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::storage::Unlinked, $crate::storage::StoreError> {
                 use $crate::storage::{Unlinked, classify};
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                // Writing the user's row first takes its lock (PostgreSQL) or the write lock
-                // (SQLite), so two unlinks of a user's last two accounts cannot both pass.
-                let locked = sqlx::query("UPDATE users SET updated_at = $2 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                if locked.rows_affected() == 0 {
-                    return Ok(Unlinked::NotFound);
-                }
-                let (password_hash,): (Option<String>,) =
-                    sqlx::query_as("SELECT password_hash FROM users WHERE id = $1")
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    // Writing the user's row first takes its lock (PostgreSQL) or the write lock
+                    // (SQLite), so two unlinks of a user's last two accounts cannot both pass.
+                    let locked = sqlx::query("UPDATE users SET updated_at = $2 WHERE id = $1")
+                        .bind(user_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    if locked.rows_affected() == 0 {
+                        return Ok(Unlinked::NotFound);
+                    }
+                    let (password_hash,): (Option<String>,) =
+                        sqlx::query_as("SELECT password_hash FROM users WHERE id = $1")
+                            .bind(user_id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                    let (accounts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE user_id = $1")
                         .bind(user_id)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(classify)?;
-                let (accounts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE user_id = $1")
+                    let target: Option<(uuid::Uuid,)> = sqlx::query_as(
+                        "SELECT id FROM accounts WHERE user_id = $1 AND provider = $2 AND provider_account_id = $3",
+                    )
                     .bind(user_id)
-                    .fetch_one(&mut *tx)
+                    .bind(provider)
+                    .bind(provider_account_id)
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(classify)?;
-                let target: Option<(uuid::Uuid,)> = sqlx::query_as(
-                    "SELECT id FROM accounts WHERE user_id = $1 AND provider = $2 AND provider_account_id = $3",
-                )
-                .bind(user_id)
-                .bind(provider)
-                .bind(provider_account_id)
-                .fetch_optional(&mut *tx)
+                    let Some((account_id,)) = target else {
+                        return Ok(Unlinked::NotFound);
+                    };
+                    if password_hash.is_none() && accounts <= 1 {
+                        return Ok(Unlinked::LastCredential);
+                    }
+                    sqlx::query("DELETE FROM accounts WHERE id = $1")
+                        .bind(account_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    record_user_change(&mut tx, user_id, now).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(Unlinked::Removed)
+                }))
                 .await
-                .map_err(classify)?;
-                let Some((account_id,)) = target else {
-                    return Ok(Unlinked::NotFound);
-                };
-                if password_hash.is_none() && accounts <= 1 {
-                    return Ok(Unlinked::LastCredential);
-                }
-                sqlx::query("DELETE FROM accounts WHERE id = $1")
-                    .bind(account_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                record_user_change(&mut tx, user_id, now).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(Unlinked::Removed)
             }
         }
 

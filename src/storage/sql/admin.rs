@@ -54,22 +54,27 @@ macro_rules! admin {
                 disabled_at: Option<chrono::DateTime<chrono::Utc>>,
             ) -> Result<bool, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let done = sqlx::query("UPDATE users SET disabled_at = $2 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(disabled_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                if done.rows_affected() == 0 {
-                    return Ok(false);
-                }
-                // Disabling changes what GetSession answers; enabling has no cached session to evict.
-                if let Some(at) = disabled_at {
-                    record_user_change(&mut tx, user_id, at).await?;
-                }
-                tx.commit().await.map_err(classify)?;
-                Ok(true)
+                $crate::storage::retry_aborted(|| {
+                    Box::pin(async move {
+                        let mut tx = self.pool.begin().await.map_err(classify)?;
+                        let done = sqlx::query("UPDATE users SET disabled_at = $2 WHERE id = $1")
+                            .bind(user_id)
+                            .bind(disabled_at)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                        if done.rows_affected() == 0 {
+                            return Ok(false);
+                        }
+                        // Disabling changes what GetSession answers; enabling has no cached session to evict.
+                        if let Some(at) = disabled_at {
+                            record_user_change(&mut tx, user_id, at).await?;
+                        }
+                        tx.commit().await.map_err(classify)?;
+                        Ok(true)
+                    })
+                })
+                .await
             }
         }
     };

@@ -54,118 +54,121 @@ macro_rules! privacy {
             ) -> Result<Option<$crate::storage::UserExportRows>, $crate::storage::StoreError> {
                 use $crate::storage::classify;
                 // One transaction: the tables agree with each other.
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let user: Option<$crate::storage::AdminUserRow> = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::user_columns!(),
-                    ", disabled_at FROM users WHERE id = $1"
-                ))
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let Some(user) = user else { return Ok(None) };
-                let (has_password, failed_sign_ins, locked_until): (
-                    bool,
-                    i32,
-                    Option<chrono::DateTime<chrono::Utc>>,
-                ) = sqlx::query_as(
-                    "SELECT password_hash IS NOT NULL, failed_sign_ins, locked_until FROM users WHERE id = $1",
-                )
-                .bind(user_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let profile = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::profile_columns!(),
-                    " FROM profiles WHERE user_id = $1"
-                ))
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let sessions = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::session_columns!(),
-                    " FROM sessions WHERE user_id = $1 ORDER BY created_at, id"
-                ))
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let accounts = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::account_columns!(),
-                    " FROM accounts WHERE user_id = $1 ORDER BY created_at, id"
-                ))
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let email_tokens = sqlx::query_as(
-                    "SELECT id, purpose, new_email, created_at, expires_at, used_at FROM verification_tokens \
-                     WHERE user_id = $1 ORDER BY created_at, id",
-                )
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let oauth_states = sqlx::query_as(
-                    "SELECT state_hash, provider, redirect_uri, pkce_verifier_enc, key_id, nonce_hash, \
-                     link_user_id, created_at, expires_at, used_at FROM oauth_states WHERE link_user_id = $1 \
-                     ORDER BY created_at",
-                )
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let consent_records = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::storage::sql::consent_columns!(),
-                    " FROM consent_records WHERE user_id = $1 ORDER BY seq"
-                ))
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let audit_events = sqlx::query_as(
-                    "SELECT id, user_id, event, outcome, reason, ip_address, user_agent, created_at \
-                     FROM audit_events WHERE user_id = $1 ORDER BY created_at, id",
-                )
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let revocations = sqlx::query_as(
-                    "SELECT id, session_id, user_id, reason, created_at FROM revocations WHERE user_id = $1 ORDER BY id",
-                )
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let user_changes =
-                    sqlx::query_as("SELECT id, user_id, created_at FROM user_changes WHERE user_id = $1 ORDER BY id")
-                        .bind(user_id)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                Ok(Some($crate::storage::UserExportRows {
-                    user,
-                    has_password,
-                    failed_sign_ins,
-                    locked_until,
-                    profile,
-                    sessions,
-                    accounts,
-                    email_tokens,
-                    oauth_states,
-                    consent_records,
-                    audit_events,
-                    revocations,
-                    user_changes,
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let user: Option<$crate::storage::AdminUserRow> = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::user_columns!(),
+                        ", disabled_at FROM users WHERE id = $1"
+                    ))
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let Some(user) = user else { return Ok(None) };
+                    let (has_password, failed_sign_ins, locked_until): (
+                        bool,
+                        i32,
+                        Option<chrono::DateTime<chrono::Utc>>,
+                    ) = sqlx::query_as(
+                        "SELECT password_hash IS NOT NULL, failed_sign_ins, locked_until FROM users WHERE id = $1",
+                    )
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let profile = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::profile_columns!(),
+                        " FROM profiles WHERE user_id = $1"
+                    ))
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let sessions = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::session_columns!(),
+                        " FROM sessions WHERE user_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let accounts = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::account_columns!(),
+                        " FROM accounts WHERE user_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let email_tokens = sqlx::query_as(
+                        "SELECT id, purpose, new_email, created_at, expires_at, used_at FROM verification_tokens \
+                         WHERE user_id = $1 ORDER BY created_at, id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let oauth_states = sqlx::query_as(
+                        "SELECT state_hash, provider, redirect_uri, pkce_verifier_enc, key_id, nonce_hash, \
+                         link_user_id, created_at, expires_at, used_at FROM oauth_states WHERE link_user_id = $1 \
+                         ORDER BY created_at",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let consent_records = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::consent_columns!(),
+                        " FROM consent_records WHERE user_id = $1 ORDER BY seq"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let audit_events = sqlx::query_as(
+                        "SELECT id, user_id, event, outcome, reason, ip_address, user_agent, created_at \
+                         FROM audit_events WHERE user_id = $1 ORDER BY created_at, id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let revocations = sqlx::query_as(
+                        "SELECT id, session_id, user_id, reason, created_at FROM revocations WHERE user_id = $1 ORDER BY id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let user_changes =
+                        sqlx::query_as("SELECT id, user_id, created_at FROM user_changes WHERE user_id = $1 ORDER BY id")
+                            .bind(user_id)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(Some($crate::storage::UserExportRows {
+                        user,
+                        has_password,
+                        failed_sign_ins,
+                        locked_until,
+                        profile,
+                        sessions,
+                        accounts,
+                        email_tokens,
+                        oauth_states,
+                        consent_records,
+                        audit_events,
+                        revocations,
+                        user_changes,
+                    }))
                 }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]

@@ -74,10 +74,13 @@ macro_rules! sessions {
                 revoked: $crate::storage::Revoked,
             ) -> Result<bool, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let ended = end_sessions(&mut tx, user_id, Sessions::One(session_id), revoked).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(ended > 0)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let ended = end_sessions(&mut tx, user_id, Sessions::One(session_id), revoked).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(ended > 0)
+                }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]
@@ -88,10 +91,13 @@ macro_rules! sessions {
                 revoked: $crate::storage::Revoked,
             ) -> Result<u64, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let ended = end_sessions(&mut tx, user_id, Sessions::AllBut(keep), revoked).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(ended)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let ended = end_sessions(&mut tx, user_id, Sessions::AllBut(keep), revoked).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(ended)
+                }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]
@@ -101,10 +107,13 @@ macro_rules! sessions {
                 revoked: $crate::storage::Revoked,
             ) -> Result<u64, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let ended = end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(ended)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let ended = end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(ended)
+                }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]

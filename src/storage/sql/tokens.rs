@@ -11,15 +11,22 @@ macro_rules! tokens {
                 t: &$crate::storage::NewVerificationToken,
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                sqlx::query("DELETE FROM verification_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
-                    .bind(t.user_id)
-                    .bind(t.purpose)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                insert_token(&mut *tx, t).await?;
-                tx.commit().await.map_err(classify)
+                $crate::storage::retry_aborted(|| {
+                    Box::pin(async move {
+                        let mut tx = self.pool.begin().await.map_err(classify)?;
+                        sqlx::query(
+                            "DELETE FROM verification_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+                        )
+                        .bind(t.user_id)
+                        .bind(t.purpose)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                        insert_token(&mut *tx, t).await?;
+                        tx.commit().await.map_err(classify)
+                    })
+                })
+                .await
             }
 
             #[tracing::instrument(skip_all)]

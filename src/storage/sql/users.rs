@@ -13,35 +13,38 @@ macro_rules! users {
             ) -> Result<($crate::storage::UserRow, Option<$crate::storage::SessionRow>), $crate::storage::StoreError>
             {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let row = sqlx::query_as::<_, $crate::storage::UserRow>(concat!(
-                    "INSERT INTO users (id, email, name, email_verified, password_hash, created_at, updated_at) \
-                     VALUES ($1, $2, $3, false, $4, $5, $5) RETURNING ",
-                    $crate::storage::sql::user_columns!()
-                ))
-                .bind(user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .bind(user.now)
-                .fetch_one(&mut *tx)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let row = sqlx::query_as::<_, $crate::storage::UserRow>(concat!(
+                        "INSERT INTO users (id, email, name, email_verified, password_hash, created_at, updated_at) \
+                         VALUES ($1, $2, $3, false, $4, $5, $5) RETURNING ",
+                        $crate::storage::sql::user_columns!()
+                    ))
+                    .bind(user.id)
+                    .bind(&user.email)
+                    .bind(&user.name)
+                    .bind(&user.password_hash)
+                    .bind(user.now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if let Some(profile) = with.profile {
+                        insert_profile(&mut *tx, profile).await?;
+                    }
+                    if let Some(consent) = with.consent {
+                        insert_consent(&mut *tx, consent).await?;
+                    }
+                    if let Some(token) = with.verification {
+                        insert_token(&mut *tx, token).await?;
+                    }
+                    let session = match with.session {
+                        Some(session) => Some(insert_session(&mut *tx, session).await?),
+                        None => None,
+                    };
+                    tx.commit().await.map_err(classify)?;
+                    Ok((row, session))
+                }))
                 .await
-                .map_err(classify)?;
-                if let Some(profile) = with.profile {
-                    insert_profile(&mut *tx, profile).await?;
-                }
-                if let Some(consent) = with.consent {
-                    insert_consent(&mut *tx, consent).await?;
-                }
-                if let Some(token) = with.verification {
-                    insert_token(&mut *tx, token).await?;
-                }
-                let session = match with.session {
-                    Some(session) => Some(insert_session(&mut *tx, session).await?),
-                    None => None,
-                };
-                tx.commit().await.map_err(classify)?;
-                Ok((row, session))
             }
 
             #[tracing::instrument(skip_all)]
@@ -79,23 +82,26 @@ macro_rules! users {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                let done = sqlx::query(
-                    "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
-                )
-                .bind(user_id)
-                .bind(expected)
-                .bind(hash)
-                .bind(now)
-                .execute(&mut *tx)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let done = sqlx::query(
+                        "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
+                    )
+                    .bind(user_id)
+                    .bind(expected)
+                    .bind(hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(false);
+                    }
+                    record_user_change(&mut tx, user_id, now).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(true)
+                }))
                 .await
-                .map_err(classify)?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                record_user_change(&mut tx, user_id, now).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(true)
             }
 
             #[tracing::instrument(skip_all)]
@@ -105,15 +111,18 @@ macro_rules! users {
                 revoked: $crate::storage::Revoked,
             ) -> Result<bool, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
-                let done = sqlx::query("DELETE FROM users WHERE id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-                Ok(done.rows_affected() > 0)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
+                    let done = sqlx::query("DELETE FROM users WHERE id = $1")
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(done.rows_affected() > 0)
+                }))
+                .await
             }
             #[tracing::instrument(skip_all)]
             async fn find_user(
@@ -180,17 +189,20 @@ macro_rules! users {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<String>, $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                sqlx::query("UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                let removed = remove_unproven_links(&mut tx, user_id).await?;
-                record_user_change(&mut tx, user_id, now).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(removed)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    sqlx::query("UPDATE users SET email_verified = true, updated_at = $2 WHERE id = $1")
+                        .bind(user_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    let removed = remove_unproven_links(&mut tx, user_id).await?;
+                    record_user_change(&mut tx, user_id, now).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(removed)
+                }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]
@@ -201,17 +213,20 @@ macro_rules! users {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::classify;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                sqlx::query("UPDATE users SET email = $2, email_verified = true, updated_at = $3 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(new_email)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                record_user_change(&mut tx, user_id, now).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok(())
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    sqlx::query("UPDATE users SET email = $2, email_verified = true, updated_at = $3 WHERE id = $1")
+                        .bind(user_id)
+                        .bind(new_email)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    record_user_change(&mut tx, user_id, now).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(())
+                }))
+                .await
             }
 
             #[tracing::instrument(skip_all)]
@@ -223,22 +238,25 @@ macro_rules! users {
             ) -> Result<$crate::storage::Recovered, $crate::storage::StoreError> {
                 use $crate::storage::classify;
                 let now = revoked.at;
-                let mut tx = self.pool.begin().await.map_err(classify)?;
-                sqlx::query(
-                    "UPDATE users SET password_hash = $2, email_verified = true, failed_sign_ins = 0, \
-                     locked_until = NULL, updated_at = $3 WHERE id = $1",
-                )
-                .bind(user_id)
-                .bind(hash)
-                .bind(now)
-                .execute(&mut *tx)
+                $crate::storage::retry_aborted(|| Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    sqlx::query(
+                        "UPDATE users SET password_hash = $2, email_verified = true, failed_sign_ins = 0, \
+                         locked_until = NULL, updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(user_id)
+                    .bind(hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let sessions_ended = end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
+                    let removed_providers = remove_unproven_links(&mut tx, user_id).await?;
+                    record_user_change(&mut tx, user_id, now).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok($crate::storage::Recovered { sessions_ended, removed_providers })
+                }))
                 .await
-                .map_err(classify)?;
-                let sessions_ended = end_sessions(&mut tx, user_id, Sessions::All, revoked).await?;
-                let removed_providers = remove_unproven_links(&mut tx, user_id).await?;
-                record_user_change(&mut tx, user_id, now).await?;
-                tx.commit().await.map_err(classify)?;
-                Ok($crate::storage::Recovered { sessions_ended, removed_providers })
             }
         }
     };
