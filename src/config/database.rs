@@ -80,7 +80,11 @@ impl DatabaseArgs {
             direct_url: self.database_direct_url.clone().filter(|u| !u.is_empty()),
             pooler,
             prepared_statements: self.db_prepared_statements.unwrap_or(!pooler),
-            statement_timeout: Some(statement_timeout),
+            // A little inside the request's own bound: PostgreSQL cancels the statement and
+            // the handler answers UNAVAILABLE while it still holds its connection, rather than
+            // the request timeout dropping the handler mid-statement (sqlx then has to recover
+            // the connection from a half-read answer).
+            statement_timeout: Some(statement_timeout.mul_f64(0.9)),
             url,
         }
     }

@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt, future::BoxFuture, stream::BoxStream};
 use sqlx::{
     Connection, Either, Execute, Executor, Postgres, SqlStr,
-    error::BoxDynError,
     migrate::Migrator,
     postgres::{
         PgArguments, PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow,
@@ -188,27 +187,63 @@ impl PgExec {
     }
 }
 
-/// A statement sent unnamed when the pooler cannot keep named ones.
-struct Statement<Q> {
-    query: Q,
-    named: bool,
+/// A statement taken apart into owned pieces, so it can run on a task of its own.
+struct Owned {
+    sql: SqlStr,
+    arguments: Option<PgArguments>,
+    persistent: bool,
 }
 
-impl<'q, Q: Execute<'q, Postgres>> Execute<'q, Postgres> for Statement<Q> {
-    fn sql(self) -> SqlStr {
-        self.query.sql()
+impl Owned {
+    fn take<'q>(mut query: impl Execute<'q, Postgres>) -> Result<Self, sqlx::Error> {
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        let persistent = query.persistent();
+        Ok(Self { sql: query.sql(), arguments, persistent })
+    }
+}
+
+impl PgExec {
+    /// Runs one statement to the end on a task of its own, inside its own transaction behind a
+    /// pooler. A caller that stops waiting (its deadline passed) then never drops sqlx in the
+    /// middle of a statement: the statement finishes, or PostgreSQL's statement timeout ends
+    /// it, and its connection goes back to the pool in order. (A connection dropped mid-
+    /// statement whose statement is then cancelled is lost to sqlx 0.9's pool for good;
+    /// `outage::…::a_statement_stuck_behind_a_lock_is_bounded` shows it.)
+    async fn run(&self, statement: Owned) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error> {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let Owned { sql, arguments, persistent } = statement;
+            let persistent = persistent && this.named;
+            match &this.begin {
+                None => this.execute_on(&this.pool, sql, arguments, persistent).await,
+                Some(_) => {
+                    let mut tx = this.begin().await?;
+                    let results = this.execute_on(&mut *tx, sql, arguments, persistent).await?;
+                    tx.commit().await?;
+                    Ok(results)
+                }
+            }
+        });
+        task.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
-    fn statement(&self) -> Option<&PgStatement> {
-        self.query.statement()
-    }
-
-    fn take_arguments(&mut self) -> Result<Option<PgArguments>, BoxDynError> {
-        self.query.take_arguments()
-    }
-
-    fn persistent(&self) -> bool {
-        self.named && self.query.persistent()
+    async fn execute_on<'c, X>(
+        &self,
+        executor: X,
+        sql: SqlStr,
+        arguments: Option<PgArguments>,
+        persistent: bool,
+    ) -> Result<Vec<Either<PgQueryResult, PgRow>>, sqlx::Error>
+    where
+        X: Executor<'c, Database = Postgres>,
+    {
+        match arguments {
+            Some(arguments) => {
+                executor.fetch_many(sqlx::query_with(sql, arguments).persistent(persistent)).try_collect().await
+            }
+            // No arguments: the simple protocol, as sqlx sends a bare string.
+            None => executor.fetch_many(sql).try_collect().await,
+        }
     }
 }
 
@@ -220,15 +255,10 @@ impl<'p> Executor<'p> for &'p PgExec {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        if self.begin.is_none() {
-            return (&self.pool).fetch_many(query);
-        }
-        // Collected inside the transaction, then streamed: the queries here read pages, not
+        // Collected on the statement's task, then streamed: the queries here read pages, not
         // tables.
         let rows = async move {
-            let mut tx = self.begin().await?;
-            let rows: Vec<_> = (&mut *tx).fetch_many(Statement { query, named: self.named }).try_collect().await?;
-            tx.commit().await?;
+            let rows = self.run(Owned::take(query)?).await?;
             Ok::<_, sqlx::Error>(futures_util::stream::iter(rows.into_iter().map(Ok)))
         };
         futures_util::stream::once(rows).try_flatten().boxed()
@@ -239,14 +269,9 @@ impl<'p> Executor<'p> for &'p PgExec {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        if self.begin.is_none() {
-            return (&self.pool).fetch_optional(query);
-        }
         Box::pin(async move {
-            let mut tx = self.begin().await?;
-            let row = (&mut *tx).fetch_optional(Statement { query, named: self.named }).await?;
-            tx.commit().await?;
-            Ok(row)
+            let results = self.run(Owned::take(query)?).await?;
+            Ok(results.into_iter().find_map(|r| r.right()))
         })
     }
 

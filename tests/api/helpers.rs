@@ -298,8 +298,10 @@ pub fn with_database(url: &str, name: &str) -> String {
 }
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var("TEST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt().with_env_filter("info,gatehouse=debug").with_test_writer().try_init();
+    // TEST_LOG=1 for the usual filter, or TEST_LOG=<filter> (say, `info,sqlx::pool=trace`).
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let filter = if filter == "1" { "info,gatehouse=debug".to_owned() } else { filter };
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 });
 
