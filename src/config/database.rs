@@ -65,9 +65,9 @@ impl DatabaseArgs {
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("gatehouse.db").display()))
     }
 
-    /// Connection settings; a statement running past `statement_timeout` (the request timeout)
-    /// is cancelled by PostgreSQL.
-    pub fn options(&self, data_dir: &std::path::Path, statement_timeout: Duration) -> DbOptions {
+    /// Connection settings; PostgreSQL cancels a statement running past 90 % of
+    /// `request_timeout`.
+    pub fn options(&self, data_dir: &std::path::Path, request_timeout: Duration) -> DbOptions {
         let url = self.url(data_dir);
         let pooler = match self.db_pooler {
             Pooler::Auto => looks_pooled(&url),
@@ -84,7 +84,7 @@ impl DatabaseArgs {
             // the handler answers UNAVAILABLE while it still holds its connection, rather than
             // the request timeout dropping the handler mid-statement (sqlx then has to recover
             // the connection from a half-read answer).
-            statement_timeout: Some(statement_timeout.mul_f64(0.9)),
+            statement_timeout: Some(request_timeout.mul_f64(0.9)),
             url,
         }
     }
