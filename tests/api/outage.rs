@@ -20,7 +20,8 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 use crate::{
     helpers::{Backend, PASSWORD, TestApp, TestDb, bearer, from_ip, spawn_on},
-    pgbouncer::{chown_for_service, free_port, is_root, wait_for_port},
+    pgbouncer::{chown_for_service, is_root, wait_for_port},
+    shutdown::free_port,
 };
 
 /// The installed PostgreSQL's server binaries (the newest major version).

@@ -3,14 +3,16 @@
 //! statements it cannot keep, migrations it cannot lock, a LISTEN it cannot carry.
 
 use std::{
-    net::TcpListener,
     path::Path,
     process::{Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use crate::helpers::{Backend, PASSWORD, TestDb, spawn_on};
+use crate::{
+    helpers::{Backend, PASSWORD, TestDb, spawn_on},
+    shutdown::free_port,
+};
 use gatehouse::proto::v1 as pb;
 use std::sync::Arc;
 
@@ -19,11 +21,6 @@ use std::sync::Arc;
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-}
-
-/// A free loopback port (bound and released; the caller's server takes it next).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Waits until something accepts TCP connections on `port`.
