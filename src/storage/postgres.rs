@@ -48,7 +48,9 @@ impl PgStore {
     /// once), or, behind a transaction-mode pooler without a direct URL, refusing to start
     /// while migrations are pending.
     pub async fn connect(opts: &DbOptions) -> Result<Self, StoreError> {
-        let mut connect = connect_options(&opts.url)?;
+        // As given: migrations run on these, without the pool's statement timeout.
+        let base = connect_options(&opts.url)?;
+        let mut connect = base.clone();
         if opts.pooler {
             // PgBouncer refuses startup parameters it does not track (`unsupported startup
             // parameter`), and sqlx's only optional one is extra_float_digits, which no query
@@ -73,7 +75,7 @@ impl PgStore {
         let direct = opts.direct_url.as_deref().map(connect_options).transpose()?;
         match (&direct, opts.pooler) {
             (Some(direct), _) => migrate_over(direct).await?,
-            (None, false) => migrate_over(&connect_options(&opts.url)?).await?,
+            (None, false) => migrate_over(&base).await?,
             (None, true) => refuse_pending_migrations(&pool).await?,
         }
         let listen_on = match direct {
