@@ -14,7 +14,8 @@ WORKDIR /src
 COPY . .
 RUN scripts/build-release.sh /out && scripts/smoke-release.sh /out/gatehouse && mkdir -p /out/data
 
-# glibc and libgcc only: no shell, no package manager; uid 65532 ("nonroot").
+# glibc, libgcc and libssl (webauthn-rs links OpenSSL) only: no shell, no package manager; uid
+# 65532 ("nonroot").
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/gatehouse /usr/local/bin/gatehouse
 COPY --from=build --chown=65532:65532 /out/data /data

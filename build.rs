@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gatehouse/v1/profile.proto",
         "proto/gatehouse/v1/token.proto",
         "proto/gatehouse/v1/admin.proto",
+        "proto/gatehouse/v1/factor.proto",
     ];
     let fds = protox::Compiler::new(["proto"])?
         .include_imports(true)

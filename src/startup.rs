@@ -16,6 +16,7 @@ use crate::{
         audit::AuditLog,
         cipher::SecretCipher,
         core::Core,
+        factors::Factors,
         keys::KeyRing,
         limits::{Limiter, RateLimitBackend},
         links::Links,
@@ -54,6 +55,7 @@ pub struct Application {
     privacy: Arc<Privacy>,
     oauth: Arc<OAuth>,
     mesh: Arc<Mesh>,
+    factors: Arc<Factors>,
     service_auth: Arc<ServiceAuth>,
     tls: Option<Arc<ReloadingTls>>,
 }
@@ -150,12 +152,20 @@ impl Application {
             cache,
         ));
         let links = Arc::new(Links::new(Arc::clone(&core), link_tokens, config.sessions.link_lifetimes()?));
+        let factors = Arc::new(Factors::new(
+            Arc::clone(&core),
+            Arc::clone(&sessions),
+            Arc::clone(&cipher),
+            secret.expose_secret(),
+            config.sessions.factor_config()?,
+        )?);
         let deps = AuthDeps {
             core: Arc::clone(&core),
             hasher,
             sessions: Arc::clone(&sessions),
             links: Arc::clone(&links),
             breached: config.passwords.breached()?,
+            factors: Arc::clone(&factors),
         };
         let auth = Arc::new(Auth::new(deps, auth_config));
         let recovery =
@@ -179,6 +189,7 @@ impl Application {
         let oauth = Arc::new(OAuth::new(
             Arc::clone(&core),
             Arc::clone(&sessions),
+            Arc::clone(&factors),
             providers,
             cipher,
             secret.expose_secret(),
@@ -208,6 +219,7 @@ impl Application {
             privacy,
             oauth,
             mesh,
+            factors,
             service_auth,
             tls,
         })
@@ -239,15 +251,15 @@ impl Application {
             audit: delta(self.config.server.audit_retention)?,
             revocations: delta(self.config.mesh.revocation_retention)?,
         };
-        let pruner = tokio::spawn(prune(
-            Arc::clone(&self.core),
-            Arc::clone(&self.sessions),
-            Arc::clone(&self.links),
-            Arc::clone(&self.oauth),
-            Arc::clone(&self.privacy),
-            self.config.sessions.session_prune_interval,
-            retention,
-        ));
+        let prunable = Prunable {
+            core: Arc::clone(&self.core),
+            sessions: Arc::clone(&self.sessions),
+            links: Arc::clone(&self.links),
+            oauth: Arc::clone(&self.oauth),
+            privacy: Arc::clone(&self.privacy),
+            factors: Arc::clone(&self.factors),
+        };
+        let pruner = tokio::spawn(prune(prunable, self.config.sessions.session_prune_interval, retention));
         let follower = tokio::spawn(Arc::clone(self.core.revocations()).run(self.config.sessions.feed_poll()));
         let rotator = tokio::spawn(rotate_keys(Arc::clone(self.mesh.keys()), self.config.mesh.key_check_interval()));
         let tls_watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch(self.config.tls.tls_reload_interval)));
@@ -308,7 +320,13 @@ impl Application {
             keepalive_interval: self.config.server.http2_keepalive_interval,
         };
         let services = Services {
-            admin: Arc::new(Admin::new(Arc::clone(&self.core), Arc::clone(&self.sessions), Arc::clone(&self.privacy))),
+            admin: Arc::new(Admin::new(
+                Arc::clone(&self.core),
+                Arc::clone(&self.sessions),
+                Arc::clone(&self.privacy),
+                Arc::clone(&self.factors),
+            )),
+            factors: Arc::clone(&self.factors),
             auth: self.auth,
             recovery: self.recovery,
             profiles: self.profiles,
@@ -374,16 +392,19 @@ struct Retention {
     revocations: TimeDelta,
 }
 
-/// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
-async fn prune(
+/// The services whose stale rows the pruner deletes.
+struct Prunable {
     core: Arc<Core>,
     sessions: Arc<Sessions>,
     links: Arc<Links>,
     oauth: Arc<OAuth>,
     privacy: Arc<Privacy>,
-    every: Duration,
-    retention: Retention,
-) {
+    factors: Arc<Factors>,
+}
+
+/// Deletes what can no longer be used or is past retention, and forgets idle rate counters.
+async fn prune(prunable: Prunable, every: Duration, retention: Retention) {
+    let Prunable { core, sessions, links, oauth, privacy, factors } = prunable;
     let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
     loop {
         ticker.tick().await;
@@ -397,6 +418,7 @@ async fn prune(
         report("old audit events", core.audit().prune(retention.audit).await);
         report("old revocation events", core.prune_revocations(retention.revocations).await);
         report("expired provider sign-in states", oauth.prune_expired_states().await);
+        report("lapsed second-factor challenges and enrollments", factors.prune_expired().await);
         report("client data past retention (redacted)", privacy.redact_expired().await);
         core.limiter().shrink();
     }

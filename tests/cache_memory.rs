@@ -75,6 +75,8 @@ fn session(n: u64) -> Authenticated {
                     .into(),
             ),
             current: true,
+            // A two-factor sign-in: the larger entry.
+            assurance: gatehouse::domain::caller::Assurance::two("pwd", "otp"),
         },
     }
 }

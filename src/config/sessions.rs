@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::delta;
 use crate::domain::{
-    AuthConfig, Lockout, consent::ConsentPolicy, links::LinkLifetimes, password::PasswordPolicy,
+    AuthConfig, Lockout, consent::ConsentPolicy, factors::FactorConfig, links::LinkLifetimes, password::PasswordPolicy,
     session::SessionLifetimes, session_cache::CacheSettings,
 };
 
@@ -34,6 +34,41 @@ pub struct SessionArgs {
     /// old stands in for the password that DeleteAccount and RequestEmailChange re-check.
     #[arg(long, env = "GATEHOUSE_REAUTH_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub reauth_max_age: Duration,
+
+    /// Issuer shown by authenticator apps next to the account (the `otpauth://` URI's issuer;
+    /// no colon).
+    #[arg(long, env = "GATEHOUSE_TOTP_ISSUER", default_value = "Gatehouse")]
+    pub totp_issuer: String,
+
+    /// Changing second factors needs a sign-in at most this old (and one that used the second
+    /// factor, once there is one); older sessions get FAILED_PRECONDITION with the
+    /// `REAUTHENTICATION_REQUIRED` reason.
+    #[arg(long, env = "GATEHOUSE_STEP_UP_MAX_AGE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub step_up_max_age: Duration,
+
+    /// WebAuthn relying-party id: the registrable domain passkeys are bound to (the site's
+    /// host or a parent of it, e.g. `book.example.com` or `example.com`).
+    #[arg(long, env = "GATEHOUSE_WEBAUTHN_RP_ID", default_value = "localhost")]
+    pub webauthn_rp_id: String,
+
+    /// WebAuthn relying-party name, shown by browsers and passkey managers.
+    #[arg(long, env = "GATEHOUSE_WEBAUTHN_RP_NAME", default_value = "Gatehouse")]
+    pub webauthn_rp_name: String,
+
+    /// Origins (scheme, host and port, exactly) the browser may run passkey ceremonies on:
+    /// the front end's, comma-separated. Each must be the RP id or a subdomain of it.
+    #[arg(
+        long,
+        env = "GATEHOUSE_WEBAUTHN_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:3000,http://localhost:8000"
+    )]
+    pub webauthn_origins: Vec<String>,
+
+    /// Also require that step-up for ChangePassword, DeleteAccount and RequestEmailChange (on
+    /// top of the password they re-check).
+    #[arg(long, env = "GATEHOUSE_STEP_UP_ACCOUNT_CHANGES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub step_up_account_changes: bool,
 
     /// Refuse sign-in until the email address is verified; sign-up then returns no session and
     /// answers a duplicate address exactly like a new one.
@@ -110,16 +145,43 @@ impl SessionArgs {
         Ok(LinkLifetimes { verification: delta(self.verification_ttl)?, reset: delta(self.reset_ttl)? })
     }
 
+    /// The second-factor rules.
+    pub fn factor_config(&self) -> anyhow::Result<FactorConfig> {
+        if self.totp_issuer.contains(':') || self.totp_issuer.trim().is_empty() {
+            anyhow::bail!("--totp-issuer must be non-empty and must not contain ':'");
+        }
+        Ok(FactorConfig {
+            issuer: self.totp_issuer.trim().to_owned(),
+            step_up_max_age: delta(self.step_up_max_age)?,
+            step_up_account_changes: self.step_up_account_changes,
+            require_email_verification: self.require_email_verification,
+            lockout: self.lockout()?,
+            rp_id: self.webauthn_rp_id.trim().to_owned(),
+            rp_name: self.webauthn_rp_name.trim().to_owned(),
+            origins: self
+                .webauthn_origins
+                .iter()
+                .map(|o| o.trim())
+                .filter(|o| !o.is_empty())
+                .map(|o| url::Url::parse(o).map_err(|e| anyhow::anyhow!("GATEHOUSE_WEBAUTHN_ORIGINS: {o:?}: {e}")))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    fn lockout(&self) -> anyhow::Result<Lockout> {
+        Ok(Lockout {
+            threshold: self.lockout_threshold,
+            base: delta(self.lockout_base)?,
+            max: delta(self.lockout_max)?,
+        })
+    }
+
     /// The sign-in rules, with `password`'s rules for new passwords.
     pub fn auth_config(&self, password: PasswordPolicy, consent: ConsentPolicy) -> anyhow::Result<AuthConfig> {
         Ok(AuthConfig {
             password,
             require_email_verification: self.require_email_verification,
-            lockout: Lockout {
-                threshold: self.lockout_threshold,
-                base: delta(self.lockout_base)?,
-                max: delta(self.lockout_max)?,
-            },
+            lockout: self.lockout()?,
             reauth_max_age: delta(self.reauth_max_age)?,
             consent,
         })

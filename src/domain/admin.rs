@@ -10,6 +10,7 @@ use super::{
     client::ClientInfo,
     core::Core,
     error::Error,
+    factors::Factors,
     privacy::{Export, Privacy, PrivacyReport},
     session::{EndReason, Ending, Sessions},
     user::User,
@@ -43,6 +44,7 @@ pub struct Admin {
     core: Arc<Core>,
     sessions: Arc<Sessions>,
     privacy: Arc<Privacy>,
+    factors: Arc<Factors>,
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -51,8 +53,21 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
 
 impl Admin {
     /// Admin operations over the shared store.
-    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>, privacy: Arc<Privacy>) -> Self {
-        Self { core, sessions, privacy }
+    pub fn new(core: Arc<Core>, sessions: Arc<Sessions>, privacy: Arc<Privacy>, factors: Arc<Factors>) -> Self {
+        Self { core, sessions, privacy, factors }
+    }
+
+    /// Removes every second factor of a user who lost them; their sessions end. Returns how
+    /// many factors went.
+    pub async fn reset_second_factors(
+        &self,
+        who: &ServiceIdentity,
+        client: &ClientInfo,
+        user_id: &str,
+    ) -> Result<u64, Error> {
+        let id = parse_id(user_id)?;
+        let user: User = self.find(id).await?.user;
+        self.factors.reset(&user, client, &who.0).await
     }
 
     /// Everything stored about a user, for an access or portability request; audited as

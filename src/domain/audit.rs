@@ -51,6 +51,16 @@ pub enum Event {
     DataExported,
     /// An operator exported a user's data.
     AdminExport,
+    /// A second-factor step of a sign-in (challenge issued, wrong code, refused).
+    SecondFactor,
+    /// A second factor was activated.
+    FactorAdded,
+    /// A second factor was removed by its owner.
+    FactorRemoved,
+    /// New recovery codes replaced the old.
+    RecoveryCodesRegenerated,
+    /// An operator removed every second factor of the user.
+    FactorsReset,
 }
 
 impl Event {
@@ -76,6 +86,11 @@ impl Event {
             Self::AdminRead => "admin_read",
             Self::DataExported => "data_exported",
             Self::AdminExport => "admin_export",
+            Self::SecondFactor => "second_factor",
+            Self::FactorAdded => "factor_added",
+            Self::FactorRemoved => "factor_removed",
+            Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Self::FactorsReset => "factors_reset",
         }
     }
 }

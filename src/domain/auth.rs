@@ -13,12 +13,14 @@ use super::{
     core::Core,
     email::Email,
     error::{AuthFailure, Error, Violations},
+    factors::{Entry, Factors},
     limits::Limit,
     links::Links,
+    lockout::Lockout,
     notify::{Template, Vars},
     password::{Password, PasswordHasher, PasswordPolicy},
     profile::Profile,
-    session::{Authenticated, EndReason, Ending, Session, Sessions},
+    session::{Assurance, Authenticated, EndReason, Ending, Session, Sessions},
     token::SessionToken,
     user::User,
 };
@@ -54,31 +56,6 @@ pub(crate) enum Proof {
     RecentSignIn,
 }
 
-/// Most times one attempt re-reads the lock state after losing a race for a slot; each race
-/// is lost only to an attempt that took a slot, so a burst of n loses at most n - 1.
-const MAX_ATTEMPT_RACES: usize = 256;
-
-/// Failed sign-ins in a row beyond `threshold` lock the account for `base`, doubling with each
-/// further failure up to `max`. A lock always expires, and a success or a reset clears it.
-#[derive(Debug, Clone, Copy)]
-pub struct Lockout {
-    /// Failures allowed before the first lock.
-    pub threshold: u32,
-    /// First lock.
-    pub base: TimeDelta,
-    /// Longest lock.
-    pub max: TimeDelta,
-}
-
-impl Lockout {
-    /// How long to lock after `failures` consecutive failures, if at all.
-    pub fn duration(&self, failures: i32) -> Option<TimeDelta> {
-        let over = u32::try_from(failures).ok()?.checked_sub(self.threshold)?;
-        let factor = 1i32.checked_shl(over.min(30)).unwrap_or(i32::MAX);
-        Some(self.base.checked_mul(factor).map_or(self.max, |d| d.min(self.max)))
-    }
-}
-
 /// What Auth works with besides its configuration.
 pub struct AuthDeps {
     /// The shared dependencies.
@@ -91,17 +68,17 @@ pub struct AuthDeps {
     pub links: Arc<Links>,
     /// The breached-password check, when configured.
     pub breached: Option<BreachedPasswords>,
+    /// Second factors: sign-in asks for one when the user has one.
+    pub factors: Arc<Factors>,
 }
 
-/// The result of signing up or in: the token is shown once.
+/// The result of signing in: a session (its token shown once), or the second-factor step.
 #[derive(Debug)]
 pub struct SignedIn {
     /// The user.
     pub user: User,
-    /// The new session.
-    pub session: Session,
-    /// The new session's token.
-    pub token: SessionToken,
+    /// The new session, or the challenge for a second factor.
+    pub entry: Entry,
 }
 
 /// The result of signing up: the user and, unless verification is required first, a session.
@@ -134,6 +111,7 @@ pub struct Auth {
     sessions: Arc<Sessions>,
     links: Arc<Links>,
     breached: Option<BreachedPasswords>,
+    factors: Arc<Factors>,
     config: AuthConfig,
 }
 
@@ -146,6 +124,7 @@ impl Auth {
             sessions: deps.sessions,
             links: deps.links,
             breached: deps.breached,
+            factors: deps.factors,
             config,
         }
     }
@@ -246,7 +225,7 @@ impl Auth {
         let session = if self.config.require_email_verification {
             None
         } else {
-            Some(self.sessions.new_session(user_id, client.clone())?)
+            Some(self.sessions.new_session(user_id, client.clone(), &Assurance::single("pwd"))?)
         };
         let rows = SignUpRows {
             profile: profile.as_ref(),
@@ -327,13 +306,14 @@ impl Auth {
         // The slot is taken before hashing: a guess that finds the account locked (or that
         // comes after the threshold's worth of parallel guesses) is never evaluated, and is
         // hashed against the dummy so that it costs the same.
-        let evaluate = match &found {
+        let slot = match &found {
             Some(c) if c.disabled_at.is_none() && c.password_hash.is_some() => {
                 let seen = AttemptState { failed_sign_ins: c.failed_sign_ins, locked_until: c.locked_until };
-                self.take_attempt(c.user.id, seen, now).await?
+                self.config.lockout.take_slot(&self.core, c.user.id, seen, now).await?
             }
-            _ => false,
+            _ => None,
         };
+        let evaluate = slot.is_some();
         let stored_hash = found.as_ref().and_then(|c| c.password_hash.clone()).filter(|_| evaluate);
         let verdict = self.hasher.verify(password.clone(), stored_hash.clone()).await?;
         let client = &client;
@@ -357,7 +337,14 @@ impl Auth {
         if !verdict.valid {
             return Err(fail(Some(user.id), Outcome::Failure, "wrong_password").await);
         }
-        self.core.store.clear_failed_sign_ins(user.id).await?;
+        // With a second factor the right password is not yet a success: it gives its slot
+        // back but clears nothing, so the failures of earlier code guesses stand and the
+        // second factor's check counts on from them; a right code clears them all.
+        if !self.factors.has_factor(user.id).await? {
+            self.core.store.clear_failed_sign_ins(user.id).await?;
+        } else if let Some(written) = slot {
+            self.core.store.refund_attempt(user.id, written).await?;
+        }
         if verdict.needs_rehash
             && let Some(stored) = stored_hash
         {
@@ -372,34 +359,16 @@ impl Auth {
                 "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
             ));
         }
-        let (session, token) = self.sessions.create(user.id, client.clone()).await?;
-        self.core.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
-        Ok(SignedIn { user: user.into(), session, token })
+        let entry = self.factors.enter(user.id, "pwd", client).await?;
+        if let Entry::Session(..) = entry {
+            self.core.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
+        }
+        Ok(SignedIn { user: user.into(), entry })
     }
 
-    /// Takes a password-attempt slot for `user_id`: true if this guess may be evaluated, false
-    /// while the account is locked. The attempt that reaches the threshold sets the lock as it
-    /// takes its slot (a success then lifts it), so parallel guesses cannot slip in between
-    /// the count and the lock, on one server or many.
-    async fn take_attempt(&self, user_id: Uuid, mut seen: AttemptState, now: DateTime<Utc>) -> Result<bool, Error> {
-        for _ in 0..MAX_ATTEMPT_RACES {
-            if seen.locked_until.is_some_and(|until| until > now) {
-                return Ok(false);
-            }
-            let attempts = seen.failed_sign_ins.saturating_add(1);
-            let lock = self.config.lockout.duration(attempts);
-            if self.core.store.take_attempt(user_id, &seen, now, lock.map(|d| now + d)).await? {
-                if let Some(lock) = lock {
-                    tracing::info!(user_id = %user_id, attempts, lock_seconds = lock.num_seconds(), "account temporarily locked unless this attempt is right");
-                }
-                return Ok(true);
-            }
-            match self.core.store.attempt_state(user_id).await? {
-                Some(state) => seen = state,
-                None => return Ok(false),
-            }
-        }
-        Err(Error::Unavailable(anyhow::anyhow!("password attempts on one account kept conflicting")))
+    /// Takes a password-attempt slot for `user_id` (see [`Lockout::take_attempt`]).
+    async fn take_attempt(&self, user_id: Uuid, seen: AttemptState, now: DateTime<Utc>) -> Result<bool, Error> {
+        self.config.lockout.take_attempt(&self.core, user_id, seen, now).await
     }
 
     /// Validates a presented token (see [`Sessions::authenticate`]).
@@ -545,6 +514,7 @@ impl Auth {
         field: &str,
         client: &ClientInfo,
     ) -> Result<Proof, Error> {
+        self.factors.require_step_up_for_account_change(caller).await?;
         let user_id = caller.user.id;
         let email = caller.user.email.as_str();
         self.core.limit(Limit::SignInPerAccountIp, &[email, &self.core.ip_key(client)], Some(user_id), client).await?;

@@ -34,4 +34,48 @@ pub struct Session {
     pub user_agent: Option<String>,
     /// Whether it is the calling session.
     pub current: bool,
+    /// How the user authenticated for it.
+    pub assurance: Assurance,
+}
+
+/// How a user authenticated for a session: what NIST SP 800-63B calls the authenticator
+/// assurance level, and the methods (RFC 8176 `amr` values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assurance {
+    /// 1 for one factor, 2 for two.
+    pub aal: u8,
+    /// `pwd`, `oauth`, `otp`, `rec`, and `mfa` with two factors.
+    pub amr: Vec<String>,
+}
+
+impl Assurance {
+    /// One factor: `pwd` or `oauth`.
+    pub fn single(method: &str) -> Self {
+        Self { aal: 1, amr: vec![method.to_owned()] }
+    }
+
+    /// A first factor followed by a second (`otp` or `rec`).
+    pub fn two(first: &str, second: &str) -> Self {
+        Self { aal: 2, amr: vec![first.to_owned(), second.to_owned(), "mfa".to_owned()] }
+    }
+
+    /// A passkey that verified its user (`hwk` or `swk`): two factors in one.
+    pub fn passkey(method: &str) -> Self {
+        Self { aal: 2, amr: vec![method.to_owned(), "mfa".to_owned()] }
+    }
+
+    /// As stored: the level, and the methods space-separated.
+    pub fn from_stored(aal: i32, amr: &str) -> Self {
+        Self { aal: if aal >= 2 { 2 } else { 1 }, amr: amr.split_whitespace().map(str::to_owned).collect() }
+    }
+
+    /// The methods as stored.
+    pub fn amr_stored(&self) -> String {
+        self.amr.join(" ")
+    }
+
+    /// The OIDC `acr` value of the level: `aal1` or `aal2`.
+    pub fn acr(&self) -> &'static str {
+        if self.aal >= 2 { "aal2" } else { "aal1" }
+    }
 }

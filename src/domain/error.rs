@@ -17,6 +17,17 @@ pub enum Error {
     /// The request is valid but the current state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The call needs a fresher or stronger sign-in first; `reason` is the machine-readable
+    /// `ErrorInfo` reason a front end acts on.
+    #[error("{message}")]
+    StepUpRequired {
+        /// `REAUTHENTICATION_REQUIRED` or `SECOND_FACTOR_REQUIRED`.
+        reason: &'static str,
+        /// What to do, for people.
+        message: String,
+        /// The oldest sign-in accepted, in seconds.
+        max_age_seconds: i64,
+    },
     /// A thing (named) does not exist or is not the caller's.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -54,6 +65,10 @@ pub enum AuthFailure {
     ProviderRejected,
     /// The provider's ID token failed validation (signature, issuer, audience, expiry, nonce).
     InvalidIdToken,
+    /// A second-factor code or its challenge is wrong, used or expired.
+    InvalidSecondFactor,
+    /// A passkey assertion or its ceremony is wrong, used or expired.
+    InvalidPasskey,
 }
 
 /// One invalid field of a request.

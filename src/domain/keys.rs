@@ -146,6 +146,15 @@ pub struct Claims {
     pub email_verified: bool,
     /// Display name.
     pub name: String,
+    /// How the user authenticated (RFC 8176 values).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// The assurance level: `aal1` or `aal2`.
+    #[serde(default)]
+    pub acr: String,
+    /// When the user authenticated (seconds since the epoch).
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 impl AccessTokenConfig {

@@ -88,6 +88,9 @@ impl Mesh {
             email: caller.user.email.clone(),
             email_verified: caller.user.email_verified,
             name: caller.user.name.clone(),
+            amr: caller.session.assurance.amr.clone(),
+            acr: caller.session.assurance.acr().to_owned(),
+            auth_time: caller.session.created_at.timestamp(),
         };
         let token = self.keys.sign(&claims).await?;
         Ok(AccessToken { token, expires_at })

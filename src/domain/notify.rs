@@ -51,10 +51,16 @@ pub enum Template {
     SignUpAttempt,
     /// "Sign-in methods added before you proved the address were removed".
     AccessRemoved,
+    /// "A second factor was added to your account".
+    FactorAdded,
+    /// "A second factor was removed from your account" (by the owner or an operator).
+    FactorRemoved,
+    /// "A recovery code was used to sign in".
+    RecoveryCodeUsed,
 }
 
 impl Template {
-    const ALL: [Template; 8] = [
+    const ALL: [Template; 11] = [
         Self::VerifyEmail,
         Self::ChangeEmail,
         Self::EmailChangeNotice,
@@ -63,6 +69,9 @@ impl Template {
         Self::AccountLinked,
         Self::SignUpAttempt,
         Self::AccessRemoved,
+        Self::FactorAdded,
+        Self::FactorRemoved,
+        Self::RecoveryCodeUsed,
     ];
 
     fn name(self) -> &'static str {
@@ -75,6 +84,9 @@ impl Template {
             Self::AccountLinked => "account_linked",
             Self::SignUpAttempt => "sign_up_attempt",
             Self::AccessRemoved => "access_removed",
+            Self::FactorAdded => "factor_added",
+            Self::FactorRemoved => "factor_removed",
+            Self::RecoveryCodeUsed => "recovery_code_used",
         }
     }
 
@@ -97,6 +109,9 @@ impl Template {
             Self::AccountLinked => pair!("account_linked"),
             Self::SignUpAttempt => pair!("sign_up_attempt"),
             Self::AccessRemoved => pair!("access_removed"),
+            Self::FactorAdded => pair!("factor_added"),
+            Self::FactorRemoved => pair!("factor_removed"),
+            Self::RecoveryCodeUsed => pair!("recovery_code_used"),
         }
     }
 }
@@ -125,6 +140,8 @@ pub struct Vars<'a> {
     pub provider: Option<&'a str>,
     /// Providers whose links were removed (access removed).
     pub removed: &'a [String],
+    /// A sentence about what changed (second-factor notices); never a secret.
+    pub detail: Option<&'a str>,
 }
 
 impl Notifier {
@@ -175,6 +192,7 @@ impl Notifier {
             new_email => vars.new_email,
             provider => vars.provider,
             removed => vars.removed,
+            detail => vars.detail,
         };
         let text = self.templates.get_template(&format!("{}.txt", template.name()))?.render(&ctx)?;
         let html = self.templates.get_template(&format!("{}.html", template.name()))?.render(&ctx)?;

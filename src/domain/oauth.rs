@@ -18,6 +18,7 @@ use super::{
     core::Core,
     email::Email,
     error::{AuthFailure, Error, Violations},
+    factors::{Challenge, Entry, Factors},
     limits::Limit,
     notify::{Template, Vars},
     session::{Authenticated, Session, Sessions},
@@ -105,10 +106,13 @@ impl From<AccountRow> for LinkedAccount {
 pub struct Completed {
     /// The user signed in or linked to.
     pub user: User,
-    /// The new session, or for a link flow the caller's own.
-    pub session: Session,
+    /// The new session, or for a link flow the caller's own; none while a second factor is
+    /// awaited.
+    pub session: Option<Session>,
     /// The new session's token; none for a link flow, which keeps the caller's session.
     pub token: Option<SessionToken>,
+    /// Set instead of a session when the user must also present a second factor.
+    pub challenge: Option<Challenge>,
     /// Whether the user was created by this flow.
     pub is_new_user: bool,
 }
@@ -127,6 +131,7 @@ pub struct ProviderAccessToken {
 pub struct OAuth {
     core: Arc<Core>,
     sessions: Arc<Sessions>,
+    factors: Arc<Factors>,
     providers: Vec<Provider>,
     cipher: Arc<SecretCipher>,
     state_key: Hmac<Sha256>,
@@ -138,6 +143,7 @@ impl OAuth {
     pub fn new(
         core: Arc<Core>,
         sessions: Arc<Sessions>,
+        factors: Arc<Factors>,
         providers: Vec<Provider>,
         cipher: Arc<SecretCipher>,
         server_secret: &[u8],
@@ -147,7 +153,7 @@ impl OAuth {
         let mut derive = Hmac::<Sha256>::new_from_slice(server_secret)?;
         derive.update(b"gatehouse oauth state v1");
         let state_key = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?;
-        Ok(Self { core, sessions, providers, cipher, state_key, config })
+        Ok(Self { core, sessions, factors, providers, cipher, state_key, config })
     }
 
     /// Names of the configured providers.
@@ -414,9 +420,22 @@ impl OAuth {
                                 .into(),
                         ));
                     }
-                    let (session, token) = self.sessions.create(user.id, client.clone()).await?;
-                    self.audit(Event::SignIn, Outcome::Success, user.id, &format!("oauth:{provider}"), &client).await;
-                    return Ok(Completed { user, session, token: Some(token), is_new_user });
+                    return match self.factors.enter(user.id, "oauth", &client).await? {
+                        Entry::Session(session, token) => {
+                            let detail = format!("oauth:{provider}");
+                            self.audit(Event::SignIn, Outcome::Success, user.id, &detail, &client).await;
+                            Ok(Completed {
+                                user,
+                                session: Some(session),
+                                token: Some(token),
+                                challenge: None,
+                                is_new_user,
+                            })
+                        }
+                        Entry::SecondFactor(challenge) => {
+                            Ok(Completed { user, session: None, token: None, challenge: Some(challenge), is_new_user })
+                        }
+                    };
                 }
             }
         }
@@ -582,7 +601,13 @@ impl OAuth {
             self.audit(Event::OAuthLinked, Outcome::Success, caller.user.id, provider, client).await;
             self.tell_linked(&caller.user, provider);
         }
-        Ok(Completed { user: caller.user.clone(), session: caller.session.clone(), token: None, is_new_user: false })
+        Ok(Completed {
+            user: caller.user.clone(),
+            session: Some(caller.session.clone()),
+            token: None,
+            challenge: None,
+            is_new_user: false,
+        })
     }
 
     /// Tells the address's owner that a new sign-in method was added.

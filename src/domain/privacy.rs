@@ -3,6 +3,7 @@
 
 use std::{net::IpAddr, sync::Arc};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -169,6 +170,7 @@ fn document(rows: &UserExportRows, exported_at: DateTime<Utc>) -> Value {
             json!({
                 "id": s.id.to_string(), "created_at": time(s.created_at), "expires_at": time(s.expires_at),
                 "last_active_at": time(s.last_active_at), "ip_address": s.ip_address, "user_agent": s.user_agent,
+                "aal": s.aal, "amr": s.amr.split_whitespace().collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -231,6 +233,43 @@ fn document(rows: &UserExportRows, exported_at: DateTime<Utc>) -> Value {
             |r| json!({ "session_id": r.session_id.to_string(), "reason": r.reason, "created_at": time(r.created_at) }),
         )
         .collect();
+    // The secret and its key are never exported: the user has it in their app.
+    let factors: Vec<Value> = rows
+        .factors
+        .iter()
+        .map(|f| {
+            json!({
+                "id": f.id.to_string(), "kind": f.kind, "name": f.name, "created_at": time(f.created_at),
+                "credential_id": f.credential_id.as_deref().map(|id| URL_SAFE_NO_PAD.encode(id)),
+                "confirmed_at": opt_time(f.confirmed_at), "last_used_at": opt_time(f.last_used_at),
+            })
+        })
+        .collect();
+    let codes: Vec<Value> = rows
+        .recovery_codes
+        .iter()
+        .map(|(id, created, used)| json!({ "id": id.to_string(), "created_at": time(*created), "used_at": opt_time(*used) }))
+        .collect();
+    let challenges: Vec<Value> = rows
+        .challenges
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(), "first_factor": c.first_factor, "failures": c.failures,
+                "created_at": time(c.created_at), "expires_at": time(c.expires_at), "used_at": opt_time(c.used_at),
+            })
+        })
+        .collect();
+    let ceremonies: Vec<Value> = rows
+        .ceremonies
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(), "kind": c.kind, "name": c.name, "created_at": time(c.created_at),
+                "expires_at": time(c.expires_at), "used_at": opt_time(c.used_at),
+            })
+        })
+        .collect();
     let changes: Vec<Value> = rows.user_changes.iter().map(|c| json!({ "created_at": time(c.created_at) })).collect();
     json!({
         "format": EXPORT_FORMAT,
@@ -247,6 +286,10 @@ fn document(rows: &UserExportRows, exported_at: DateTime<Utc>) -> Value {
             "audit_events": events,
             "revocations": revocations,
             "user_changes": changes,
+            "factors": factors,
+            "recovery_codes": codes,
+            "second_factor_challenges": challenges,
+            "passkey_ceremonies": ceremonies,
         },
     })
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 // The views live in a leaf module, so the cache can hold them without importing this one.
-pub use super::caller::{Authenticated, Session};
+pub use super::caller::{Assurance, Authenticated, Session};
 use super::{
     client::ClientInfo,
     core::Core,
@@ -153,7 +153,12 @@ impl Sessions {
 
     /// A new session token for `user_id` and the row that stores it (not stored yet: sign-up
     /// stores it in the user's own transaction).
-    pub(crate) fn new_session(&self, user_id: Uuid, client: ClientInfo) -> Result<(NewSession, SessionToken), Error> {
+    pub(crate) fn new_session(
+        &self,
+        user_id: Uuid,
+        client: ClientInfo,
+        assurance: &Assurance,
+    ) -> Result<(NewSession, SessionToken), Error> {
         let token = SessionToken::generate().map_err(|e| Error::Internal(anyhow::anyhow!("OS RNG failed: {e}")))?;
         let now = self.core.now();
         let new = NewSession {
@@ -164,13 +169,20 @@ impl Sessions {
             expires_at: now + self.lifetimes.ttl,
             ip_address: client.ip,
             user_agent: client.user_agent,
+            aal: i32::from(assurance.aal),
+            amr: assurance.amr_stored(),
         };
         Ok((new, token))
     }
 
     /// Creates a session for `user_id`, for password and provider sign-in alike.
-    pub(crate) async fn create(&self, user_id: Uuid, client: ClientInfo) -> Result<(Session, SessionToken), Error> {
-        let (new, token) = self.new_session(user_id, client)?;
+    pub(crate) async fn create(
+        &self,
+        user_id: Uuid,
+        client: ClientInfo,
+        assurance: &Assurance,
+    ) -> Result<(Session, SessionToken), Error> {
+        let (new, token) = self.new_session(user_id, client, assurance)?;
         let row = self.core.store.create_session(&new).await?;
         Ok((self.view(row, true), token))
     }
@@ -276,6 +288,7 @@ impl SessionLifetimes {
             ip_address: row.ip_address,
             user_agent: row.user_agent,
             current,
+            assurance: Assurance::from_stored(row.aal, &row.amr),
         }
     }
 }

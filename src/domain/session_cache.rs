@@ -304,6 +304,7 @@ mod tests {
                 ip_address: None,
                 user_agent: None,
                 current: true,
+                assurance: super::super::caller::Assurance::single("pwd"),
             },
         }
     }

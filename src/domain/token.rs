@@ -11,6 +11,8 @@ use sha2::Sha256;
 pub const SESSION_PREFIX: &str = "gate_";
 /// Prefix of the single-use tokens in email links (verification, reset).
 pub const LINK_PREFIX: &str = "gatelink_";
+/// Prefix of second-factor challenge tokens.
+pub const CHALLENGE_PREFIX: &str = "gatemfa_";
 const TOKEN_BYTES: usize = 32;
 /// Length of the unpadded base64url encoding of 32 bytes.
 const BODY_LEN: usize = 43;
@@ -82,6 +84,13 @@ impl TokenHasher {
         derive.update(purpose.as_bytes());
         let keyed = Hmac::<Sha256>::new_from_slice(&derive.finalize().into_bytes())?;
         Ok(Self { keyed })
+    }
+
+    /// HMAC-SHA256 of a short secret that is not a token (a normalised recovery code).
+    pub fn hash_text(&self, text: &str) -> Vec<u8> {
+        let mut mac = self.keyed.clone();
+        mac.update(text.as_bytes());
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// HMAC-SHA256 of the token.

@@ -31,6 +31,16 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn reset_second_factors(
+        &self,
+        req: Request<pb::ResetSecondFactorsRequest>,
+    ) -> Result<Response<pb::ResetSecondFactorsResponse>, Status> {
+        let who = self.services.authenticate(&req)?;
+        let client = client_info(&req, &self.trusted_proxies);
+        let n = self.admin.reset_second_factors(&who, &client, &req.into_inner().user_id).await?;
+        Ok(Response::new(pb::ResetSecondFactorsResponse { removed_count: saturate(n) }))
+    }
+
     async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
         let who = self.services.authenticate(&req)?;
         let client = client_info(&req, &self.trusted_proxies);

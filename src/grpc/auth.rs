@@ -13,7 +13,12 @@ use super::{
 };
 use crate::{
     domain::{
-        Auth, OAuth, Recovery, auth::SignUpInput, error::Violations, oauth::CompleteInput, privacy::Privacy,
+        Auth, OAuth, Recovery,
+        auth::SignUpInput,
+        error::Violations,
+        factors::{Factors, SecondFactorProof},
+        oauth::CompleteInput,
+        privacy::Privacy,
         session::Authenticated,
     },
     proto::v1::{self as pb, auth_service_server::AuthService},
@@ -25,6 +30,7 @@ pub struct AuthApi {
     recovery: Arc<Recovery>,
     oauth: Arc<OAuth>,
     privacy: Arc<Privacy>,
+    factors: Arc<Factors>,
     trusted_proxies: Arc<[IpNet]>,
 }
 
@@ -36,9 +42,10 @@ impl AuthApi {
         recovery: Arc<Recovery>,
         oauth: Arc<OAuth>,
         privacy: Arc<Privacy>,
+        factors: Arc<Factors>,
         trusted_proxies: Arc<[IpNet]>,
     ) -> Self {
-        Self { auth, recovery, oauth, privacy, trusted_proxies }
+        Self { auth, recovery, oauth, privacy, factors, trusted_proxies }
     }
 
     /// The caller if the call carries an `authorization` entry (which must then be valid).
@@ -67,6 +74,45 @@ impl AuthService for AuthApi {
         let client = client_info(&req, &self.trusted_proxies);
         let r = req.into_inner();
         Ok(Response::new(self.auth.sign_in(&r.email, &r.password, client).await?.into()))
+    }
+
+    async fn complete_second_factor(
+        &self,
+        req: Request<pb::CompleteSecondFactorRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        use pb::complete_second_factor_request::Proof as P;
+        let client = client_info(&req, &self.trusted_proxies);
+        let r = req.into_inner();
+        let proof = r.proof.map(|p| match p {
+            P::TotpCode(code) => SecondFactorProof::Totp(code),
+            P::RecoveryCode(code) => SecondFactorProof::RecoveryCode(code),
+            P::PasskeyCredentialJson(json) => SecondFactorProof::Passkey(json),
+        });
+        Ok(Response::new(self.factors.complete(&r.challenge_token, proof, client).await?.into()))
+    }
+
+    async fn start_passkey_sign_in(
+        &self,
+        req: Request<pb::StartPasskeySignInRequest>,
+    ) -> Result<Response<pb::StartPasskeySignInResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let start = self.factors.start_passkey_sign_in(&client).await?;
+        Ok(Response::new(pb::StartPasskeySignInResponse {
+            options_json: start.options_json,
+            challenge_id: start.challenge_id.to_string(),
+            expires_at: Some(timestamp(start.expires_at)),
+        }))
+    }
+
+    async fn finish_passkey_sign_in(
+        &self,
+        req: Request<pb::FinishPasskeySignInRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        let client = client_info(&req, &self.trusted_proxies);
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.factors.finish_passkey_sign_in(&r.challenge_id, &r.credential_json, client).await?.into(),
+        ))
     }
 
     async fn sign_out(&self, req: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {

@@ -10,6 +10,7 @@ use crate::{
         auth::{SignedIn, SignedUp},
         consent::{ConsentRecord, ConsentState},
         error::Violations,
+        factors::{self, Challenge, Entry, Factor},
         oauth::{Completed, LinkedAccount},
         privacy::PrivacyReport,
         profile::{AiKnowledgeLevel, HardwareExperience, LearningStyle, Profile, ProfileField, ProgrammingLevel},
@@ -62,6 +63,9 @@ impl From<Session> for pb::Session {
             ip_address: s.ip_address.unwrap_or_default(),
             user_agent: s.user_agent.unwrap_or_default(),
             current: s.current,
+            aal: u32::from(s.assurance.aal),
+            amr: s.assurance.amr,
+            auth_time: Some(timestamp(s.created_at)),
         }
     }
 }
@@ -79,6 +83,43 @@ impl From<SignedUp> for pb::AuthResponse {
             user: Some(s.user.into()),
             session: session.map(Into::into),
             session_token: token.map(|t| t.into_string()).unwrap_or_default(),
+            second_factor_required: None,
+        }
+    }
+}
+
+impl From<Challenge> for pb::SecondFactorRequired {
+    fn from(c: Challenge) -> Self {
+        pb::SecondFactorRequired {
+            challenge_token: c.token.into_string(),
+            methods: c.methods.into_iter().map(str::to_owned).collect(),
+            expires_at: Some(timestamp(c.expires_at)),
+            passkey_options_json: c.passkey_options.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<factors::Completed> for pb::AuthResponse {
+    fn from(c: factors::Completed) -> Self {
+        pb::AuthResponse {
+            user: Some(c.user.into()),
+            session: Some(c.session.into()),
+            session_token: c.token.into_string(),
+            second_factor_required: None,
+        }
+    }
+}
+
+impl From<Factor> for pb::Factor {
+    fn from(f: Factor) -> Self {
+        pb::Factor {
+            id: f.id.to_string(),
+            kind: f.kind,
+            name: f.name,
+            created_at: Some(timestamp(f.created_at)),
+            last_used_at: f.last_used_at.map(timestamp),
+            backup_eligible: f.backup_eligible,
+            backed_up: f.backed_up,
         }
     }
 }
@@ -98,11 +139,11 @@ impl From<AuditEvent> for pb::AuditEvent {
 
 impl From<SignedIn> for pb::AuthResponse {
     fn from(s: SignedIn) -> Self {
-        pb::AuthResponse {
-            user: Some(s.user.into()),
-            session: Some(s.session.into()),
-            session_token: s.token.into_string(),
-        }
+        let (session, session_token, second_factor_required) = match s.entry {
+            Entry::Session(session, token) => (Some(session.into()), token.into_string(), None),
+            Entry::SecondFactor(challenge) => (None, String::new(), Some(challenge.into())),
+        };
+        pb::AuthResponse { user: Some(s.user.into()), session, session_token, second_factor_required }
     }
 }
 
@@ -110,9 +151,10 @@ impl From<Completed> for pb::CompleteOAuthResponse {
     fn from(c: Completed) -> Self {
         pb::CompleteOAuthResponse {
             user: Some(c.user.into()),
-            session: Some(c.session.into()),
+            session: c.session.map(Into::into),
             session_token: c.token.map(|t| t.into_string()).unwrap_or_default(),
             is_new_user: c.is_new_user,
+            second_factor_required: c.challenge.map(Into::into),
         }
     }
 }

@@ -16,22 +16,24 @@ use tonic_health::{
 
 use tonic::server::NamedService;
 
-use super::{admin::AdminApi, auth::AuthApi, profile::ProfileApi, token::TokenApi};
+use super::{admin::AdminApi, auth::AuthApi, factor::FactorApi, profile::ProfileApi, token::TokenApi};
 use crate::{
     domain::core::Core,
     proto::v1::{
         admin_service_server::AdminServiceServer, auth_service_server::AuthServiceServer,
-        profile_service_server::ProfileServiceServer, token_service_server::TokenServiceServer,
+        factor_service_server::FactorServiceServer, profile_service_server::ProfileServiceServer,
+        token_service_server::TokenServiceServer,
     },
 };
 
 /// Services whose status follows the database ("" is the server as a whole).
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     "",
     <AuthServiceServer<AuthApi> as NamedService>::NAME,
     <ProfileServiceServer<ProfileApi> as NamedService>::NAME,
     <TokenServiceServer<TokenApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    <FactorServiceServer<FactorApi> as NamedService>::NAME,
 ];
 
 /// Sets every service's status.

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod codec;
 pub mod convert;
+pub mod factor;
 pub mod health;
 pub mod metadata;
 pub mod profile;
@@ -22,19 +23,24 @@ use tower_http::trace::TraceLayer;
 
 pub use admin::AdminApi;
 pub use auth::AuthApi;
+pub use factor::FactorApi;
 pub use profile::ProfileApi;
 pub use service_auth::ServiceAuth;
 pub use token::TokenApi;
 
 use crate::{
-    domain::{Auth, OAuth, Profiles, Recovery, admin::Admin, mesh::Mesh, privacy::Privacy, revocations::RevocationHub},
+    domain::{
+        Auth, OAuth, Profiles, Recovery, admin::Admin, factors::Factors, mesh::Mesh, privacy::Privacy,
+        revocations::RevocationHub,
+    },
     metrics::RpcMetricsLayer,
     net::{CallTrackingLayer, ConnectionLimits, IdleRule},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
             admin_service_server::AdminServiceServer, auth_service_server::AuthServiceServer,
-            profile_service_server::ProfileServiceServer, token_service_server::TokenServiceServer,
+            factor_service_server::FactorServiceServer, profile_service_server::ProfileServiceServer,
+            token_service_server::TokenServiceServer,
         },
     },
     telemetry,
@@ -81,6 +87,8 @@ pub struct Services {
     pub service_auth: Arc<ServiceAuth>,
     /// Data exports.
     pub privacy: Arc<Privacy>,
+    /// Second factors.
+    pub factors: Arc<Factors>,
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then lets in-flight calls
@@ -99,9 +107,13 @@ pub async fn serve(
         services.recovery,
         services.oauth,
         services.privacy,
+        Arc::clone(&services.factors),
         Arc::clone(&trusted),
     ))
     .max_decoding_message_size(limit);
+    let factor_api =
+        FactorServiceServer::new(FactorApi::new(Arc::clone(&services.auth), services.factors, Arc::clone(&trusted)))
+            .max_decoding_message_size(limit);
     let profile_api =
         ProfileServiceServer::new(ProfileApi::new(Arc::clone(&services.auth), services.profiles, Arc::clone(&trusted)))
             .max_decoding_message_size(limit);
@@ -169,6 +181,7 @@ pub async fn serve(
         .add_service(profile_api)
         .add_service(token_api)
         .add_service(admin_api)
+        .add_service(factor_api)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha);
     let conns = crate::net::incoming(listener, settings.limits, IdleRule::NoCalls);

@@ -36,6 +36,19 @@ impl From<Error> for Status {
             Error::Unauthenticated(AuthFailure::InvalidIdToken) => {
                 Status::unauthenticated("the identity provider's ID token is invalid")
             }
+            Error::Unauthenticated(AuthFailure::InvalidSecondFactor) => Status::unauthenticated(
+                "invalid or expired second-factor code or challenge; sign in again if the challenge expired",
+            ),
+            Error::Unauthenticated(AuthFailure::InvalidPasskey) => Status::unauthenticated(
+                "the passkey could not be verified, or the sign-in expired or was already used; start it again",
+            ),
+            Error::StepUpRequired { reason, message, max_age_seconds } => {
+                let mut details = ErrorDetails::new();
+                let metadata =
+                    std::collections::HashMap::from([("max_age_seconds".to_owned(), max_age_seconds.to_string())]);
+                details.set_error_info(reason, "gatehouse", metadata);
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
             Error::ProviderUnavailable => {
                 Status::unavailable("the identity provider is not answering; try again later")
             }

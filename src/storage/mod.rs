@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use rows::{
-    AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, ConsentCount, ConsentRow, CredentialRow,
-    EmailTokenRow, NewAccount, NewOAuthUser, NewSession, NewUser, NewVerificationToken, OAuthStateRow, ProfileRow,
-    Recovered, RedeemedToken, RevocationRow, Revoked, SessionRow, SessionUserRow, SignUpRows, SigningKeyRow,
-    UserChangeRow, UserExportRows, UserRow,
+    AccountRow, AccountTokens, AdminUserRow, AttemptState, AuditRow, CeremonyRow, ChallengeRow, ConsentCount,
+    ConsentRow, CredentialRow, EmailTokenRow, FactorRow, NewAccount, NewOAuthUser, NewRecoveryCode, NewSession,
+    NewUser, NewVerificationToken, OAuthStateRow, ProfileRow, Recovered, RedeemedToken, RevocationRow, Revoked,
+    SessionRow, SessionUserRow, SignUpRows, SigningKeyRow, UserChangeRow, UserExportRows, UserRow,
 };
 
 /// Why a store operation failed.
@@ -119,6 +119,10 @@ pub trait UserStore: Send + Sync {
         now: DateTime<Utc>,
         lock: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError>;
+    /// Gives back the slot an attempt took (the count it wrote, `written`) and the lock it
+    /// set, if no attempt came after it. For a right password of a user with a second factor:
+    /// neither a failure nor yet a success. False if another attempt came after.
+    async fn refund_attempt(&self, user_id: Uuid, written: i32) -> Result<bool, StoreError>;
     /// Forgets failed sign-ins and any lock.
     async fn clear_failed_sign_ins(&self, user_id: Uuid) -> Result<(), StoreError>;
     /// Marks the user's email verified (the owner proved the mailbox) and removes provider links
@@ -397,6 +401,84 @@ pub trait AdminStore: Send + Sync {
     async fn set_disabled(&self, user_id: Uuid, disabled_at: Option<DateTime<Utc>>) -> Result<bool, StoreError>;
 }
 
+/// Second factors, recovery codes and the sign-ins waiting for them.
+#[async_trait]
+pub trait FactorStore: Send + Sync {
+    /// Stores a pending factor, replacing the user's other pending factors of its kind.
+    async fn put_pending_factor(&self, factor: &FactorRow) -> Result<(), StoreError>;
+    /// The user's pending factor of `kind` that has not lapsed at `now`.
+    async fn pending_factor(
+        &self,
+        user_id: Uuid,
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<FactorRow>, StoreError>;
+    /// Activates a pending factor, records `step` as its last accepted step and replaces the
+    /// user's recovery codes with `codes`, in one transaction. False if it was no longer
+    /// pending; `Conflict("factors_one_totp_key")` if the user has an active one of its kind.
+    async fn confirm_factor(
+        &self,
+        factor_id: Uuid,
+        step: i64,
+        codes: &[NewRecoveryCode],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// The user's active factors, oldest first.
+    async fn active_factors(&self, user_id: Uuid) -> Result<Vec<FactorRow>, StoreError>;
+    /// Accepts time step `step` of an active factor if no later or equal step was accepted
+    /// (compare-and-swap: a code is accepted once, whatever the concurrency). False otherwise.
+    async fn accept_step(&self, factor_id: Uuid, step: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Removes one factor of the user; with the last active one go the recovery codes. False
+    /// if the user has no such factor.
+    async fn remove_factor(&self, user_id: Uuid, factor_id: Uuid) -> Result<bool, StoreError>;
+    /// Replaces the user's recovery codes.
+    async fn replace_recovery_codes(
+        &self,
+        user_id: Uuid,
+        codes: &[NewRecoveryCode],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Marks an unused recovery code of the user used. False if there is none with this hash.
+    async fn use_recovery_code(&self, user_id: Uuid, code_hash: &[u8], now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// How many unused recovery codes the user has.
+    async fn count_recovery_codes(&self, user_id: Uuid) -> Result<i64, StoreError>;
+    /// Removes every factor, recovery code and waiting sign-in of the user, in one
+    /// transaction; returns how many active factors went.
+    async fn reset_factors(&self, user_id: Uuid) -> Result<u64, StoreError>;
+    /// Stores a sign-in waiting for a second factor.
+    async fn create_challenge(&self, challenge: &ChallengeRow, token_hash: &[u8]) -> Result<(), StoreError>;
+    /// The unused, unlapsed challenge with this token hash.
+    async fn find_challenge(&self, token_hash: &[u8], now: DateTime<Utc>) -> Result<Option<ChallengeRow>, StoreError>;
+    /// Counts a wrong code against a challenge; returns the failures so far.
+    async fn fail_challenge(&self, challenge_id: Uuid) -> Result<i32, StoreError>;
+    /// Marks a challenge used if it is unused and unlapsed: of concurrent completions, one wins.
+    async fn consume_challenge(&self, challenge_id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Adds an active passkey and, when `codes` is not empty, the user's first recovery codes,
+    /// in one transaction. `Conflict("factors_credential_id_key")` if the credential is taken.
+    async fn add_passkey(&self, factor: &FactorRow, codes: &[NewRecoveryCode]) -> Result<(), StoreError>;
+    /// The active passkey with this credential id.
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<FactorRow>, StoreError>;
+    /// Records a passkey's use: its new state (counter, backup flag) if it is still
+    /// `expected` (compare-and-swap: of two uses racing on one counter, one lands). False if
+    /// it changed meanwhile or is gone.
+    async fn use_passkey(
+        &self,
+        factor_id: Uuid,
+        expected: &str,
+        updated: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Stores a ceremony; a registration replaces the user's other pending registrations.
+    async fn create_ceremony(&self, ceremony: &CeremonyRow) -> Result<(), StoreError>;
+    /// Takes (marks used and returns) the user's pending registration, if it has not lapsed.
+    async fn take_registration(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Option<CeremonyRow>, StoreError>;
+    /// Takes an unused, unlapsed passwordless sign-in ceremony: single use, whatever the
+    /// concurrency.
+    async fn take_sign_in_ceremony(&self, id: Uuid, now: DateTime<Utc>) -> Result<Option<CeremonyRow>, StoreError>;
+    /// Deletes challenges, ceremonies and pending factors that lapsed before `before`.
+    async fn delete_expired_challenges(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// Connection pool figures for metrics: open, idle, maximum.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStats {
@@ -422,6 +504,7 @@ pub trait Store:
     + SigningKeyStore
     + AdminStore
     + PrivacyStore
+    + FactorStore
 {
     /// Waits up to `timeout` for another replica to announce new revocations (PostgreSQL
     /// LISTEN/NOTIFY); backends without cross-process notice just wait.

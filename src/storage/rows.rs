@@ -102,6 +102,10 @@ pub struct SessionRow {
     pub ip_address: Option<String>,
     /// End user's agent at sign-in.
     pub user_agent: Option<String>,
+    /// Authenticator assurance level of the sign-in: 1 or 2.
+    pub aal: i32,
+    /// Authentication methods of the sign-in (RFC 8176 values), space-separated.
+    pub amr: String,
 }
 
 /// A session to insert.
@@ -121,6 +125,10 @@ pub struct NewSession {
     pub ip_address: Option<String>,
     /// End user's agent.
     pub user_agent: Option<String>,
+    /// Authenticator assurance level of the sign-in: 1 or 2.
+    pub aal: i32,
+    /// Authentication methods of the sign-in, space-separated.
+    pub amr: String,
 }
 
 /// A session joined with its user, read in one query by `find_session`.
@@ -502,6 +510,96 @@ pub struct UserExportRows {
     pub revocations: Vec<RevocationRow>,
     /// User-change feed entries.
     pub user_changes: Vec<UserChangeRow>,
+    /// Second factors (their secrets are dropped by the exporter).
+    pub factors: Vec<FactorRow>,
+    /// Recovery codes: `(id, created_at, used_at)`, never their hashes.
+    pub recovery_codes: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    /// Sign-ins waiting for a second factor.
+    pub challenges: Vec<ChallengeRow>,
+    /// Passkey registrations in progress (their states are dropped by the exporter).
+    pub ceremonies: Vec<CeremonyRow>,
+}
+
+/// A WebAuthn ceremony between its two calls.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CeremonyRow {
+    /// Primary key (the sign-in's `challenge_id`).
+    pub id: Uuid,
+    /// The registering user; `None` for a passwordless sign-in.
+    pub user_id: Option<Uuid>,
+    /// `register` or `sign_in`.
+    pub kind: String,
+    /// webauthn-rs's state, JSON.
+    pub state: String,
+    /// Registration: the passkey's name.
+    pub name: Option<String>,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+    /// When it lapses.
+    pub expires_at: DateTime<Utc>,
+    /// When it was finished.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// A second factor as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct FactorRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// `totp` or `passkey`.
+    pub kind: String,
+    /// The name the user gave it.
+    pub name: String,
+    /// TOTP: the encrypted secret.
+    pub secret_enc: Option<Vec<u8>>,
+    /// TOTP: the cipher key that encrypted it.
+    pub key_id: Option<String>,
+    /// Passkey: the credential id.
+    pub credential_id: Option<Vec<u8>>,
+    /// Passkey: webauthn-rs's `Passkey` as JSON (public key, counter, flags).
+    pub passkey: Option<String>,
+    /// When enrollment started.
+    pub created_at: DateTime<Utc>,
+    /// When the first code activated it; `None` while pending.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// When a pending enrollment lapses.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The last time step whose code was accepted.
+    pub last_used_step: Option<i64>,
+    /// When a code was last accepted.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A recovery code to store.
+#[derive(Debug, Clone)]
+pub struct NewRecoveryCode {
+    /// Primary key.
+    pub id: Uuid,
+    /// Keyed hash of the normalised code.
+    pub code_hash: Vec<u8>,
+}
+
+/// A sign-in waiting for its second factor.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ChallengeRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// The user whose first factor succeeded.
+    pub user_id: Uuid,
+    /// That first factor: `pwd` or `oauth`.
+    pub first_factor: String,
+    /// Wrong codes presented with it so far.
+    pub failures: i32,
+    /// The WebAuthn authentication state for the user's passkeys, if they have any.
+    pub passkey_state: Option<String>,
+    /// When the first factor succeeded.
+    pub created_at: DateTime<Utc>,
+    /// When it lapses.
+    pub expires_at: DateTime<Utc>,
+    /// When a second factor completed it.
+    pub used_at: Option<DateTime<Utc>>,
 }
 
 /// Users whose latest record for a purpose is a grant of a policy version.

@@ -46,7 +46,11 @@ pub(crate) fn with_key<T>(message: T) -> Request<T> {
     request
 }
 
-async fn issue(app: &TestApp, session: &str, audience: &str) -> Result<pb::IssueAccessTokenResponse, tonic::Status> {
+pub(crate) async fn issue(
+    app: &TestApp,
+    session: &str,
+    audience: &str,
+) -> Result<pb::IssueAccessTokenResponse, tonic::Status> {
     tokens(app)
         .issue_access_token(bearer(pb::IssueAccessTokenRequest { audience: audience.into() }, session))
         .await
@@ -67,7 +71,7 @@ async fn http_json(app: &TestApp, path: &str) -> Value {
 
 /// Verifies an EdDSA JWT with ed25519-dalek directly (not the library that signed it) against
 /// the JWK Set served over HTTP. Returns the claims.
-async fn verify_independently(app: &TestApp, jwt: &str) -> Option<Value> {
+pub(crate) async fn verify_independently(app: &TestApp, jwt: &str) -> Option<Value> {
     verify_with(&http_json(app, "/.well-known/jwks.json").await, jwt)
 }
 

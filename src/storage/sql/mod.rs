@@ -7,6 +7,7 @@
 mod accounts;
 mod admin;
 mod audit;
+pub(crate) mod factors;
 mod keys;
 mod oauth_states;
 mod privacy;
@@ -19,6 +20,7 @@ mod users;
 pub(crate) use accounts::accounts;
 pub(crate) use admin::admin;
 pub(crate) use audit::audit;
+pub(crate) use factors::factors;
 pub(crate) use keys::keys;
 pub(crate) use oauth_states::oauth_states;
 pub(crate) use privacy::privacy;
@@ -43,6 +45,7 @@ macro_rules! impl_queries {
         $crate::storage::sql::accounts!($store);
         $crate::storage::sql::oauth_states!($store);
         $crate::storage::sql::privacy!($store);
+        $crate::storage::sql::factors!($store);
     };
 }
 pub(crate) use impl_queries;
@@ -197,7 +200,8 @@ macro_rules! shared {
         {
             sqlx::query_as(concat!(
                 "INSERT INTO sessions (id, user_id, token_hash, created_at, updated_at, expires_at, \
-                 last_active_at, ip_address, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $4, $6, $7) \
+                 last_active_at, ip_address, user_agent, aal, amr) \
+                 VALUES ($1, $2, $3, $4, $4, $5, $4, $6, $7, $8, $9) \
                  RETURNING ",
                 $crate::storage::sql::session_columns!()
             ))
@@ -208,6 +212,8 @@ macro_rules! shared {
             .bind(s.expires_at)
             .bind(&s.ip_address)
             .bind(&s.user_agent)
+            .bind(s.aal)
+            .bind(&s.amr)
             .fetch_one(executor)
             .await
             .map_err($crate::storage::classify)
@@ -286,7 +292,7 @@ pub(crate) use user_columns;
 /// Columns of `SessionRow`.
 macro_rules! session_columns {
     () => {
-        "id, user_id, created_at, expires_at, last_active_at, ip_address, user_agent"
+        "id, user_id, created_at, expires_at, last_active_at, ip_address, user_agent, aal, amr"
     };
 }
 pub(crate) use session_columns;

@@ -151,8 +151,46 @@ macro_rules! privacy {
                             .fetch_all(&mut *tx)
                             .await
                             .map_err(classify)?;
+                    let factors = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::factors::factor_columns!(),
+                        " FROM factors WHERE user_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let recovery_codes = sqlx::query_as(
+                        "SELECT id, created_at, used_at FROM recovery_codes WHERE user_id = $1 ORDER BY created_at, id",
+                    )
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let challenges = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::factors::challenge_columns!(),
+                        " FROM second_factor_challenges WHERE user_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    let ceremonies = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::storage::sql::factors::ceremony_columns!(),
+                        " FROM passkey_ceremonies WHERE user_id = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify)?;
                     tx.commit().await.map_err(classify)?;
                     Ok(Some($crate::storage::UserExportRows {
+                        factors,
+                        recovery_codes,
+                        challenges,
+                        ceremonies,
                         user,
                         has_password,
                         failed_sign_ins,

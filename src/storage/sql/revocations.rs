@@ -75,7 +75,8 @@ macro_rules! revocations {
                 session_id: uuid::Uuid,
             ) -> Result<Option<$crate::storage::SessionRow>, $crate::storage::StoreError> {
                 sqlx::query_as(
-                    "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_active_at, s.ip_address, s.user_agent \
+                    "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_active_at, s.ip_address, s.user_agent, \
+                     s.aal, s.amr \
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.disabled_at IS NULL",
                 )
                 .bind(session_id)

@@ -20,7 +20,7 @@ macro_rules! sessions {
             ) -> Result<Option<$crate::storage::SessionUserRow>, $crate::storage::StoreError> {
                 sqlx::query_as(
                     "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.last_active_at, s.ip_address, \
-                     s.user_agent, u.email AS u_email, u.name AS u_name, u.image AS u_image, \
+                     s.user_agent, s.aal, s.amr, u.email AS u_email, u.name AS u_name, u.image AS u_image, \
                      u.email_verified AS u_email_verified, u.created_at AS u_created_at, \
                      u.updated_at AS u_updated_at \
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND u.disabled_at IS NULL",

@@ -173,6 +173,26 @@ macro_rules! users {
             }
 
             #[tracing::instrument(skip_all)]
+            async fn refund_attempt(
+                &self,
+                user_id: uuid::Uuid,
+                written: i32,
+            ) -> Result<bool, $crate::storage::StoreError> {
+                // Only while no other attempt came after: then any lock is the one this
+                // attempt set (a lock in force would have refused it).
+                let done = sqlx::query(
+                    "UPDATE users SET failed_sign_ins = failed_sign_ins - 1, locked_until = NULL \
+                     WHERE id = $1 AND failed_sign_ins = $2",
+                )
+                .bind(user_id)
+                .bind(written)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::storage::classify)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            #[tracing::instrument(skip_all)]
             async fn clear_failed_sign_ins(&self, user_id: uuid::Uuid) -> Result<(), $crate::storage::StoreError> {
                 sqlx::query("UPDATE users SET failed_sign_ins = 0, locked_until = NULL WHERE id = $1")
                     .bind(user_id)
