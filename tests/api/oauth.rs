@@ -228,7 +228,8 @@ crate::backends! {
     asserted_links_survive_the_owners_reset,
     linking_tells_the_owner,
     provider_only_accounts_reauthenticate_by_a_recent_sign_in,
-    a_refresh_against_an_unavailable_provider_is_unavailable;
+    a_refresh_against_an_unavailable_provider_is_unavailable,
+    a_provider_sign_in_asks_for_the_second_factor;
 }
 
 async fn google_sign_in_creates_a_verified_user(env: &Env) {
@@ -893,4 +894,44 @@ async fn a_refresh_against_an_unavailable_provider_is_unavailable(env: &Env) {
     let refreshed =
         env.provider_token(&done.session_token, "google").await.expect("refreshed once the provider is back");
     assert!(refreshed.access_token.starts_with("idp-at-"));
+}
+
+/// A provider vouches for the first factor only: a user with an authenticator app still
+/// answers its code, and the session says both.
+async fn a_provider_sign_in_asks_for_the_second_factor(env: &Env) {
+    use gatehouse::proto::v1::factor_service_client::FactorServiceClient;
+    let first = env.sign_in("google").await.unwrap();
+    assert_eq!(first.session.as_ref().unwrap().amr, ["oauth"]);
+    let mut factors = FactorServiceClient::new(env.app.channel.clone());
+    let start = factors
+        .start_totp_enrollment(bearer(pb::StartTotpEnrollmentRequest::default(), &first.session_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let totp =
+        totp_rs::Builder::new().with_secret(totp_rs::Secret::try_from_base32(&start.secret).unwrap()).build().unwrap();
+    let at = |steps: i64| {
+        let now = gatehouse::domain::Clock::now(&env.app.clock).timestamp() + 30 * steps;
+        totp.generate(u64::try_from(now).unwrap()).to_string()
+    };
+    factors
+        .confirm_totp_enrollment(bearer(pb::ConfirmTotpEnrollmentRequest { code: at(0) }, &first.session_token))
+        .await
+        .unwrap();
+    let again = env.sign_in("google").await.unwrap();
+    assert!(again.session.is_none() && again.session_token.is_empty(), "no session before the code");
+    let required = again.second_factor_required.unwrap();
+    use pb::complete_second_factor_request::Proof;
+    let done = env
+        .app
+        .auth()
+        .complete_second_factor(pb::CompleteSecondFactorRequest {
+            challenge_token: required.challenge_token,
+            proof: Some(Proof::TotpCode(at(1))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session = done.session.unwrap();
+    assert_eq!((session.aal, session.amr), (2, vec!["oauth".to_owned(), "otp".to_owned(), "mfa".to_owned()]));
 }
