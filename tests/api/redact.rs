@@ -250,3 +250,62 @@ async fn production_warns_about_a_database_connection_that_is_neither_tls_nor_lo
     let (_, output) = run(pg_url(remote, "gatehouse", ""), false).await;
     assert!(!output.contains(WARNING), "{output}");
 }
+
+/// Second factors at TRACE: the TOTP secret, its otpauth URI, the recovery codes, the
+/// challenge token and the session tokens never reach the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_factor_secrets_stay_out_of_the_output() {
+    use gatehouse::proto::v1::factor_service_client::FactorServiceClient;
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Captured::spawn(command(&db.server_url(), data_dir.path(), port));
+    let channel = serving(port).await;
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let mut factors = FactorServiceClient::new(channel);
+    let email = "mfa-redact@example.com";
+    let up = auth
+        .sign_up(pb::SignUpRequest { email: email.into(), password: PASSWORD.into(), name: "R".into(), profile: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let start = factors
+        .start_totp_enrollment(crate::helpers::bearer(pb::StartTotpEnrollmentRequest::default(), &up.session_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let totp =
+        totp_rs::Builder::new().with_secret(totp_rs::Secret::try_from_base32(&start.secret).unwrap()).build().unwrap();
+    let now = || u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    let codes = factors
+        .confirm_totp_enrollment(crate::helpers::bearer(
+            pb::ConfirmTotpEnrollmentRequest { code: totp.generate(now()).to_string() },
+            &up.session_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    let answer =
+        auth.sign_in(pb::SignInRequest { email: email.into(), password: PASSWORD.into() }).await.unwrap().into_inner();
+    let challenge = answer.second_factor_required.unwrap().challenge_token;
+    use pb::complete_second_factor_request::Proof;
+    let done = auth
+        .complete_second_factor(pb::CompleteSecondFactorRequest {
+            challenge_token: challenge.clone(),
+            proof: Some(Proof::RecoveryCode(codes[0].clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server.terminate();
+    let (status, output) = server.finish(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    assert!(output.contains("TRACE") && output.contains("second_factor"), "the run was at TRACE and audited");
+    let secrets = [PASSWORD, &start.secret, &start.otpauth_uri, &challenge, &up.session_token, &done.session_token];
+    for secret in secrets.iter().copied().chain(codes.iter().map(String::as_str)) {
+        assert!(!output.contains(secret), "{secret:?} reached the output");
+        assert!(!output.contains(&secret.replace('-', "")), "{secret:?} reached the output");
+    }
+    db.drop_database().await;
+}
