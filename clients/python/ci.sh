@@ -32,7 +32,8 @@ dist="$(mktemp -d)"
 "$venv/bin/python" -m twine check --strict "$dist"/*
 listing="$("$venv/bin/python" -m zipfile -l "$dist"/*.whl)"
 for member in gatehouse/py.typed gatehouse/_proto/gatehouse/v1/auth_pb2.py \
-  gatehouse/_proto/gatehouse/v1/auth_pb2.pyi gatehouse/testing.py; do
+  gatehouse/_proto/gatehouse/v1/auth_pb2.pyi gatehouse/_proto/gatehouse/v1/factor_pb2.py \
+  gatehouse/_proto/gatehouse/v1/factor_pb2_grpc.py gatehouse/testing.py; do
   grep -q "^$member " <<<"$listing" || { echo "wheel lacks $member" >&2; exit 1; }
 done
 rm -rf "$dist" "$here/build"

@@ -3,7 +3,12 @@
 Public: ``POST /api/v1/query`` and ``POST /api/v1/select`` answer anyone, and personalise the
 answer from the reader's learner profile when a session cookie or bearer token is present.
 Protected: ``GET /api/v1/me``, ``GET``/``POST /api/v1/profile``; ``POST /api/v1/feedback``
-also needs a verified address. The Gatehouse auth router is mounted at ``/auth``.
+also needs a verified address. The Gatehouse auth router is mounted at ``/auth``. ``GET /``
+is a small account page (``static/``: plain HTML and JavaScript, no build step): sign-up with
+the learner profile, sign-in with the second factor (authenticator app, passkey or recovery
+code), passwordless sign-in with a passkey, authenticator-app enrolment and passkey
+registration. Passkeys need the page's origin in Gatehouse's ``GATEHOUSE_WEBAUTHN_ORIGINS``
+(default ``http://localhost:3000,http://localhost:8000``; see README.md).
 
 The "retrieval" is a fixed list of passages and a word-overlap score: the point is the wiring.
 
@@ -17,10 +22,13 @@ Run beside Gatehouse (see README.md)::
 
 import os
 import re
-from typing import Annotated, cast
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Final, cast
 
 from fastapi import Depends, FastAPI, status
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from gatehouse import AsyncClient, AsyncServiceClient
@@ -43,6 +51,20 @@ PASSAGES: tuple[tuple[str, str], ...] = (
         "trained on demonstrations.",
     ),
 )
+
+#: The account page's files, served at ``/``, ``/app.js`` and ``/app.css``.
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+#: The page loads only its own script and style; the QR code is a data: image (an SVG as an
+#: image runs no script). No framing (clickjacking), no <base> or form targets elsewhere.
+PAGE_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_PAGE_FILES: Final = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.css": ("app.css", "text/css; charset=utf-8"),
+}
 
 _LEVEL_ADVICE = {
     "beginner": "in plain steps for a beginner programmer",
@@ -248,6 +270,28 @@ def create_app(
     async def update_profile(body: ProfileIn, user: SignedIn) -> ProfileOut:
         """Changes the fields present in the body (null clears one)."""
         return await gatehouse.update_profile(user, body)
+
+    def page_route(name: str, media_type: str) -> Callable[[], Awaitable[FileResponse]]:
+        """A route serving one fixed file of the page (no parameters: nothing to traverse)."""
+
+        async def serve() -> FileResponse:
+            return FileResponse(
+                STATIC_DIR / name,
+                media_type=media_type,
+                headers={
+                    "Content-Security-Policy": PAGE_CSP,
+                    "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer",
+                    "Cache-Control": "no-cache",
+                },
+            )
+
+        return serve
+
+    for path, (name, media_type) in _PAGE_FILES.items():
+        app.add_api_route(
+            path, page_route(name, media_type), methods=["GET"], include_in_schema=False
+        )
 
     return app
 

@@ -181,14 +181,16 @@ def test_every_rpc_has_a_facade_method_on_both_clients() -> None:
     import re
 
     from gatehouse import AsyncClient, AsyncServiceClient, Client, ServiceClient
-    from gatehouse._proto.gatehouse.v1 import admin_pb2, auth_pb2, token_pb2
+    from gatehouse._proto.gatehouse.v1 import admin_pb2, auth_pb2, factor_pb2, token_pb2
 
     services = [
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"],
+        factor_pb2.DESCRIPTOR.services_by_name["FactorService"],
     ]
     rpcs = [m.name for s in services for m in s.methods]
     assert "GetSession" in rpcs and "UpdateProfile" in rpcs
+    assert "CompleteSecondFactor" in rpcs and "StartTotpEnrollment" in rpcs
     user_token = token_pb2.DESCRIPTOR.services_by_name["TokenService"]
     rpcs += ["IssueAccessToken", "GetJwks"]
     service_rpcs = ["IntrospectToken", "WatchRevocations"] + [
@@ -271,3 +273,87 @@ def test_consent_and_privacy_report_models() -> None:
     dumped = model.model_dump(mode="json")
     assert dumped["retention"]["audit_events"] == "P90D"
     assert dumped["self_exports"] == 4 and dumped["admin_exports"] == 0
+
+
+def test_step_up_error_info_becomes_reauthentication_required_and_403() -> None:
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    too_old = error_details_pb2.ErrorInfo(
+        domain="gatehouse",
+        reason="REAUTHENTICATION_REQUIRED",
+        metadata={"max_age_seconds": "900"},
+    )
+    err = errors.error_from_status(code, "sign in again", trailers(code, too_old))
+    assert isinstance(err, errors.ReauthenticationRequired)
+    assert isinstance(err, errors.FailedPrecondition), "code catching the base keeps working"
+    assert err.code is code
+    assert err.reason == errors.REAUTHENTICATION_REQUIRED and err.max_age_seconds == 900
+    assert not err.second_factor_required
+    http = http_exception(err)
+    assert http.status_code == 403
+    assert http.detail == {
+        "error": "reauthentication_required",
+        "reason": "reauthentication_required",
+        "message": "sign in again",
+        "max_age_seconds": 900,
+    }
+
+    weak = error_details_pb2.ErrorInfo(domain="gatehouse", reason="SECOND_FACTOR_REQUIRED")
+    err = errors.error_from_status(code, "use your second factor", trailers(code, weak))
+    assert isinstance(err, errors.ReauthenticationRequired)
+    assert err.second_factor_required and err.max_age_seconds is None
+    detail = http_exception(err).detail
+    assert detail["reason"] == "second_factor_required" and detail["max_age_seconds"] is None
+
+    # Another domain or reason, or the reason on another code, is no step-up.
+    for info, status in [
+        (error_details_pb2.ErrorInfo(domain="example.com", reason="SECOND_FACTOR_REQUIRED"), code),
+        (error_details_pb2.ErrorInfo(domain="gatehouse", reason="SOMETHING_ELSE"), code),
+        (weak, grpc.StatusCode.PERMISSION_DENIED),
+    ]:
+        plain = errors.error_from_status(status, "m", trailers(status, info))
+        assert not isinstance(plain, errors.ReauthenticationRequired), (info, status)
+    assert http_exception(errors.FailedPrecondition("m")).status_code == 400
+
+
+def test_second_factor_models() -> None:
+    from pydantic import ValidationError
+
+    from gatehouse._models import SecondFactorIn, SecondFactorRequiredOut, SessionOut
+    from gatehouse._proto.gatehouse.v1 import auth_pb2
+
+    session = auth_pb2.Session(id="s", aal=2, amr=["pwd", "otp", "mfa"])
+    session.auth_time.FromSeconds(1_700_000_000)
+    out = SessionOut.from_proto(session)
+    assert (out.aal, out.amr) == (2, ["pwd", "otp", "mfa"])
+    assert out.auth_time == datetime.fromtimestamp(1_700_000_000, UTC)
+    old = SessionOut.from_proto(auth_pb2.Session(id="s"))
+    assert (old.aal, old.amr, old.auth_time) == (1, [], None), "a server without factors: aal 1"
+
+    signed_in = auth_pb2.AuthResponse(session=session, session_token="gate_x")
+    assert SecondFactorRequiredOut.of(signed_in) is None
+    challenged = auth_pb2.AuthResponse(
+        second_factor_required=auth_pb2.SecondFactorRequired(
+            challenge_token="chal", methods=["totp", "recovery_code"]
+        )
+    )
+    challenge = SecondFactorRequiredOut.of(challenged)
+    assert challenge is not None
+    assert challenge.challenge_token == "chal"
+    assert challenge.methods == ["totp", "recovery_code"] and challenge.expires_at is None
+
+    assert SecondFactorIn(totp_code="123456").recovery_code is None
+    assert SecondFactorIn(recovery_code="abcde-fghij").totp_code is None
+    for bad in [{}, {"totp_code": "123456", "recovery_code": "abcde-fghij"}, {"code": "1"}]:
+        with pytest.raises(ValidationError):
+            SecondFactorIn.model_validate(bad)
+
+
+def test_complete_second_factor_takes_exactly_one_proof() -> None:
+    from gatehouse import _requests
+
+    assert _requests.complete_second_factor("c", "123456", None).WhichOneof("proof") == "totp_code"
+    request = _requests.complete_second_factor("c", None, "abcde-fghij")
+    assert request.WhichOneof("proof") == "recovery_code" and request.challenge_token == "c"
+    for totp, recovery in [(None, None), ("123456", "abcde-fghij")]:
+        with pytest.raises(ValueError, match="exactly one"):
+            _requests.complete_second_factor("c", totp, recovery)

@@ -40,6 +40,12 @@ EXPORT_TABLES = {
     "audit_events",
     "revocations",
     "user_changes",
+    # Second factors (their rows without the TOTP secret, code hashes or challenge tokens).
+    "factors",
+    "recovery_codes",
+    "second_factor_challenges",
+    # Passkey ceremonies in progress (registrations; their WebAuthn state, no secret).
+    "passkey_ceremonies",
 }
 COOKIE = "gatehouse_session"
 

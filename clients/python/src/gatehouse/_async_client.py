@@ -14,7 +14,7 @@ from typing import Any
 from . import _requests
 from ._base import _AsyncBase
 from ._common import call_metadata
-from ._proto.gatehouse.v1 import auth_pb2, profile_pb2, token_pb2
+from ._proto.gatehouse.v1 import auth_pb2, factor_pb2, profile_pb2, token_pb2
 
 __all__ = ["AsyncClient"]
 
@@ -56,10 +56,81 @@ class AsyncClient(_AsyncBase):
         user_agent: str | None = None,
         timeout: float | None = None,
     ) -> auth_pb2.AuthResponse:
-        """Signs in and returns a new session with its token (shown only this once)."""
+        """Signs in and returns a new session with its token (shown only this once).
+
+        For a user with a second factor the answer has no session (``HasField("session")``
+        is false, ``session_token`` empty) but ``second_factor_required`` (``.challenge_token``,
+        ``.methods``, ``.expires_at``): finish with :meth:`complete_second_factor`.
+        """
         request = auth_pb2.SignInRequest(email=email, password=password)
         metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
         return await self._call("SignIn", self._auth.SignIn, request, metadata, timeout)
+
+    async def complete_second_factor(
+        self,
+        challenge_token: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        passkey_credential_json: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.AuthResponse:
+        """Finishes a sign-in that answered ``second_factor_required`` with exactly one of
+        ``totp_code`` (the authenticator app's 6 digits), ``recovery_code`` (single use) or
+        ``passkey_credential_json`` (the browser's ``AuthenticationResponseJSON``, as a JSON
+        string, answering the challenge's ``passkey_options_json``), and returns the new
+        session (``aal`` 2). A wrong or replayed code or passkey answer, and an unknown, used
+        or expired challenge, are :class:`Unauthenticated`; wrong codes count towards the
+        account's lockout. Needs no session.
+        """
+        request = _requests.complete_second_factor(
+            challenge_token, totp_code, recovery_code, passkey_credential_json
+        )
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        return await self._call(
+            "CompleteSecondFactor", self._auth.CompleteSecondFactor, request, metadata, timeout
+        )
+
+    async def start_passkey_sign_in(
+        self,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.StartPasskeySignInResponse:
+        """Starts a passwordless sign-in with a passkey (needs no session): ``.options_json``
+        (a ``PublicKeyCredentialRequestOptionsJSON`` for ``navigator.credentials.get``, any
+        discoverable credential of the relying party), ``.challenge_id`` (for
+        :meth:`finish_passkey_sign_in`; single use) and ``.expires_at`` (5 minutes)."""
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.StartPasskeySignInRequest()
+        return await self._call(
+            "StartPasskeySignIn", self._auth.StartPasskeySignIn, request, metadata, timeout
+        )
+
+    async def finish_passkey_sign_in(
+        self,
+        challenge_id: str,
+        credential_json: str,
+        *,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.AuthResponse:
+        """Finishes a passkey sign-in with the browser's ``AuthenticationResponseJSON`` (a
+        JSON string: ``JSON.stringify(credential.toJSON())``) and returns the new session
+        (``aal`` 2, ``amr`` e.g. ``["hwk", "mfa"]`` or ``["swk", "mfa"]``). An unknown
+        credential, a bad signature, a wrong origin or RP id, a used or lapsed ceremony and
+        a disabled user are all :class:`Unauthenticated`."""
+        metadata = call_metadata(client_ip=client_ip, user_agent=user_agent)
+        request = auth_pb2.FinishPasskeySignInRequest(
+            challenge_id=challenge_id, credential_json=credential_json
+        )
+        return await self._call(
+            "FinishPasskeySignIn", self._auth.FinishPasskeySignIn, request, metadata, timeout
+        )
 
     async def sign_out(
         self,
@@ -303,7 +374,11 @@ class AsyncClient(_AsyncBase):
         user_agent: str | None = None,
         timeout: float | None = None,
     ) -> auth_pb2.CompleteOAuthResponse:
-        """Finishes a provider sign-in with the callback's ``code`` and ``state``."""
+        """Finishes a provider sign-in with the callback's ``code`` and ``state``.
+
+        Like :meth:`sign_in`, the answer may hold ``second_factor_required`` instead of a
+        session: finish with :meth:`complete_second_factor`.
+        """
         metadata = call_metadata(token, client_ip=client_ip, user_agent=user_agent)
         request = auth_pb2.CompleteOAuthRequest(
             provider=provider, code=code, state=state, redirect_uri=redirect_uri
@@ -360,8 +435,9 @@ class AsyncClient(_AsyncBase):
         Art. 15 and 20): ``format`` (``"gatehouse.export.v1"``), ``exported_at``, ``user_id``
         and ``tables`` (``users``, ``profiles``, ``sessions``, ``accounts``,
         ``verification_tokens``, ``oauth_states``, ``consent_records``, ``audit_events``,
-        ``revocations``, ``user_changes``: each a list of rows). It never holds a secret (no
-        password hash, token or token hash). The export is audited (``data_exported``), so it
+        ``revocations``, ``user_changes``, ``factors``, ``recovery_codes``,
+        ``second_factor_challenges``, ``passkey_ceremonies``: each a list of rows). It never holds a secret (no
+        password hash, token or token hash, TOTP secret or recovery code). The export is audited (``data_exported``), so it
         is not retried.
         """
         metadata = call_metadata(token, client_ip, user_agent, token_required=True)
@@ -371,6 +447,154 @@ class AsyncClient(_AsyncBase):
         )
         document: dict[str, Any] = json.loads(response.document)
         return document
+
+    # FactorService: second factors. Every call needs a recent sign-in (the server's
+    # GATEHOUSE_STEP_UP_MAX_AGE) that used the second factor once the user has one, else
+    # ReauthenticationRequired (a FailedPrecondition).
+
+    async def start_totp_enrollment(
+        self,
+        name: str = "",
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> factor_pb2.StartTotpEnrollmentResponse:
+        """Starts enrolling an authenticator app named ``name`` (default "Authenticator
+        app"): ``.factor_id``, ``.secret`` (base32; shown only here), ``.otpauth_uri``,
+        ``.qr_code_svg`` (an SVG document) and ``.expires_at``. Nothing is active until
+        :meth:`confirm_totp_enrollment`; starting again replaces the pending secret.
+        :class:`AlreadyExists` if the user already has an authenticator app.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.StartTotpEnrollmentRequest(name=name)
+        return await self._call(
+            "StartTotpEnrollment", self._factor.StartTotpEnrollment, request, metadata, timeout
+        )
+
+    async def confirm_totp_enrollment(
+        self,
+        code: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> factor_pb2.ConfirmTotpEnrollmentResponse:
+        """Activates the pending authenticator app with a ``code`` it shows: ``.factor`` and
+        ``.recovery_codes`` (10, shown once; earlier ones stop working). A wrong code is
+        :class:`InvalidArgument`; no pending enrollment :class:`FailedPrecondition`.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.ConfirmTotpEnrollmentRequest(code=code)
+        return await self._call(
+            "ConfirmTotpEnrollment",
+            self._factor.ConfirmTotpEnrollment,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def regenerate_recovery_codes(
+        self,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Replaces the caller's recovery codes with 10 new ones (shown once) and returns
+        them; :class:`FailedPrecondition` without an active second factor."""
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.RegenerateRecoveryCodesRequest()
+        response = await self._call(
+            "RegenerateRecoveryCodes",
+            self._factor.RegenerateRecoveryCodes,
+            request,
+            metadata,
+            timeout,
+        )
+        return list(response.recovery_codes)
+
+    async def list_factors(
+        self, *, token: str, timeout: float | None = None
+    ) -> factor_pb2.ListFactorsResponse:
+        """The caller's active factors (``.factors``: ``id``, ``kind`` (``totp`` or
+        ``passkey``), ``name``, ``created_at``, ``last_used_at``, and for passkeys
+        ``backup_eligible`` and ``backed_up``; never a secret) and
+        ``.recovery_codes_remaining`` (retried after UNAVAILABLE)."""
+        metadata = call_metadata(token, token_required=True)
+        request = factor_pb2.ListFactorsRequest()
+        return await self._call("ListFactors", self._factor.ListFactors, request, metadata, timeout)
+
+    async def start_passkey_registration(
+        self,
+        name: str = "",
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> factor_pb2.StartPasskeyRegistrationResponse:
+        """Starts registering a passkey named ``name`` (default "Passkey"): ``.options_json``
+        (a ``PublicKeyCredentialCreationOptionsJSON``, binary fields base64url, for
+        ``navigator.credentials.create`` or ``@simplewebauthn/browser``'s
+        ``startRegistration({optionsJSON})``) and ``.expires_at`` (5 minutes). Starting again
+        replaces the pending registration. Needs the step-up sign-in like every factor
+        change (:class:`ReauthenticationRequired`).
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.StartPasskeyRegistrationRequest(name=name)
+        return await self._call(
+            "StartPasskeyRegistration",
+            self._factor.StartPasskeyRegistration,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def finish_passkey_registration(
+        self,
+        credential_json: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> factor_pb2.FinishPasskeyRegistrationResponse:
+        """Finishes the registration with the browser's ``RegistrationResponseJSON`` (a JSON
+        string: ``JSON.stringify(credential.toJSON())``): ``.factor`` (kind ``passkey``,
+        ``backup_eligible``, ``backed_up``) and ``.recovery_codes`` (10, shown once, when this
+        is the user's first second factor; else empty). A credential that fails the checks
+        (origin, RP id, challenge, format) is :class:`InvalidArgument` on
+        ``credential_json``; no pending registration :class:`FailedPrecondition`.
+        """
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.FinishPasskeyRegistrationRequest(credential_json=credential_json)
+        return await self._call(
+            "FinishPasskeyRegistration",
+            self._factor.FinishPasskeyRegistration,
+            request,
+            metadata,
+            timeout,
+        )
+
+    async def remove_factor(
+        self,
+        factor_id: str,
+        *,
+        token: str,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Removes one of the caller's factors (another user's id is :class:`NotFound`).
+        Removing the last one also removes the recovery codes: sign-in needs the password
+        alone again."""
+        metadata = call_metadata(token, client_ip, user_agent, token_required=True)
+        request = factor_pb2.RemoveFactorRequest(factor_id=factor_id)
+        await self._call("RemoveFactor", self._factor.RemoveFactor, request, metadata, timeout)
 
     # TokenService
 

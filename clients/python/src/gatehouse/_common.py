@@ -39,6 +39,7 @@ IDEMPOTENT_METHODS: Final = frozenset(
         "ListUserAuditEvents",
         "ListConsentRecords",
         "GetPrivacyReport",
+        "ListFactors",
     }
 )
 
@@ -85,7 +86,8 @@ class RetryPolicy:
 
     Only the read-only RPCs (``GetSession``, ``ListSessions``, ``GetProfile``,
     ``ListAuditEvents``, ``ListAccounts``, ``GetJwks``, ``IntrospectToken``, ``ListUsers``,
-    ``GetUser``, ``ListUserAuditEvents``, ``ListConsentRecords``, ``GetPrivacyReport``) are
+    ``GetUser``, ``ListUserAuditEvents``, ``ListConsentRecords``, ``GetPrivacyReport``,
+    ``ListFactors``) are
     retried, and only after ``UNAVAILABLE``. Every attempt stays within the call's one deadline.
     The exports (``ExportMyData``, ``ExportUserData``) only read too, but each is audited and
     counted in the privacy report, so they are not retried.

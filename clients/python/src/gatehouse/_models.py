@@ -7,6 +7,7 @@ unspecified enums and unset timestamps as ``null``, durations as :class:`~dateti
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, get_args
@@ -14,9 +15,9 @@ from typing import Annotated, Any, Final, Literal, get_args
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, profile_pb2
+from ._proto.gatehouse.v1 import admin_pb2, auth_pb2, factor_pb2, profile_pb2
 
 ProgrammingLevelName = Literal["beginner", "intermediate", "advanced"]
 AiKnowledgeLevelName = Literal["none", "basic", "intermediate", "advanced"]
@@ -143,7 +144,9 @@ class UserOut(BaseModel):
 
 
 class SessionOut(BaseModel):
-    """A session (never its token)."""
+    """A session (never its token). ``aal`` is the authenticator assurance level (1: one
+    factor, 2: the sign-in also used a second factor), ``amr`` how the user authenticated
+    (``pwd``, ``oauth``, ``otp``, ``rec``, ``mfa``), ``auth_time`` when."""
 
     id: str
     created_at: datetime | None
@@ -152,6 +155,9 @@ class SessionOut(BaseModel):
     ip_address: str
     user_agent: str
     current: bool
+    aal: int = 1
+    amr: list[str] = Field(default_factory=list)
+    auth_time: datetime | None = None
 
     @classmethod
     def from_proto(cls, session: auth_pb2.Session) -> SessionOut:
@@ -163,6 +169,10 @@ class SessionOut(BaseModel):
             ip_address=session.ip_address,
             user_agent=session.user_agent,
             current=session.current,
+            # 0 from a server older than second factors: one factor.
+            aal=session.aal or 1,
+            amr=list(session.amr),
+            auth_time=timestamp(session, "auth_time"),
         )
 
 
@@ -173,14 +183,64 @@ class SessionInfoOut(BaseModel):
     session: SessionOut
 
 
-class AuthOut(BaseModel):
-    """Result of sign-up and sign-in. ``session`` is null if Gatehouse signed nobody in (a
-    sign-up that must verify its email first). ``session_token`` is only filled when the
-    integration is configured with ``expose_token=True`` (browsers should rely on the cookie)."""
+def parse_options(options_json: str) -> dict[str, Any] | None:
+    """WebAuthn options as Gatehouse sends them (a JSON string) parsed into an object, or None
+    when empty or not a JSON object."""
+    if not options_json:
+        return None
+    try:
+        parsed = json.loads(options_json)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
-    user: UserOut
+
+class SecondFactorRequiredOut(BaseModel):
+    """The password was right; the sign-in needs a second factor too. ``methods``: ``totp``
+    (an authenticator app code), ``passkey``, ``recovery_code``. ``passkey_options`` (with
+    ``passkey`` among the methods): the ``PublicKeyCredentialRequestOptionsJSON`` to pass to
+    ``navigator.credentials.get`` (or ``@simplewebauthn/browser``'s ``startAuthentication``),
+    allowing the user's passkeys. ``expires_at``: when the challenge stops being accepted.
+    ``challenge_token`` (for :meth:`Client.complete_second_factor`) is filled by
+    :meth:`from_proto`; the router keeps it in an HttpOnly cookie instead and puts it in the
+    body only with ``expose_token=True``."""
+
+    methods: list[str]
+    expires_at: datetime | None
+    passkey_options: dict[str, Any] | None = None
+    challenge_token: str | None = None
+
+    @classmethod
+    def from_proto(cls, challenge: auth_pb2.SecondFactorRequired) -> SecondFactorRequiredOut:
+        return cls(
+            methods=list(challenge.methods),
+            expires_at=timestamp(challenge, "expires_at"),
+            passkey_options=parse_options(challenge.passkey_options_json),
+            challenge_token=challenge.challenge_token or None,
+        )
+
+    @classmethod
+    def of(
+        cls, result: auth_pb2.AuthResponse | auth_pb2.CompleteOAuthResponse
+    ) -> SecondFactorRequiredOut | None:
+        """The challenge of a SignIn or CompleteOAuth answer, or None when it signed in."""
+        if not result.HasField("second_factor_required"):
+            return None
+        return cls.from_proto(result.second_factor_required)
+
+
+class AuthOut(BaseModel):
+    """Result of sign-up, sign-in and the second factor. ``session`` is null if Gatehouse
+    signed nobody in: a sign-up that must verify its email first, or a sign-in that needs a
+    second factor, when ``second_factor_required`` is set (and ``user`` null: nothing about
+    the account before both factors). ``session_token`` (and the challenge's token) are only
+    filled when the integration is configured with ``expose_token=True`` (browsers should rely
+    on the cookies)."""
+
+    user: UserOut | None
     session: SessionOut | None
     session_token: str | None = None
+    second_factor_required: SecondFactorRequiredOut | None = None
 
 
 class SessionsOut(BaseModel):
@@ -295,6 +355,221 @@ class SignInIn(BaseModel):
 
     email: str
     password: str
+
+
+#: Longest code either field of :class:`SecondFactorIn` takes (a recovery code is 11
+#: characters; spaces and dashes are allowed).
+MAX_CODE_CHARS: Final = 32
+
+
+#: Largest WebAuthn credential (``RegistrationResponseJSON`` or
+#: ``AuthenticationResponseJSON``) passed on to Gatehouse, as JSON text: an attestation with a
+#: certificate chain is a few KiB.
+MAX_CREDENTIAL_JSON_CHARS: Final = 65_536
+
+
+class PasskeyResponseIn(BaseModel):
+    """The ``response`` member of a WebAuthn credential: base64url strings
+    (``clientDataJSON`` and, for a registration, ``attestationObject``; for a sign-in,
+    ``authenticatorData``, ``signature`` and ``userHandle``). Other members (``transports``,
+    ``publicKey``, ...) pass through unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    clientDataJSON: str = Field(min_length=1)
+
+
+class PasskeyCredentialIn(BaseModel):
+    """A WebAuthn credential in its JSON serialisation: ``credential.toJSON()`` in the
+    browser, or what ``@simplewebauthn/browser``'s ``startRegistration`` and
+    ``startAuthentication`` return (``RegistrationResponseJSON`` /
+    ``AuthenticationResponseJSON``: ``id``, ``rawId``, ``type`` ``"public-key"``,
+    ``response``, ``clientExtensionResults``, ``authenticatorAttachment``). It is checked for
+    this shape only and passed to Gatehouse as sent, which verifies it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=1024)
+    rawId: str = Field(min_length=1, max_length=1024)
+    type: Literal["public-key"]
+    response: PasskeyResponseIn
+
+    def to_json(self) -> str:
+        """The credential as the JSON text Gatehouse takes: the members the browser sent,
+        nothing added."""
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True), separators=(",", ":"))
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PasskeyCredentialIn:
+        if len(self.to_json()) > MAX_CREDENTIAL_JSON_CHARS:
+            raise ValueError(f"a credential is at most {MAX_CREDENTIAL_JSON_CHARS} characters")
+        return self
+
+
+class SecondFactorIn(BaseModel):
+    """The second step of a sign-in: exactly one of ``totp_code`` (the 6 digits the
+    authenticator app shows), ``recovery_code`` (``xxxxx-xxxxx``, single use) or
+    ``passkey_credential`` (the browser's answer to the sign-in's ``passkey_options``, as
+    ``credential.toJSON()`` or ``startAuthentication`` give it). The challenge comes from the
+    cookie sign-in set; ``challenge_token`` is for clients of an integration with
+    ``expose_token=True``, which got it in the sign-in body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    totp_code: str | None = Field(None, min_length=1, max_length=MAX_CODE_CHARS)
+    recovery_code: str | None = Field(None, min_length=1, max_length=MAX_CODE_CHARS)
+    passkey_credential: PasskeyCredentialIn | None = None
+    challenge_token: str | None = Field(None, min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> SecondFactorIn:
+        proofs = (self.totp_code, self.recovery_code, self.passkey_credential)
+        if sum(proof is not None for proof in proofs) != 1:
+            raise ValueError(
+                "give exactly one of totp_code, recovery_code and passkey_credential"
+            )
+        return self
+
+
+class TotpEnrollmentIn(BaseModel):
+    """A name for the authenticator app, shown in the list of factors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=100)
+
+
+class TotpEnrollmentOut(BaseModel):
+    """A pending authenticator app: show ``qr_code_svg`` (an SVG document) to scan, or
+    ``secret`` (base32) to type in, then confirm with a code the app shows before
+    ``expires_at``. The secret is shown only here."""
+
+    factor_id: str
+    secret: str
+    otpauth_uri: str
+    qr_code_svg: str
+    expires_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, started: factor_pb2.StartTotpEnrollmentResponse) -> TotpEnrollmentOut:
+        return cls(
+            factor_id=started.factor_id,
+            secret=started.secret,
+            otpauth_uri=started.otpauth_uri,
+            qr_code_svg=started.qr_code_svg,
+            expires_at=timestamp(started, "expires_at"),
+        )
+
+
+class TotpConfirmIn(BaseModel):
+    """A code the pending authenticator app shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=MAX_CODE_CHARS)
+
+
+class FactorOut(BaseModel):
+    """A second factor (never its secret). ``kind``: ``totp`` or ``passkey``. For a passkey,
+    ``backup_eligible`` says whether it may be synced to the user's other devices and
+    ``backed_up`` whether it is (as of its last use); both are false for ``totp``."""
+
+    id: str
+    kind: str
+    name: str
+    created_at: datetime | None
+    last_used_at: datetime | None
+    backup_eligible: bool = False
+    backed_up: bool = False
+
+    @classmethod
+    def from_proto(cls, factor: factor_pb2.Factor) -> FactorOut:
+        return cls(
+            id=factor.id,
+            kind=factor.kind,
+            name=factor.name,
+            created_at=timestamp(factor, "created_at"),
+            last_used_at=timestamp(factor, "last_used_at"),
+            backup_eligible=factor.backup_eligible,
+            backed_up=factor.backed_up,
+        )
+
+
+class FactorsOut(BaseModel):
+    """The caller's active factors, oldest first, and how many recovery codes are unused."""
+
+    factors: list[FactorOut]
+    recovery_codes_remaining: int
+
+    @classmethod
+    def from_proto(cls, listed: factor_pb2.ListFactorsResponse) -> FactorsOut:
+        return cls(
+            factors=[FactorOut.from_proto(f) for f in listed.factors],
+            recovery_codes_remaining=listed.recovery_codes_remaining,
+        )
+
+
+class RecoveryCodesOut(BaseModel):
+    """Ten one-time recovery codes, shown once: every earlier code stopped working."""
+
+    recovery_codes: list[str]
+
+
+class TotpConfirmedOut(RecoveryCodesOut):
+    """The now active authenticator app, and the user's new recovery codes (shown once)."""
+
+    factor: FactorOut
+
+    @classmethod
+    def from_proto(cls, confirmed: factor_pb2.ConfirmTotpEnrollmentResponse) -> TotpConfirmedOut:
+        return cls(
+            factor=FactorOut.from_proto(confirmed.factor),
+            recovery_codes=list(confirmed.recovery_codes),
+        )
+
+
+class PasskeyRegistrationIn(BaseModel):
+    """A name for the passkey, shown in the list of factors (default "Passkey")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=100)
+
+
+class PasskeyRegisteredOut(BaseModel):
+    """The new passkey, and, when it is the user's first second factor, their 10 recovery
+    codes (shown once; empty otherwise)."""
+
+    factor: FactorOut
+    recovery_codes: list[str]
+
+    @classmethod
+    def from_proto(
+        cls, finished: factor_pb2.FinishPasskeyRegistrationResponse
+    ) -> PasskeyRegisteredOut:
+        return cls(
+            factor=FactorOut.from_proto(finished.factor),
+            recovery_codes=list(finished.recovery_codes),
+        )
+
+
+class ReauthenticationOut(BaseModel):
+    """Why a call needs a new sign-in (the ``detail`` of a 403): ``reason`` is
+    ``reauthentication_required`` (the sign-in is older than ``max_age_seconds``) or
+    ``second_factor_required`` (the user has a second factor this session's sign-in did not
+    use). Sign in again (with the second factor), then retry."""
+
+    error: Literal["reauthentication_required"] = "reauthentication_required"
+    reason: Literal["reauthentication_required", "second_factor_required"]
+    message: str
+    max_age_seconds: int | None = None
+
+
+class ReauthenticationErrorOut(BaseModel):
+    """A 403 asking for a new sign-in: ``{"detail": {"error": "reauthentication_required",
+    "reason": ..., "message": ..., "max_age_seconds": ...}}``."""
+
+    detail: ReauthenticationOut
 
 
 class ChangePasswordIn(BaseModel):

@@ -40,3 +40,23 @@ def privacy_report(
             aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
             getattr(request, field).FromDatetime(aware)
     return request
+
+
+def complete_second_factor(
+    challenge_token: str,
+    totp_code: str | None,
+    recovery_code: str | None,
+    passkey_credential_json: str | None = None,
+) -> auth_pb2.CompleteSecondFactorRequest:
+    """A CompleteSecondFactorRequest with exactly one proof (else ValueError, before any call)."""
+    proofs = {
+        "totp_code": totp_code,
+        "recovery_code": recovery_code,
+        "passkey_credential_json": passkey_credential_json,
+    }
+    given = {name: value for name, value in proofs.items() if value is not None}
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one of totp_code, recovery_code and passkey_credential_json"
+        )
+    return auth_pb2.CompleteSecondFactorRequest(challenge_token=challenge_token, **given)

@@ -24,7 +24,10 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "REAUTHENTICATION_REQUIRED",
+    "ReauthenticationRequired",
     "ResourceExhausted",
+    "SECOND_FACTOR_REQUIRED",
     "Unauthenticated",
     "Unavailable",
     "error_from_rpc_error",
@@ -32,6 +35,13 @@ __all__ = [
 ]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: The ``google.rpc.ErrorInfo`` domain of Gatehouse's own error reasons.
+ERROR_DOMAIN = "gatehouse"
+#: ErrorInfo reason: the session's sign-in is older than the server's step-up age.
+REAUTHENTICATION_REQUIRED = "REAUTHENTICATION_REQUIRED"
+#: ErrorInfo reason: the user has a second factor, but the session's sign-in did not use it.
+SECOND_FACTOR_REQUIRED = "SECOND_FACTOR_REQUIRED"
+_STEP_UP_REASONS = frozenset({REAUTHENTICATION_REQUIRED, SECOND_FACTOR_REQUIRED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,30 @@ class FailedPrecondition(GatehouseError):
     status_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ReauthenticationRequired(FailedPrecondition):
+    """FAILED_PRECONDITION with a step-up reason: the call needs a fresher or stronger sign-in.
+
+    ``reason`` is :data:`REAUTHENTICATION_REQUIRED` (the sign-in is older than the server's
+    ``GATEHOUSE_STEP_UP_MAX_AGE``; ``max_age_seconds`` says how old it may be) or
+    :data:`SECOND_FACTOR_REQUIRED` (the user has a second factor but this session's sign-in
+    did not use it). Either way: ask the user to sign in again (with the second factor), then
+    retry with the new session. A subclass of :class:`FailedPrecondition`, so code that
+    catches that keeps working.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, max_age_seconds: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.max_age_seconds = max_age_seconds
+
+    @property
+    def second_factor_required(self) -> bool:
+        """Whether the new sign-in must use the second factor (not merely be recent)."""
+        return self.reason == SECOND_FACTOR_REQUIRED
+
+
 class ResourceExhausted(GatehouseError):
     """RESOURCE_EXHAUSTED: overloaded or rate-limited. ``retry_after`` is in seconds, if given."""
 
@@ -155,18 +189,29 @@ def _status_details(metadata: Iterable[Any] | None) -> status_pb2.Status | None:
     return None
 
 
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def error_from_status(
     code: grpc.StatusCode, message: str, trailing_metadata: Iterable[Any] | None = None
 ) -> GatehouseError:
     """Builds the exception for a gRPC status and its trailers.
 
-    ``google.rpc.BadRequest`` details become :attr:`InvalidArgument.field_violations` and
-    ``google.rpc.RetryInfo`` becomes :attr:`ResourceExhausted.retry_after`. Codes without a
-    dedicated class give a plain :class:`GatehouseError` carrying the code.
+    ``google.rpc.BadRequest`` details become :attr:`InvalidArgument.field_violations`,
+    ``google.rpc.RetryInfo`` becomes :attr:`ResourceExhausted.retry_after`, and a
+    FAILED_PRECONDITION with a ``google.rpc.ErrorInfo`` of domain ``gatehouse`` and reason
+    ``REAUTHENTICATION_REQUIRED`` or ``SECOND_FACTOR_REQUIRED`` becomes
+    :class:`ReauthenticationRequired`. Codes without a dedicated class give a plain
+    :class:`GatehouseError` carrying the code.
     """
     status = _status_details(trailing_metadata)
     violations: list[FieldViolation] = []
     retry_after: float | None = None
+    step_up: error_details_pb2.ErrorInfo | None = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -179,8 +224,19 @@ def error_from_status(
                 retry_info = error_details_pb2.RetryInfo()
                 detail.Unpack(retry_info)
                 retry_after = retry_info.retry_delay.ToTimedelta().total_seconds()
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                if info.domain == ERROR_DOMAIN and info.reason in _STEP_UP_REASONS:
+                    step_up = info
 
     cls = _BY_CODE.get(code)
+    if cls is FailedPrecondition and step_up is not None:
+        return ReauthenticationRequired(
+            message,
+            reason=step_up.reason,
+            max_age_seconds=_int_or_none(step_up.metadata.get("max_age_seconds")),
+        )
     if cls is InvalidArgument:
         return InvalidArgument(message, field_violations=violations)
     if cls is ResourceExhausted:

@@ -199,6 +199,21 @@ class ServiceClient(_SyncServiceBase):
         document: dict[str, Any] = json.loads(response.document)
         return document
 
+    def reset_second_factors(self, user_id: str, *, timeout: float | None = None) -> int:
+        """Removes every second factor and recovery code of a user who lost them (once an
+        operator has confirmed who they are): they sign in with the password alone and
+        enroll again. Their sessions end and they get a notice; audited (``factors_reset``).
+        Returns how many factors were removed (:class:`NotFound` if there is no such user)."""
+        request = admin_pb2.ResetSecondFactorsRequest(user_id=user_id)
+        response = self._call(
+            "ResetSecondFactors",
+            self._admin.ResetSecondFactors,
+            request,
+            self._service_metadata,
+            timeout,
+        )
+        return response.removed_count
+
     def get_privacy_report(
         self,
         since: datetime | None = None,

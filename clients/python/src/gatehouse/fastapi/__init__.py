@@ -20,6 +20,10 @@ INVALID_ARGUMENT     422, ``detail`` lists field errors like FastAPI's own 422
 ALREADY_EXISTS       409
 FAILED_PRECONDITION  400 (the request cannot be applied as sent, e.g. background profile
                      fields without consent; ``google.rpc.Code``'s own HTTP mapping)
+  with a step-up     403 ``{"detail": {"error": "reauthentication_required", "reason":
+  reason             "reauthentication_required" | "second_factor_required", "message",
+                     "max_age_seconds"}}`` (:class:`gatehouse.ReauthenticationRequired`:
+                     sign in again, with the second factor, and retry)
 RESOURCE_EXHAUSTED   429 with ``Retry-After`` (seconds, from ``google.rpc.RetryInfo``)
 UNAVAILABLE          503 with ``Retry-After: 1`` (also when Gatehouse cannot be reached)
 DEADLINE_EXCEEDED    504
@@ -67,17 +71,28 @@ from .._models import ConsentRecordOut as ConsentRecordOut
 from .._models import ConsentRecordsOut as ConsentRecordsOut
 from .._models import ConsentStateOut as ConsentStateOut
 from .._models import DeleteAccountIn as DeleteAccountIn
+from .._models import FactorOut as FactorOut
+from .._models import FactorsOut as FactorsOut
+from .._models import ReauthenticationErrorOut as ReauthenticationErrorOut
+from .._models import ReauthenticationOut as ReauthenticationOut
+from .._models import RecoveryCodesOut as RecoveryCodesOut
 from .._models import RequestEmailChangeIn as RequestEmailChangeIn
 from .._models import RequestPasswordResetIn as RequestPasswordResetIn
 from .._models import PurposeConsentOut as PurposeConsentOut
 from .._models import ResetPasswordIn as ResetPasswordIn
 from .._models import RetentionSettingsOut as RetentionSettingsOut
 from .._models import RevokedOut as RevokedOut
+from .._models import SecondFactorIn as SecondFactorIn
+from .._models import SecondFactorRequiredOut as SecondFactorRequiredOut
 from .._models import SessionInfoOut as SessionInfoOut
 from .._models import SessionOut as SessionOut
 from .._models import SessionsOut as SessionsOut
 from .._models import SignInIn as SignInIn
 from .._models import SignUpIn as SignUpIn
+from .._models import TotpConfirmedOut as TotpConfirmedOut
+from .._models import TotpConfirmIn as TotpConfirmIn
+from .._models import TotpEnrollmentIn as TotpEnrollmentIn
+from .._models import TotpEnrollmentOut as TotpEnrollmentOut
 from .._models import UserOut as UserOut
 from .._models import VerifyEmailIn as VerifyEmailIn
 from .._models import field_location as field_location
@@ -88,10 +103,12 @@ from .caller import CurrentUser
 from .caller import UserDependency as UserDependency
 from .cookies import DEFAULT_COOKIE_NAME as DEFAULT_COOKIE_NAME
 from .cookies import DEFAULT_OAUTH_STATE_COOKIE as DEFAULT_OAUTH_STATE_COOKIE
+from .cookies import DEFAULT_SECOND_FACTOR_COOKIE as DEFAULT_SECOND_FACTOR_COOKIE
 from .cookies import HOST_PREFIX as HOST_PREFIX
 from .cookies import SameSite as SameSite
 from .errors import ErrorOut as ErrorOut
 from .errors import error_responses as error_responses
+from .errors import reauthentication_responses as reauthentication_responses
 from .errors import gatehouse_exception_handler, http_exception
 from .integration import BEARER_SCHEME_NAME as BEARER_SCHEME_NAME
 from .integration import COOKIE_SCHEME_NAME as COOKIE_SCHEME_NAME

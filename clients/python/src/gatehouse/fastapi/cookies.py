@@ -1,5 +1,5 @@
-"""The session and OAuth state cookies: their names, the prefix rules, and the methods of
-:class:`gatehouse.fastapi.Gatehouse` that set, read and clear them."""
+"""The session, OAuth state, second-factor and passkey sign-in cookies: their names, the prefix
+rules, and the methods of :class:`gatehouse.fastapi.Gatehouse` that set, read and clear them."""
 
 import base64
 import re
@@ -14,6 +14,11 @@ from .origins import _safe_redirect
 
 DEFAULT_COOKIE_NAME: Final = "gatehouse_session"
 DEFAULT_OAUTH_STATE_COOKIE: Final = "gatehouse_oauth_state"
+DEFAULT_SECOND_FACTOR_COOKIE: Final = "gatehouse_second_factor"
+DEFAULT_PASSKEY_COOKIE: Final = "gatehouse_passkey"
+#: A challenge token is cookie-safe ASCII (RFC 6265 cookie-octets: no space, ``"``, ``,``,
+#: ``;`` or backslash); anything else in the cookie is ignored (never sent to Gatehouse).
+_CHALLENGE_RE: Final = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,1024}")
 HOST_PREFIX: Final = "__Host-"
 _SECURE_PREFIX: Final = "__Secure-"
 SameSite = Literal["lax", "strict", "none"]
@@ -82,10 +87,13 @@ class _Cookies:
     cookie_path: str
     cookie_samesite: SameSite
     oauth_state_cookie_name: str
+    second_factor_cookie_name: str
+    passkey_cookie_name: str
 
-    # One set of attributes for both cookies: HttpOnly so no script reads them, Secure as
+    # One set of attributes for the cookies: HttpOnly so no script reads them, Secure as
     # configured, the configured Path and Domain. SameSite is the setting for the session
-    # cookie, and always Lax for the state cookie, which must come back on the provider's
+    # cookie, the second-factor cookie and the passkey cookie (sent back by the page's own
+    # POST, like the session cookie), and always Lax for the state cookie, which must come back on the provider's
     # top-level (cross-site) redirect to the OAuth callback: Strict would not send it.
 
     def _set_cookie(
@@ -170,3 +178,41 @@ class _Cookies:
     def clear_oauth_state_cookie(self, response: Response) -> None:
         """Expires the state cookie."""
         self._delete_cookie(response, self.oauth_state_cookie_name, "lax")
+
+    def set_second_factor_cookie(
+        self, response: Response, challenge_token: str, max_age: int
+    ) -> None:
+        """Keeps a sign-in's second-factor challenge in a short-lived HttpOnly cookie (SameSite
+        as the session cookie), until ``POST second-factor`` completes it."""
+        self._set_cookie(
+            response, self.second_factor_cookie_name, challenge_token, max_age, self.cookie_samesite
+        )
+
+    def second_factor_from_request(self, request: Request) -> str | None:
+        """The challenge token from the second-factor cookie, or None if absent or malformed."""
+        value = request.cookies.get(self.second_factor_cookie_name)
+        if not value or not _CHALLENGE_RE.fullmatch(value):
+            return None
+        return value
+
+    def clear_second_factor_cookie(self, response: Response) -> None:
+        """Expires the second-factor cookie."""
+        self._delete_cookie(response, self.second_factor_cookie_name, self.cookie_samesite)
+
+    def set_passkey_cookie(self, response: Response, challenge_id: str, max_age: int) -> None:
+        """Keeps a passkey sign-in's ceremony id in a short-lived HttpOnly cookie (SameSite as
+        the session cookie), until ``POST passkeys/sign-in`` spends it."""
+        self._set_cookie(
+            response, self.passkey_cookie_name, challenge_id, max_age, self.cookie_samesite
+        )
+
+    def passkey_challenge_from_request(self, request: Request) -> str | None:
+        """The ceremony id from the passkey cookie, or None if absent or malformed."""
+        value = request.cookies.get(self.passkey_cookie_name)
+        if not value or not _CHALLENGE_RE.fullmatch(value):
+            return None
+        return value
+
+    def clear_passkey_cookie(self, response: Response) -> None:
+        """Expires the passkey cookie."""
+        self._delete_cookie(response, self.passkey_cookie_name, self.cookie_samesite)

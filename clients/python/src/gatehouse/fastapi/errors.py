@@ -18,13 +18,20 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ReauthenticationRequired,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
-from .._models import field_location
+from .._models import ReauthenticationErrorOut, ReauthenticationOut, field_location
 
-__all__ = ["ErrorOut", "error_responses", "gatehouse_exception_handler", "http_exception"]
+__all__ = [
+    "ErrorOut",
+    "error_responses",
+    "gatehouse_exception_handler",
+    "http_exception",
+    "reauthentication_responses",
+]
 
 
 class ErrorOut(BaseModel):
@@ -40,8 +47,9 @@ ERROR_DESCRIPTIONS: Final[Mapping[int, str]] = {
     400: "The request cannot be applied as sent (Gatehouse's FAILED_PRECONDITION)",
     401: "Not signed in, or the session was refused (expired, revoked); "
     "`WWW-Authenticate: Bearer`",
-    403: "Refused: a cross-site request, a permission Gatehouse denies, or an unverified "
-    "address where one is required",
+    403: "Refused: a cross-site request, a permission Gatehouse denies, an unverified "
+    "address where one is required, or a sign-in too old or without the second factor "
+    '(`{"detail": {"error": "reauthentication_required", "reason": ...}}`)',
     404: "Not found",
     409: "Already exists (e.g. an account uses this address)",
     429: "Too many attempts; wait `Retry-After` seconds",
@@ -59,7 +67,30 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         for code in codes
     }
 
+
+def reauthentication_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`error_responses` for a route that may ask for a new sign-in: its 403 is
+    documented with :class:`ReauthenticationErrorOut` (a cross-site refusal is still
+    ``{"detail": "..."}``)."""
+    responses = error_responses(*codes)
+    responses[403] = {
+        "model": ReauthenticationErrorOut,
+        "description": "A new sign-in is needed (`reason`: `reauthentication_required`, the "
+        "sign-in is too old; `second_factor_required`, it did not use the second factor); "
+        'or a cross-site request (`{"detail": "cross-site request refused: ..."}`)',
+    }
+    return responses
+
+
+#: ``ReauthenticationRequired.reason`` -> the ``reason`` of the HTTP answer.
+_STEP_UP_REASONS: Final[Mapping[str, str]] = {
+    "REAUTHENTICATION_REQUIRED": "reauthentication_required",
+    "SECOND_FACTOR_REQUIRED": "second_factor_required",
+}
+
 _STATUS_BY_ERROR: Final[tuple[tuple[type[GatehouseError], int], ...]] = (
+    # Before FailedPrecondition, its base class: 403 (the caller must sign in again), not 400.
+    (ReauthenticationRequired, status.HTTP_403_FORBIDDEN),
     (Unauthenticated, status.HTTP_401_UNAUTHORIZED),
     (PermissionDenied, status.HTTP_403_FORBIDDEN),
     (NotFound, status.HTTP_404_NOT_FOUND),
@@ -107,7 +138,15 @@ def http_exception(
     )
     headers: dict[str, str] = {}
     detail: Any = exc.message
-    if isinstance(exc, Unauthenticated):
+    if isinstance(exc, ReauthenticationRequired):
+        detail = ReauthenticationOut.model_validate(
+            {
+                "reason": _STEP_UP_REASONS.get(exc.reason, "reauthentication_required"),
+                "message": exc.message,
+                "max_age_seconds": exc.max_age_seconds,
+            }
+        ).model_dump(mode="json")
+    elif isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, InvalidArgument):
         detail = [

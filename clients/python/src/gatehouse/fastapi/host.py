@@ -75,3 +75,29 @@ class RouterHost(Protocol):
     def clear_oauth_state_cookie(self, response: Response) -> None:
         """Expires the state cookie."""
         ...
+
+    def set_second_factor_cookie(
+        self, response: Response, challenge_token: str, max_age: int
+    ) -> None:
+        """Keeps a sign-in's second-factor challenge in a short-lived cookie."""
+        ...
+
+    def second_factor_from_request(self, request: Request) -> str | None:
+        """The challenge token from the second-factor cookie, or None."""
+        ...
+
+    def clear_second_factor_cookie(self, response: Response) -> None:
+        """Expires the second-factor cookie."""
+        ...
+
+    def set_passkey_cookie(self, response: Response, challenge_id: str, max_age: int) -> None:
+        """Keeps a passkey sign-in's ceremony id in a short-lived cookie."""
+        ...
+
+    def passkey_challenge_from_request(self, request: Request) -> str | None:
+        """The ceremony id from the passkey cookie, or None."""
+        ...
+
+    def clear_passkey_cookie(self, response: Response) -> None:
+        """Expires the passkey cookie."""
+        ...

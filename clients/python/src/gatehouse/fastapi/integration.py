@@ -22,6 +22,8 @@ from .caller import ClientMeta, CurrentUser, UserDependency
 from .cookies import (
     DEFAULT_COOKIE_NAME,
     DEFAULT_OAUTH_STATE_COOKIE,
+    DEFAULT_PASSKEY_COOKIE,
+    DEFAULT_SECOND_FACTOR_COOKIE,
     SameSite,
     _check_cookie,
     _Cookies,
@@ -70,6 +72,18 @@ class Gatehouse(_Cookies):
     neither is 404. The flow's state travels in the short-lived cookie
     ``oauth_state_cookie_name`` (HttpOnly, SameSite=Lax, Secure as ``cookie_secure``).
 
+    Second factors: a sign-in (password or provider) of a user with a second factor answers
+    ``second_factor_required`` and keeps the challenge in the short-lived cookie
+    ``second_factor_cookie_name`` (HttpOnly, SameSite as the session cookie, living until the
+    challenge expires, at most 5 minutes), which ``POST /second-factor`` completes.
+
+    Passkeys (WebAuthn): ``POST /passkeys/register/options`` and ``/passkeys/register`` add
+    one to the signed-in user; ``POST /passkeys/sign-in/options`` and ``/passkeys/sign-in``
+    sign in without a password. The sign-in ceremony's id travels in the short-lived cookie
+    ``passkey_cookie_name`` (HttpOnly, SameSite as the session cookie, at most 5 minutes).
+    Gatehouse checks each credential's origin against its ``GATEHOUSE_WEBAUTHN_ORIGINS`` and
+    RP id ``GATEHOUSE_WEBAUTHN_RP_ID``: the page's exact origin must be listed there.
+
     Cross-site request forgery: a state-changing request (any method but GET, HEAD and
     OPTIONS) that is not authenticated by ``Authorization: Bearer`` is refused with 403 when
     it comes from a page of another origin: on every route of :meth:`router` and wherever
@@ -82,7 +96,7 @@ class Gatehouse(_Cookies):
     ``trusted_origins`` (``https://book.example.org``, exact scheme, host and port) adds
     front ends on other origins; ``oauth_base_url``'s origin is trusted as well.
 
-    ``cookie_host_prefix`` names the cookies ``__Host-<name>``: the browser then only accepts
+    ``cookie_host_prefix`` names the cookies (all four) ``__Host-<name>``: the browser then only accepts
     them Secure, with Path=/ and no Domain, so a sibling subdomain cannot set or shadow them.
     Settings that contradict that (``cookie_secure=False``, a ``cookie_domain``, another
     ``cookie_path``) raise ValueError here, as do SameSite=None without Secure, an unknown
@@ -123,6 +137,8 @@ class Gatehouse(_Cookies):
         oauth_base_url: str | None = None,
         oauth_callback_path: str = DEFAULT_OAUTH_CALLBACK_PATH,
         oauth_state_cookie_name: str = DEFAULT_OAUTH_STATE_COOKIE,
+        second_factor_cookie_name: str = DEFAULT_SECOND_FACTOR_COOKIE,
+        passkey_cookie_name: str = DEFAULT_PASSKEY_COOKIE,
         trusted_origins: Iterable[str] = (),
         cookie_host_prefix: bool = False,
         degrade_public_to_anonymous: bool = False,
@@ -130,9 +146,17 @@ class Gatehouse(_Cookies):
         if cookie_host_prefix:
             cookie_name = _with_prefix(cookie_name)
             oauth_state_cookie_name = _with_prefix(oauth_state_cookie_name)
+            second_factor_cookie_name = _with_prefix(second_factor_cookie_name)
+            passkey_cookie_name = _with_prefix(passkey_cookie_name)
         cookie_samesite = _samesite(cookie_samesite)
         _check_cookie(cookie_name, cookie_secure, cookie_domain, cookie_path, cookie_samesite)
         _check_cookie(oauth_state_cookie_name, cookie_secure, cookie_domain, cookie_path)
+        _check_cookie(
+            second_factor_cookie_name, cookie_secure, cookie_domain, cookie_path, cookie_samesite
+        )
+        _check_cookie(
+            passkey_cookie_name, cookie_secure, cookie_domain, cookie_path, cookie_samesite
+        )
         origins: set[str] = set()
         for entry in [*trusted_origins, *([oauth_base_url] if oauth_base_url else [])]:
             origin = _origin(entry)
@@ -151,6 +175,8 @@ class Gatehouse(_Cookies):
         self.oauth_base_url = oauth_base_url.rstrip("/") if oauth_base_url else None
         self.oauth_callback_path = oauth_callback_path
         self.oauth_state_cookie_name = oauth_state_cookie_name
+        self.second_factor_cookie_name = second_factor_cookie_name
+        self.passkey_cookie_name = passkey_cookie_name
         self.service = service
         self.watch: AsyncRevocationWatch | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -388,9 +414,11 @@ class Gatehouse(_Cookies):
         ``POST /verify-email``, ``POST /request-password-reset``, ``POST /reset-password``,
         ``POST /request-email-change``; history: ``GET /audit-events``; service mesh:
         ``POST /access-token``; provider sign-in: ``GET /oauth/{provider}/start``,
-        ``GET /oauth/{provider}/callback``; privacy: ``GET /export`` (the caller's data as a
-        JSON download), ``GET /consents``, ``POST /consents``. Every state-changing route
-        applies :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
+        ``GET /oauth/{provider}/callback``; second factors: ``POST /second-factor``,
+        ``GET /factors``, ``POST /factors/totp``, ``POST /factors/totp/confirm``,
+        ``POST /factors/recovery-codes``, ``DELETE /factors/{id}``; privacy: ``GET /export``
+        (the caller's data as a JSON download), ``GET /consents``, ``POST /consents``.
+        Every state-changing route applies :meth:`check_origin` (sign-in and sign-up too: no login forgery from another site).
         ``POST /sign-out`` always clears the cookie and answers 204, revoking the session
         at Gatehouse when it can (if it cannot, a warning is logged and the session lives
         until it expires, unless revoked later).

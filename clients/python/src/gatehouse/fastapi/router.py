@@ -5,10 +5,12 @@
 
 import hmac
 import logging
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from .._models import (
@@ -21,26 +23,38 @@ from .._models import (
     ConsentRecordsOut,
     ConsentStateOut,
     DeleteAccountIn,
+    FactorsOut,
     MessageOut,
+    PasskeyCredentialIn,
+    PasskeyRegisteredOut,
+    PasskeyRegistrationIn,
     ProfileIn,
     ProfileOut,
     RequestEmailChangeIn,
+    RecoveryCodesOut,
     RequestPasswordResetIn,
     ResetPasswordIn,
     RevokedOut,
+    SecondFactorIn,
+    SecondFactorRequiredOut,
     SessionInfoOut,
     SessionOut,
     SessionsOut,
     SignInIn,
     SignUpIn,
+    TotpConfirmedOut,
+    TotpConfirmIn,
+    TotpEnrollmentIn,
+    TotpEnrollmentOut,
     UserOut,
     VerifyEmailIn,
+    parse_options,
     timestamp,
 )
 from .._proto.gatehouse.v1 import auth_pb2
-from ..errors import GatehouseError, Unauthenticated
+from ..errors import GatehouseError, InvalidArgument, Unauthenticated
 from .caller import CurrentUser
-from .errors import _http_errors, error_responses, http_exception
+from .errors import _http_errors, error_responses, http_exception, reauthentication_responses
 from .host import RouterHost
 from .origins import _REDIRECT_TO_MAX, _safe_redirect
 
@@ -50,6 +64,21 @@ _log = logging.getLogger("gatehouse.fastapi")
 
 #: Upper bound of the state cookie's life when Gatehouse gives no expiry (seconds).
 _OAUTH_STATE_MAX_AGE: Final = 600
+#: Upper bound of the second-factor cookie's life (seconds): Gatehouse's challenges live 5
+#: minutes.
+_SECOND_FACTOR_MAX_AGE: Final = 300
+#: The query parameter added to ``redirect_to`` when a provider sign-in needs a second factor.
+SECOND_FACTOR_QUERY: Final = "second_factor"
+#: Upper bound of the passkey cookie's life (seconds): Gatehouse's ceremonies live 5 minutes.
+_PASSKEY_MAX_AGE: Final = 300
+_NO_PASSKEY_SIGN_IN: Final = (
+    "no passkey sign-in is in progress in this browser (it expired or was used): "
+    "start again with POST passkeys/sign-in/options"
+)
+_NO_SECOND_FACTOR: Final = (
+    "no sign-in is waiting for a second factor in this browser (it expired or was "
+    "completed): sign in again"
+)
 _RESET_REQUESTED: Final = "If an account uses this address, a password reset link is on its way."
 #: Where FastAPI's own 422 puts the provider routes' fields: ``provider`` is a path parameter,
 #: the rest (``code``, ``state``) are query parameters.
@@ -68,10 +97,18 @@ def build_router(gh: RouterHost, *, tags: list[str] | None = None) -> APIRouter:
     _add_token_routes(router, gh)
     _add_oauth_routes(router, gh)
     _add_privacy_routes(router, gh)
+    _add_factor_routes(router, gh)
+    _add_passkey_routes(router, gh)
     return router
 
 
 def _auth_out(gh: RouterHost, result: auth_pb2.AuthResponse) -> AuthOut:
+    challenge = SecondFactorRequiredOut.of(result)
+    if challenge is not None:
+        # Nothing about the account before the second factor; the token is in the cookie.
+        if not gh.expose_token:
+            challenge = challenge.model_copy(update={"challenge_token": None})
+        return AuthOut(user=None, session=None, second_factor_required=challenge)
     signed_in = result.HasField("session") and bool(result.session_token)
     return AuthOut(
         user=UserOut.from_proto(result.user),
@@ -80,8 +117,37 @@ def _auth_out(gh: RouterHost, result: auth_pb2.AuthResponse) -> AuthOut:
     )
 
 
-def _set_cookie_for(gh: RouterHost, response: Response, result: auth_pb2.AuthResponse) -> None:
-    if result.HasField("session") and result.session_token:
+def _max_age_until(
+    message: auth_pb2.SecondFactorRequired | auth_pb2.StartPasskeySignInResponse, ceiling: int
+) -> int:
+    """Seconds a short-lived cookie lives: until ``message.expires_at``, at most ``ceiling``."""
+    max_age = ceiling
+    if message.HasField("expires_at"):
+        expires = message.expires_at.ToDatetime(tzinfo=UTC)
+        left = int((expires - datetime.now(UTC)).total_seconds())
+        max_age = max(1, min(left, ceiling))
+    return max_age
+
+
+def _challenge_max_age(challenge: auth_pb2.SecondFactorRequired) -> int:
+    """Seconds the second-factor cookie lives: until the challenge expires, at most
+    _SECOND_FACTOR_MAX_AGE."""
+    return _max_age_until(challenge, _SECOND_FACTOR_MAX_AGE)
+
+
+def _set_cookie_for(
+    gh: RouterHost,
+    response: Response,
+    result: auth_pb2.AuthResponse | auth_pb2.CompleteOAuthResponse,
+) -> None:
+    """The session cookie of a sign-in, or the second-factor cookie of one that needs it."""
+    if result.HasField("second_factor_required"):
+        challenge = result.second_factor_required
+        response.headers["Cache-Control"] = "no-store"
+        gh.set_second_factor_cookie(
+            response, challenge.challenge_token, _challenge_max_age(challenge)
+        )
+    elif result.HasField("session") and result.session_token:
         gh.set_session_cookie(response, result.session_token, result.session)
 
 
@@ -107,12 +173,44 @@ def _add_session_routes(router: APIRouter, gh: RouterHost) -> None:
 
     @router.post("/sign-in", responses=error_responses(401, 403, 429, 503, 504))
     async def sign_in(body: SignInIn, request: Request, response: Response) -> AuthOut:
-        """Signs in and sets the session cookie."""
+        """Signs in and sets the session cookie. For a user with a second factor, the answer
+        is ``{"user": null, "session": null, "second_factor_required": {"methods",
+        "expires_at"}}`` and the challenge goes into a short-lived HttpOnly cookie instead:
+        finish with ``POST second-factor``."""
         with _http_errors():
             result = await gh.client.sign_in(
                 body.email, body.password, **gh.client_meta(request)
             )
         _set_cookie_for(gh, response, result)
+        return _auth_out(gh, result)
+
+    @router.post("/second-factor", responses=error_responses(400, 401, 403, 429, 503, 504))
+    async def second_factor(
+        body: SecondFactorIn, request: Request, response: Response
+    ) -> AuthOut:
+        """Finishes a sign-in that answered ``second_factor_required``, with
+        ``{"totp_code"}``, ``{"recovery_code"}`` or ``{"passkey_credential"}`` (the
+        browser's answer to ``second_factor_required.passkey_options``: ``credential.toJSON()``
+        or ``startAuthentication``'s result), and sets the session cookie as sign-in does. 400
+        if no challenge is waiting in this browser (the cookie expired, or the sign-in was
+        completed); a wrong or already used code, or a passkey answer Gatehouse refuses, is
+        401, and the challenge stays (try again until it expires; wrong codes count towards
+        the account's lockout)."""
+        challenge = body.challenge_token or gh.second_factor_from_request(request)
+        if challenge is None:
+            raise HTTPException(status_code=status.HTTP_400_BAD_REQUEST, detail=_NO_SECOND_FACTOR)
+        passkey = body.passkey_credential
+        with _http_errors():
+            result = await gh.client.complete_second_factor(
+                challenge,
+                totp_code=body.totp_code,
+                recovery_code=body.recovery_code,
+                passkey_credential_json=passkey.to_json() if passkey is not None else None,
+                **meta(request),
+            )
+        gh.clear_second_factor_cookie(response)
+        _set_cookie_for(gh, response, result)
+        response.headers["Cache-Control"] = "no-store"
         return _auth_out(gh, result)
 
     @router.post(
@@ -392,26 +490,37 @@ def _bad_state(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status.HTTP_400_BAD_REQUEST)
 
 
+def _with_query(target: str, name: str, value: str) -> str:
+    """The same-site path ``target`` with ``name=value`` added to its query."""
+    parts = urlsplit(target)
+    query = f"{parts.query}&{name}={value}" if parts.query else f"{name}={value}"
+    return urlunsplit(("", "", parts.path, query, parts.fragment))
+
+
 def _signed_in(
     gh: RouterHost, result: auth_pb2.CompleteOAuthResponse, redirect_to: str | None
 ) -> Response:
-    """The callback's answer once Gatehouse has signed the browser in."""
+    """The callback's answer once Gatehouse has signed the browser in (or asked for the
+    second factor: then the redirect target gets ``?second_factor=required``)."""
     response: Response
+    needs_factor = result.HasField("second_factor_required")
     if redirect_to:
-        response = RedirectResponse(redirect_to, status_code=status.HTTP_302_FOUND)
+        target = redirect_to
+        if needs_factor:
+            target = _with_query(redirect_to, SECOND_FACTOR_QUERY, "required")
+        response = RedirectResponse(target, status_code=status.HTTP_302_FOUND)
     else:
-        out = _auth_out(
-            gh,
-            auth_pb2.AuthResponse(
-                user=result.user,
-                session=result.session,
-                session_token=result.session_token,
-            ),
+        as_auth = auth_pb2.AuthResponse(
+            user=result.user,
+            session=result.session,
+            session_token=result.session_token,
         )
+        if needs_factor:
+            as_auth.second_factor_required.CopyFrom(result.second_factor_required)
+        out = _auth_out(gh, as_auth)
         response = JSONResponse({**out.model_dump(mode="json"), "is_new_user": result.is_new_user})
     response.headers["Cache-Control"] = "no-store"
-    if result.HasField("session") and result.session_token:
-        gh.set_session_cookie(response, result.session_token, result.session)
+    _set_cookie_for(gh, response, result)
     gh.clear_oauth_state_cookie(response)
     return response
 
@@ -533,3 +642,215 @@ def _add_privacy_routes(router: APIRouter, gh: RouterHost) -> None:
                 body.purpose, body.granted, token=user.token, **meta(request)
             )
         return ConsentStateOut.from_proto(state)
+
+
+def _add_factor_routes(router: APIRouter, gh: RouterHost) -> None:
+    """The caller's second factors: an authenticator app (TOTP) and recovery codes.
+
+    Gatehouse lets only a recent sign-in (``GATEHOUSE_STEP_UP_MAX_AGE``, 15 minutes by
+    default) change them, and once there is a second factor only a sign-in that used it;
+    otherwise these routes answer 403 with ``{"detail": {"error": "reauthentication_required",
+    "reason": ...}}``. Answers holding a secret or codes are ``Cache-Control: no-store``."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    @router.get("/factors", responses=reauthentication_responses(401, 403, 503, 504))
+    async def list_factors(user: User) -> FactorsOut:
+        """The caller's active second factors (never a secret) and how many recovery codes
+        are left."""
+        with _http_errors():
+            listed = await gh.client.list_factors(token=user.token)
+        return FactorsOut.from_proto(listed)
+
+    @router.post("/factors/totp", responses=reauthentication_responses(401, 403, 409, 503, 504))
+    async def start_totp_enrollment(
+        user: User,
+        request: Request,
+        response: Response,
+        body: Annotated[TotpEnrollmentIn | None, Body()] = None,
+    ) -> TotpEnrollmentOut:
+        """Starts enrolling an authenticator app (``{"name"}``, optional): its secret, the
+        ``otpauth://`` URI and a QR code of it (``qr_code_svg``, an SVG document). Nothing is
+        active until ``POST factors/totp/confirm``; starting again replaces the pending
+        secret. 409 if the caller already has an authenticator app (remove it first)."""
+        name = body.name if body is not None else ""
+        with _http_errors():
+            started = await gh.client.start_totp_enrollment(
+                name, token=user.token, **meta(request)
+            )
+        response.headers["Cache-Control"] = "no-store"
+        return TotpEnrollmentOut.from_proto(started)
+
+    @router.post(
+        "/factors/totp/confirm",
+        responses=reauthentication_responses(400, 401, 403, 429, 503, 504),
+    )
+    async def confirm_totp_enrollment(
+        body: TotpConfirmIn, user: User, request: Request, response: Response
+    ) -> TotpConfirmedOut:
+        """Activates the pending authenticator app with a code it shows (``{"code"}``) and
+        returns 10 new recovery codes, shown once. A wrong code is 422 on ``code``; no pending
+        enrollment 400."""
+        with _http_errors():
+            confirmed = await gh.client.confirm_totp_enrollment(
+                body.code, token=user.token, **meta(request)
+            )
+        response.headers["Cache-Control"] = "no-store"
+        return TotpConfirmedOut.from_proto(confirmed)
+
+    @router.post(
+        "/factors/recovery-codes",
+        responses=reauthentication_responses(400, 401, 403, 503, 504),
+    )
+    async def regenerate_recovery_codes(
+        user: User, request: Request, response: Response
+    ) -> RecoveryCodesOut:
+        """Replaces the recovery codes with 10 new ones (shown once); 400 without an active
+        second factor."""
+        with _http_errors():
+            codes = await gh.client.regenerate_recovery_codes(token=user.token, **meta(request))
+        response.headers["Cache-Control"] = "no-store"
+        return RecoveryCodesOut(recovery_codes=codes)
+
+    @router.delete(
+        "/factors/{factor_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=reauthentication_responses(401, 403, 404, 503, 504),
+    )
+    async def remove_factor(
+        factor_id: Annotated[str, Path(min_length=1, max_length=128)],
+        user: User,
+        request: Request,
+    ) -> Response:
+        """Removes one of the caller's factors (404 for one they do not have). Removing the
+        last one removes the recovery codes too: sign-in needs the password alone again."""
+        with _http_errors(location="path"):
+            await gh.client.remove_factor(factor_id, token=user.token, **meta(request))
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _credential_errors() -> AbstractContextManager[None]:
+    """Gatehouse's INVALID_ARGUMENT on ``credential_json`` as a 422 on the request body (the
+    body is the credential)."""
+    return _http_errors(strip_field_prefix="credential_json")
+
+
+def _add_passkey_routes(router: APIRouter, gh: RouterHost) -> None:
+    """Passkeys (WebAuthn): registering one for the signed-in user, and signing in with one
+    without a password.
+
+    Each ceremony is two JSON calls around the browser's ``navigator.credentials.create`` /
+    ``.get``: the options (WebAuthn's ``PublicKeyCredentialCreationOptionsJSON`` /
+    ``PublicKeyCredentialRequestOptionsJSON``, binary members as base64url strings, as
+    ``PublicKeyCredential.parseCreationOptionsFromJSON`` and ``@simplewebauthn/browser``'s
+    ``startRegistration({optionsJSON})`` take them), then the credential the browser made
+    (``credential.toJSON()``, or what ``startRegistration`` / ``startAuthentication``
+    return). Gatehouse verifies the credential, including that the page's origin is one of
+    its ``GATEHOUSE_WEBAUTHN_ORIGINS``. Registering needs the step-up sign-in of every factor
+    change (403 ``reauthentication_required`` otherwise)."""
+    User = Annotated[CurrentUser, Depends(gh.current_user)]
+    meta = gh.client_meta
+
+    @router.post(
+        "/passkeys/register/options",
+        responses=reauthentication_responses(401, 403, 503, 504),
+    )
+    async def passkey_registration_options(
+        user: User,
+        request: Request,
+        response: Response,
+        body: Annotated[PasskeyRegistrationIn | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Starts registering a passkey (``{"name"}``, optional; default "Passkey"): the
+        ``PublicKeyCredentialCreationOptionsJSON`` to create it with. Starting again replaces
+        the pending registration, which lapses after 5 minutes."""
+        name = body.name if body is not None else ""
+        with _http_errors():
+            started = await gh.client.start_passkey_registration(
+                name, token=user.token, **meta(request)
+            )
+        options = parse_options(started.options_json)
+        if options is None:
+            raise HTTPException(
+                status_code=status.HTTP_502_BAD_GATEWAY, detail="authentication service error"
+            )
+        response.headers["Cache-Control"] = "no-store"
+        return options
+
+    @router.post(
+        "/passkeys/register",
+        responses=reauthentication_responses(400, 401, 403, 503, 504),
+    )
+    async def passkey_registration(
+        body: PasskeyCredentialIn, user: User, request: Request, response: Response
+    ) -> PasskeyRegisteredOut:
+        """Finishes the registration with the credential the browser created (the body is
+        the ``RegistrationResponseJSON``) and returns the new factor, with the 10 recovery
+        codes (shown once) when it is the caller's first second factor. A credential
+        Gatehouse refuses (another origin or RP id, another challenge, a malformed
+        attestation) is 422 on the body; no registration in progress 400."""
+        with _credential_errors():
+            finished = await gh.client.finish_passkey_registration(
+                body.to_json(), token=user.token, **meta(request)
+            )
+        response.headers["Cache-Control"] = "no-store"
+        return PasskeyRegisteredOut.from_proto(finished)
+
+    @router.post("/passkeys/sign-in/options", responses=error_responses(403, 429, 503, 504))
+    async def passkey_sign_in_options(request: Request, response: Response) -> dict[str, Any]:
+        """Starts a passwordless sign-in: the ``PublicKeyCredentialRequestOptionsJSON`` for
+        ``navigator.credentials.get`` (any passkey of this site). The ceremony's id goes into
+        a short-lived HttpOnly cookie, for ``POST passkeys/sign-in`` (5 minutes, single
+        use)."""
+        with _http_errors():
+            started = await gh.client.start_passkey_sign_in(**meta(request))
+        options = parse_options(started.options_json)
+        if options is None or not started.challenge_id:
+            raise HTTPException(
+                status_code=status.HTTP_502_BAD_GATEWAY, detail="authentication service error"
+            )
+        response.headers["Cache-Control"] = "no-store"
+        gh.set_passkey_cookie(
+            response, started.challenge_id, _max_age_until(started, _PASSKEY_MAX_AGE)
+        )
+        return options
+
+    @router.post(
+        "/passkeys/sign-in",
+        response_model=None,
+        responses={
+            200: {"model": AuthOut, "description": "Signed in: the session cookie is set"},
+            **error_responses(400, 401, 403, 429, 503, 504),
+        },
+    )
+    async def passkey_sign_in(body: PasskeyCredentialIn, request: Request) -> Response:
+        """Finishes a passkey sign-in with the browser's answer (the body is the
+        ``AuthenticationResponseJSON``) and sets the session cookie as sign-in does (the
+        session has ``aal`` 2: the passkey verified its user). 400 if no passkey sign-in is in
+        progress in this browser (the cookie expired or was used); a passkey Gatehouse
+        refuses (unknown, another origin, a bad signature, a lapsed ceremony) is 401. The
+        ceremony is spent either way: start again with ``POST passkeys/sign-in/options``."""
+        challenge_id = gh.passkey_challenge_from_request(request)
+        if challenge_id is None:
+            return JSONResponse(
+                {"detail": _NO_PASSKEY_SIGN_IN}, status_code=status.HTTP_400_BAD_REQUEST
+            )
+        answer: Response
+        try:
+            result = await gh.client.finish_passkey_sign_in(
+                challenge_id, body.to_json(), **meta(request)
+            )
+        except GatehouseError as exc:
+            if isinstance(exc, InvalidArgument):
+                # A credential Gatehouse cannot read at all is as good as a wrong one.
+                exc = Unauthenticated(exc.message)
+            http = http_exception(exc)
+            answer = JSONResponse(
+                {"detail": http.detail}, status_code=http.status_code, headers=http.headers
+            )
+        else:
+            answer = JSONResponse(_auth_out(gh, result).model_dump(mode="json"))
+            _set_cookie_for(gh, answer, result)
+        answer.headers["Cache-Control"] = "no-store"
+        gh.clear_passkey_cookie(answer)
+        return answer

@@ -27,47 +27,51 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/admin.proto\x12\x0cgatehouse.v1\x1a\x17gatehouse/v1/auth.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\tAdminUser\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.gatehouse.v1.User\x12/\n\x0b\x64isabled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x65mail_filter\x18\x03 \x01(\t\"T\n\x11ListUsersResponse\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.AdminUser\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44isableUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x45nableUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\",\n\x19RevokeUserSessionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x1aRevokeUserSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\r\"T\n\x1aListUserAuditEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"[\n\x16\x45xportUserDataResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12/\n\x0b\x65xported_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x17GetPrivacyReportRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x0ePurposeConsent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x04\x12\x10\n\x08outdated\x18\x03 \x01(\x04\x12\x0c\n\x04none\x18\x04 \x01(\x04\"\xbc\x01\n\x11RetentionSettings\x12\x30\n\rpersonal_data\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12personal_data_mode\x18\x02 \x01(\t\x12/\n\x0c\x61udit_events\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05\x66\x65\x65\x64s\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x02\n\rPrivacyReport\x12\x16\n\x0epolicy_version\x18\x01 \x01(\t\x12\r\n\x05users\x18\x02 \x01(\x04\x12.\n\x08purposes\x18\x03 \x03(\x0b\x32\x1c.gatehouse.v1.PurposeConsent\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cself_exports\x18\x06 \x01(\x04\x12\x15\n\radmin_exports\x18\x07 \x01(\x04\x12\x11\n\tdeletions\x18\x08 \x01(\x04\x12\x32\n\tretention\x18\t \x01(\x0b\x32\x1f.gatehouse.v1.RetentionSettings2\x87\x06\n\x0c\x41\x64minService\x12L\n\tListUsers\x12\x1e.gatehouse.v1.ListUsersRequest\x1a\x1f.gatehouse.v1.ListUsersResponse\x12@\n\x07GetUser\x12\x1c.gatehouse.v1.GetUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12H\n\x0b\x44isableUser\x12 .gatehouse.v1.DisableUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12\x46\n\nEnableUser\x12\x1f.gatehouse.v1.EnableUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12O\n\nDeleteUser\x12\x1f.gatehouse.v1.DeleteUserRequest\x1a .gatehouse.v1.DeleteUserResponse\x12g\n\x12RevokeUserSessions\x12\'.gatehouse.v1.RevokeUserSessionsRequest\x1a(.gatehouse.v1.RevokeUserSessionsResponse\x12\x66\n\x13ListUserAuditEvents\x12(.gatehouse.v1.ListUserAuditEventsRequest\x1a%.gatehouse.v1.ListAuditEventsResponse\x12[\n\x0e\x45xportUserData\x12#.gatehouse.v1.ExportUserDataRequest\x1a$.gatehouse.v1.ExportUserDataResponse\x12V\n\x10GetPrivacyReport\x12%.gatehouse.v1.GetPrivacyReportRequest\x1a\x1b.gatehouse.v1.PrivacyReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gatehouse/v1/admin.proto\x12\x0cgatehouse.v1\x1a\x17gatehouse/v1/auth.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x19ResetSecondFactorsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x1aResetSecondFactorsResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\r\"^\n\tAdminUser\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.gatehouse.v1.User\x12/\n\x0b\x64isabled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x65mail_filter\x18\x03 \x01(\t\"T\n\x11ListUsersResponse\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.gatehouse.v1.AdminUser\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"%\n\x12\x44isableUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x45nableUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\",\n\x19RevokeUserSessionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x1aRevokeUserSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\r\"T\n\x1aListUserAuditEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"[\n\x16\x45xportUserDataResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12/\n\x0b\x65xported_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x17GetPrivacyReportRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x0ePurposeConsent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x04\x12\x10\n\x08outdated\x18\x03 \x01(\x04\x12\x0c\n\x04none\x18\x04 \x01(\x04\"\xbc\x01\n\x11RetentionSettings\x12\x30\n\rpersonal_data\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12personal_data_mode\x18\x02 \x01(\t\x12/\n\x0c\x61udit_events\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05\x66\x65\x65\x64s\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x02\n\rPrivacyReport\x12\x16\n\x0epolicy_version\x18\x01 \x01(\t\x12\r\n\x05users\x18\x02 \x01(\x04\x12.\n\x08purposes\x18\x03 \x03(\x0b\x32\x1c.gatehouse.v1.PurposeConsent\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cself_exports\x18\x06 \x01(\x04\x12\x15\n\radmin_exports\x18\x07 \x01(\x04\x12\x11\n\tdeletions\x18\x08 \x01(\x04\x12\x32\n\tretention\x18\t \x01(\x0b\x32\x1f.gatehouse.v1.RetentionSettings2\xf0\x06\n\x0c\x41\x64minService\x12L\n\tListUsers\x12\x1e.gatehouse.v1.ListUsersRequest\x1a\x1f.gatehouse.v1.ListUsersResponse\x12@\n\x07GetUser\x12\x1c.gatehouse.v1.GetUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12H\n\x0b\x44isableUser\x12 .gatehouse.v1.DisableUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12\x46\n\nEnableUser\x12\x1f.gatehouse.v1.EnableUserRequest\x1a\x17.gatehouse.v1.AdminUser\x12O\n\nDeleteUser\x12\x1f.gatehouse.v1.DeleteUserRequest\x1a .gatehouse.v1.DeleteUserResponse\x12g\n\x12RevokeUserSessions\x12\'.gatehouse.v1.RevokeUserSessionsRequest\x1a(.gatehouse.v1.RevokeUserSessionsResponse\x12\x66\n\x13ListUserAuditEvents\x12(.gatehouse.v1.ListUserAuditEventsRequest\x1a%.gatehouse.v1.ListAuditEventsResponse\x12[\n\x0e\x45xportUserData\x12#.gatehouse.v1.ExportUserDataRequest\x1a$.gatehouse.v1.ExportUserDataResponse\x12V\n\x10GetPrivacyReport\x12%.gatehouse.v1.GetPrivacyReportRequest\x1a\x1b.gatehouse.v1.PrivacyReport\x12g\n\x12ResetSecondFactors\x12\'.gatehouse.v1.ResetSecondFactorsRequest\x1a(.gatehouse.v1.ResetSecondFactorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatehouse._proto.gatehouse.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADMINUSER']._serialized_start=132
-  _globals['_ADMINUSER']._serialized_end=226
-  _globals['_LISTUSERSREQUEST']._serialized_start=228
-  _globals['_LISTUSERSREQUEST']._serialized_end=307
-  _globals['_LISTUSERSRESPONSE']._serialized_start=309
-  _globals['_LISTUSERSRESPONSE']._serialized_end=393
-  _globals['_GETUSERREQUEST']._serialized_start=395
-  _globals['_GETUSERREQUEST']._serialized_end=428
-  _globals['_DISABLEUSERREQUEST']._serialized_start=430
-  _globals['_DISABLEUSERREQUEST']._serialized_end=467
-  _globals['_ENABLEUSERREQUEST']._serialized_start=469
-  _globals['_ENABLEUSERREQUEST']._serialized_end=505
-  _globals['_DELETEUSERREQUEST']._serialized_start=507
-  _globals['_DELETEUSERREQUEST']._serialized_end=543
-  _globals['_DELETEUSERRESPONSE']._serialized_start=545
-  _globals['_DELETEUSERRESPONSE']._serialized_end=565
-  _globals['_REVOKEUSERSESSIONSREQUEST']._serialized_start=567
-  _globals['_REVOKEUSERSESSIONSREQUEST']._serialized_end=611
-  _globals['_REVOKEUSERSESSIONSRESPONSE']._serialized_start=613
-  _globals['_REVOKEUSERSESSIONSRESPONSE']._serialized_end=664
-  _globals['_LISTUSERAUDITEVENTSREQUEST']._serialized_start=666
-  _globals['_LISTUSERAUDITEVENTSREQUEST']._serialized_end=750
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=752
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=792
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=794
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=885
-  _globals['_GETPRIVACYREPORTREQUEST']._serialized_start=887
-  _globals['_GETPRIVACYREPORTREQUEST']._serialized_end=998
-  _globals['_PURPOSECONSENT']._serialized_start=1000
-  _globals['_PURPOSECONSENT']._serialized_end=1082
-  _globals['_RETENTIONSETTINGS']._serialized_start=1085
-  _globals['_RETENTIONSETTINGS']._serialized_end=1273
-  _globals['_PRIVACYREPORT']._serialized_start=1276
-  _globals['_PRIVACYREPORT']._serialized_end=1580
-  _globals['_ADMINSERVICE']._serialized_start=1583
-  _globals['_ADMINSERVICE']._serialized_end=2358
+  _globals['_RESETSECONDFACTORSREQUEST']._serialized_start=132
+  _globals['_RESETSECONDFACTORSREQUEST']._serialized_end=176
+  _globals['_RESETSECONDFACTORSRESPONSE']._serialized_start=178
+  _globals['_RESETSECONDFACTORSRESPONSE']._serialized_end=229
+  _globals['_ADMINUSER']._serialized_start=231
+  _globals['_ADMINUSER']._serialized_end=325
+  _globals['_LISTUSERSREQUEST']._serialized_start=327
+  _globals['_LISTUSERSREQUEST']._serialized_end=406
+  _globals['_LISTUSERSRESPONSE']._serialized_start=408
+  _globals['_LISTUSERSRESPONSE']._serialized_end=492
+  _globals['_GETUSERREQUEST']._serialized_start=494
+  _globals['_GETUSERREQUEST']._serialized_end=527
+  _globals['_DISABLEUSERREQUEST']._serialized_start=529
+  _globals['_DISABLEUSERREQUEST']._serialized_end=566
+  _globals['_ENABLEUSERREQUEST']._serialized_start=568
+  _globals['_ENABLEUSERREQUEST']._serialized_end=604
+  _globals['_DELETEUSERREQUEST']._serialized_start=606
+  _globals['_DELETEUSERREQUEST']._serialized_end=642
+  _globals['_DELETEUSERRESPONSE']._serialized_start=644
+  _globals['_DELETEUSERRESPONSE']._serialized_end=664
+  _globals['_REVOKEUSERSESSIONSREQUEST']._serialized_start=666
+  _globals['_REVOKEUSERSESSIONSREQUEST']._serialized_end=710
+  _globals['_REVOKEUSERSESSIONSRESPONSE']._serialized_start=712
+  _globals['_REVOKEUSERSESSIONSRESPONSE']._serialized_end=763
+  _globals['_LISTUSERAUDITEVENTSREQUEST']._serialized_start=765
+  _globals['_LISTUSERAUDITEVENTSREQUEST']._serialized_end=849
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=851
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=891
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=893
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=984
+  _globals['_GETPRIVACYREPORTREQUEST']._serialized_start=986
+  _globals['_GETPRIVACYREPORTREQUEST']._serialized_end=1097
+  _globals['_PURPOSECONSENT']._serialized_start=1099
+  _globals['_PURPOSECONSENT']._serialized_end=1181
+  _globals['_RETENTIONSETTINGS']._serialized_start=1184
+  _globals['_RETENTIONSETTINGS']._serialized_end=1372
+  _globals['_PRIVACYREPORT']._serialized_start=1375
+  _globals['_PRIVACYREPORT']._serialized_end=1679
+  _globals['_ADMINSERVICE']._serialized_start=1682
+  _globals['_ADMINSERVICE']._serialized_end=2562
 # @@protoc_insertion_point(module_scope)

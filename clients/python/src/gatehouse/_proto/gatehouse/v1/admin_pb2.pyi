@@ -22,6 +22,50 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ResetSecondFactorsRequest(_message.Message):
+    """Input of ResetSecondFactors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user's id."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetSecondFactorsRequest: _TypeAlias = ResetSecondFactorsRequest  # noqa: Y015
+
+@_typing.final
+class ResetSecondFactorsResponse(_message.Message):
+    """Result of ResetSecondFactors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    removed_count: _builtins.int
+    """How many factors were removed."""
+    def __init__(
+        self,
+        *,
+        removed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_count", b"removed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetSecondFactorsResponse: _TypeAlias = ResetSecondFactorsResponse  # noqa: Y015
+
+@_typing.final
 class AdminUser(_message.Message):
     """A user as operators see them."""
 

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.FromString,
                 _registered_method=True)
+        self.ResetSecondFactors = channel.unary_unary(
+                '/gatehouse.v1.AdminService/ResetSecondFactors',
+                request_serializer=gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -158,6 +163,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetSecondFactors(self, request, context):
+        """Removes every second factor and recovery code of a user who lost them (after the
+        operator has confirmed who they are), so they sign in with the password alone and
+        enroll again. Their sessions end, they get a notice, and it is audited (`factors_reset`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +219,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPrivacyReport,
                     request_deserializer=gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.SerializeToString,
+            ),
+            'ResetSecondFactors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetSecondFactors,
+                    request_deserializer=gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +473,33 @@ class AdminService:
             '/gatehouse.v1.AdminService/GetPrivacyReport',
             gatehouse_dot_v1_dot_admin__pb2.GetPrivacyReportRequest.SerializeToString,
             gatehouse_dot_v1_dot_admin__pb2.PrivacyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetSecondFactors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AdminService/ResetSecondFactors',
+            gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsRequest.SerializeToString,
+            gatehouse_dot_v1_dot_admin__pb2.ResetSecondFactorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

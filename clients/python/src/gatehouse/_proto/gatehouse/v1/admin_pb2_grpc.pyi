@@ -60,6 +60,11 @@ class AdminServiceStub:
     """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
     period, and the retention settings in force.
     """
+    ResetSecondFactors: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResetSecondFactorsRequest, _admin_pb2.ResetSecondFactorsResponse]
+    """Removes every second factor and recovery code of a user who lost them (after the
+    operator has confirmed who they are), so they sign in with the password alone and
+    enroll again. Their sessions end, they get a notice, and it is audited (`factors_reset`).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -91,6 +96,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetPrivacyReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPrivacyReportRequest, _admin_pb2.PrivacyReport]  # type: ignore[assignment]
     """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
     period, and the retention settings in force.
+    """
+    ResetSecondFactors: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResetSecondFactorsRequest, _admin_pb2.ResetSecondFactorsResponse]  # type: ignore[assignment]
+    """Removes every second factor and recovery code of a user who lost them (after the
+    operator has confirmed who they are), so they sign in with the password alone and
+    enroll again. Their sessions end, they get a notice, and it is audited (`factors_reset`).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -174,6 +184,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.PrivacyReport, _abc.Awaitable[_admin_pb2.PrivacyReport]]:
         """Figures for privacy compliance reporting: consent per purpose, exports and deletions in a
         period, and the retention settings in force.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetSecondFactors(
+        self,
+        request: _admin_pb2.ResetSecondFactorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResetSecondFactorsResponse, _abc.Awaitable[_admin_pb2.ResetSecondFactorsResponse]]:
+        """Removes every second factor and recovery code of a user who lost them (after the
+        operator has confirmed who they are), so they sign in with the password alone and
+        enroll again. Their sessions end, they get a notice, and it is audited (`factors_reset`).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

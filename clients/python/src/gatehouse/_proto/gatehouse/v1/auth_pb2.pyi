@@ -86,6 +86,9 @@ class Session(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
+    AAL_FIELD_NUMBER: _builtins.int
+    AMR_FIELD_NUMBER: _builtins.int
+    AUTH_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID); use it with RevokeSession."""
     user_id: _builtins.str
@@ -96,6 +99,10 @@ class Session(_message.Message):
     """The end user's browser or client at sign-in, as forwarded by the calling backend."""
     current: _builtins.bool
     """True for the session whose token made this call."""
+    aal: _builtins.int
+    """Authenticator assurance level (NIST SP 800-63B): 1 for one factor, 2 when the sign-in also
+    used a second factor.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the session was created (sign-in time)."""
@@ -110,6 +117,18 @@ class Session(_message.Message):
     def last_active_at(self) -> _timestamp_pb2.Timestamp:
         """When the session was last used (updated at most once per refresh interval)."""
 
+    @_builtins.property
+    def amr(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the user authenticated (RFC 8176 values): `pwd` (password), `oauth` (an identity
+        provider), `otp` (authenticator app code), `rec` (recovery code), `hwk` (a device-bound
+        passkey or security key), `swk` (a synced passkey), `mfa` when two factors were used (a
+        passkey that verified its user counts as two).
+        """
+
+    @_builtins.property
+    def auth_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user authenticated for this session (the sign-in that created it)."""
+
     def __init__(
         self,
         *,
@@ -121,14 +140,170 @@ class Session(_message.Message):
         ip_address: _builtins.str = ...,
         user_agent: _builtins.str = ...,
         current: _builtins.bool = ...,
+        aal: _builtins.int = ...,
+        amr: _abc.Iterable[_builtins.str] | None = ...,
+        auth_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_active_at", b"last_active_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth_time", b"auth_time", "created_at", b"created_at", "expires_at", b"expires_at", "last_active_at", b"last_active_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current", b"current", "expires_at", b"expires_at", "id", b"id", "ip_address", b"ip_address", "last_active_at", b"last_active_at", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aal", b"aal", "amr", b"amr", "auth_time", b"auth_time", "created_at", b"created_at", "current", b"current", "expires_at", b"expires_at", "id", b"id", "ip_address", b"ip_address", "last_active_at", b"last_active_at", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class SecondFactorRequired(_message.Message):
+    """Returned instead of a session when the user must also present a second factor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_TOKEN_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    PASSKEY_OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    challenge_token: _builtins.str
+    """Pass to CompleteSecondFactor. Short-lived and single use; treat it as a secret."""
+    passkey_options_json: _builtins.str
+    """With `passkey` among the methods: the `PublicKeyCredentialRequestOptionsJSON` for
+    `navigator.credentials.get`, allowing the user's passkeys.
+    """
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Factors the user can use: `totp`, `passkey`, `recovery_code`."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the challenge stops being accepted."""
+
+    def __init__(
+        self,
+        *,
+        challenge_token: _builtins.str = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        passkey_options_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_token", b"challenge_token", "expires_at", b"expires_at", "methods", b"methods", "passkey_options_json", b"passkey_options_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecondFactorRequired: _TypeAlias = SecondFactorRequired  # noqa: Y015
+
+@_typing.final
+class StartPasskeySignInRequest(_message.Message):
+    """Input of StartPasskeySignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPasskeySignInRequest: _TypeAlias = StartPasskeySignInRequest  # noqa: Y015
+
+@_typing.final
+class StartPasskeySignInResponse(_message.Message):
+    """Result of StartPasskeySignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    options_json: _builtins.str
+    """`PublicKeyCredentialRequestOptionsJSON` (W3C WebAuthn Level 3, 5.8.2)."""
+    challenge_id: _builtins.str
+    """Pass to FinishPasskeySignIn. Single use."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the ceremony stops being accepted."""
+
+    def __init__(
+        self,
+        *,
+        options_json: _builtins.str = ...,
+        challenge_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "expires_at", b"expires_at", "options_json", b"options_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartPasskeySignInResponse: _TypeAlias = StartPasskeySignInResponse  # noqa: Y015
+
+@_typing.final
+class FinishPasskeySignInRequest(_message.Message):
+    """Input of FinishPasskeySignIn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_JSON_FIELD_NUMBER: _builtins.int
+    challenge_id: _builtins.str
+    """`challenge_id` from StartPasskeySignIn."""
+    credential_json: _builtins.str
+    """The `AuthenticationResponseJSON` the browser produced (`PublicKeyCredential.toJSON()`)."""
+    def __init__(
+        self,
+        *,
+        challenge_id: _builtins.str = ...,
+        credential_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "credential_json", b"credential_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishPasskeySignInRequest: _TypeAlias = FinishPasskeySignInRequest  # noqa: Y015
+
+@_typing.final
+class CompleteSecondFactorRequest(_message.Message):
+    """Input of CompleteSecondFactor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTP_CODE_FIELD_NUMBER: _builtins.int
+    RECOVERY_CODE_FIELD_NUMBER: _builtins.int
+    PASSKEY_CREDENTIAL_JSON_FIELD_NUMBER: _builtins.int
+    challenge_token: _builtins.str
+    """`second_factor_required.challenge_token` from SignIn or CompleteOAuth."""
+    totp_code: _builtins.str
+    """The 6-digit code the authenticator app shows."""
+    recovery_code: _builtins.str
+    """One of the user's unused recovery codes (`xxxxx-xxxxx`; case and dashes do not matter)."""
+    passkey_credential_json: _builtins.str
+    """The `AuthenticationResponseJSON` of one of the user's passkeys, answering
+    `second_factor_required.passkey_options_json`.
+    """
+    def __init__(
+        self,
+        *,
+        challenge_token: _builtins.str = ...,
+        totp_code: _builtins.str = ...,
+        recovery_code: _builtins.str = ...,
+        passkey_credential_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["passkey_credential_json", b"passkey_credential_json", "proof", b"proof", "recovery_code", b"recovery_code", "totp_code", b"totp_code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_token", b"challenge_token", "passkey_credential_json", b"passkey_credential_json", "proof", b"proof", "recovery_code", b"recovery_code", "totp_code", b"totp_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_proof: _TypeAlias = _typing.Literal["totp_code", "recovery_code", "passkey_credential_json"]  # noqa: Y015
+    _WhichOneofArgType_proof: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_proof) -> _WhichOneofReturnType_proof | None: ...
+
+Global___CompleteSecondFactorRequest: _TypeAlias = CompleteSecondFactorRequest  # noqa: Y015
 
 @_typing.final
 class AuthResponse(_message.Message):
@@ -139,6 +314,7 @@ class AuthResponse(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    SECOND_FACTOR_REQUIRED_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """The session token (`gate_...`). Send it as `authorization: Bearer <token>`. Gatehouse
     stores only a keyed hash of it, so it cannot be shown again: keep it in an HttpOnly cookie.
@@ -154,16 +330,23 @@ class AuthResponse(_message.Message):
         verifies the address first, then signs in.
         """
 
+    @_builtins.property
+    def second_factor_required(self) -> Global___SecondFactorRequired:
+        """Set (and `session` unset) when the password was right but the user must also present a
+        second factor: pass its token to CompleteSecondFactor.
+        """
+
     def __init__(
         self,
         *,
         user: Global___User | None = ...,
         session: Global___Session | None = ...,
         session_token: _builtins.str = ...,
+        second_factor_required: Global___SecondFactorRequired | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["second_factor_required", b"second_factor_required", "session", b"session", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["second_factor_required", b"second_factor_required", "session", b"session", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -798,7 +981,8 @@ class AuditEvent(_message.Message):
     event: _builtins.str
     """What happened: sign_up, sign_in, sign_out, session_revoked, password_changed,
     password_reset_requested, password_reset, verification_sent, email_verified, email_changed,
-    account_deleted, rate_limited, oauth_linked, oauth_unlinked.
+    account_deleted, rate_limited, oauth_linked, oauth_unlinked, second_factor (a code at
+    sign-in), factor_added, factor_removed, recovery_codes_regenerated, factors_reset.
     """
     outcome: _builtins.str
     """success, failure or denied."""
@@ -932,6 +1116,7 @@ class CompleteOAuthResponse(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     IS_NEW_USER_FIELD_NUMBER: _builtins.int
+    SECOND_FACTOR_REQUIRED_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """The new session's token, shown once; empty for a link flow, which creates no session."""
     is_new_user: _builtins.bool
@@ -944,6 +1129,12 @@ class CompleteOAuthResponse(_message.Message):
     def session(self) -> Global___Session:
         """The new session; for a link flow, the caller's existing session."""
 
+    @_builtins.property
+    def second_factor_required(self) -> Global___SecondFactorRequired:
+        """Set (and `session` unset) when the user must also present a second factor: pass its token
+        to AuthService.CompleteSecondFactor.
+        """
+
     def __init__(
         self,
         *,
@@ -951,10 +1142,11 @@ class CompleteOAuthResponse(_message.Message):
         session: Global___Session | None = ...,
         session_token: _builtins.str = ...,
         is_new_user: _builtins.bool = ...,
+        second_factor_required: Global___SecondFactorRequired | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["second_factor_required", b"second_factor_required", "session", b"session", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_new_user", b"is_new_user", "session", b"session", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_new_user", b"is_new_user", "second_factor_required", b"second_factor_required", "session", b"session", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,7 +1375,9 @@ class ExportMyDataResponse(_message.Message):
     """The JSON document (UTF-8). Top-level keys: `format` ("gatehouse.export.v1"), `exported_at`,
     `user_id`, and `tables`: one array of rows per stored table that holds the user's data,
     named as the table (`users`, `profiles`, `sessions`, `accounts`, `verification_tokens`,
-    `oauth_states`, `consent_records`, `audit_events`, `revocations`, `user_changes`).
+    `oauth_states`, `consent_records`, `audit_events`, `revocations`, `user_changes`,
+    `factors`, `recovery_codes`, `second_factor_challenges`, `passkey_ceremonies`). Never a
+    TOTP secret or recovery code.
     """
     @_builtins.property
     def exported_at(self) -> _timestamp_pb2.Timestamp:

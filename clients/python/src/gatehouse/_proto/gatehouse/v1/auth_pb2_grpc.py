@@ -53,6 +53,21 @@ class AuthServiceStub:
                 request_serializer=gatehouse_dot_v1_dot_auth__pb2.SignInRequest.SerializeToString,
                 response_deserializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
                 _registered_method=True)
+        self.CompleteSecondFactor = channel.unary_unary(
+                '/gatehouse.v1.AuthService/CompleteSecondFactor',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.CompleteSecondFactorRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
+                _registered_method=True)
+        self.StartPasskeySignIn = channel.unary_unary(
+                '/gatehouse.v1.AuthService/StartPasskeySignIn',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInResponse.FromString,
+                _registered_method=True)
+        self.FinishPasskeySignIn = channel.unary_unary(
+                '/gatehouse.v1.AuthService/FinishPasskeySignIn',
+                request_serializer=gatehouse_dot_v1_dot_auth__pb2.FinishPasskeySignInRequest.SerializeToString,
+                response_deserializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
+                _registered_method=True)
         self.SignOut = channel.unary_unary(
                 '/gatehouse.v1.AuthService/SignOut',
                 request_serializer=gatehouse_dot_v1_dot_auth__pb2.SignOutRequest.SerializeToString,
@@ -172,7 +187,40 @@ class AuthServiceServicer:
 
     def SignIn(self, request, context):
         """Signs in with an email and a password and returns a new session. A wrong password and an
-        unknown email get the same UNAUTHENTICATED answer.
+        unknown email get the same UNAUTHENTICATED answer. For a user with a second factor the
+        answer holds no session but `second_factor_required`: finish with CompleteSecondFactor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteSecondFactor(self, request, context):
+        """Finishes a sign-in that answered `second_factor_required`, with a code from the user's
+        authenticator app or one of their recovery codes, and returns the new session (`aal` 2).
+        The challenge token is single use once the sign-in succeeds, lives 5 minutes and belongs
+        to the user and first factor that produced it. A wrong code is UNAUTHENTICATED and counts
+        towards the account's lockout; an unknown, used or expired challenge is UNAUTHENTICATED
+        too. A TOTP code is accepted once: the same code again is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartPasskeySignIn(self, request, context):
+        """Starts a passwordless sign-in with a passkey: the options for
+        `navigator.credentials.get({publicKey})` (any discoverable credential of this relying
+        party) and the id of this ceremony, which lapses after 5 minutes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishPasskeySignIn(self, request, context):
+        """Finishes a passkey sign-in with what the browser returned and returns a new session
+        (`aal` 2: the passkey verified its user). The ceremony is single use. An unknown
+        credential, a bad signature, a wrong origin or RP id, a used or lapsed ceremony, a
+        signature counter that went backwards (a cloned authenticator) and a disabled user are
+        all UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -355,6 +403,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=gatehouse_dot_v1_dot_auth__pb2.SignInRequest.FromString,
                     response_serializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.SerializeToString,
             ),
+            'CompleteSecondFactor': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteSecondFactor,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.CompleteSecondFactorRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.SerializeToString,
+            ),
+            'StartPasskeySignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPasskeySignIn,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInResponse.SerializeToString,
+            ),
+            'FinishPasskeySignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishPasskeySignIn,
+                    request_deserializer=gatehouse_dot_v1_dot_auth__pb2.FinishPasskeySignInRequest.FromString,
+                    response_serializer=gatehouse_dot_v1_dot_auth__pb2.AuthResponse.SerializeToString,
+            ),
             'SignOut': grpc.unary_unary_rpc_method_handler(
                     servicer.SignOut,
                     request_deserializer=gatehouse_dot_v1_dot_auth__pb2.SignOutRequest.FromString,
@@ -513,6 +576,87 @@ class AuthService:
             target,
             '/gatehouse.v1.AuthService/SignIn',
             gatehouse_dot_v1_dot_auth__pb2.SignInRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteSecondFactor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/CompleteSecondFactor',
+            gatehouse_dot_v1_dot_auth__pb2.CompleteSecondFactorRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPasskeySignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/StartPasskeySignIn',
+            gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInRequest.SerializeToString,
+            gatehouse_dot_v1_dot_auth__pb2.StartPasskeySignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishPasskeySignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatehouse.v1.AuthService/FinishPasskeySignIn',
+            gatehouse_dot_v1_dot_auth__pb2.FinishPasskeySignInRequest.SerializeToString,
             gatehouse_dot_v1_dot_auth__pb2.AuthResponse.FromString,
             options,
             channel_credentials,

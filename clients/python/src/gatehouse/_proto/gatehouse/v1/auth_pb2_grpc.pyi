@@ -48,7 +48,28 @@ class AuthServiceStub:
     """
     SignIn: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SignInRequest, _auth_pb2.AuthResponse]
     """Signs in with an email and a password and returns a new session. A wrong password and an
-    unknown email get the same UNAUTHENTICATED answer.
+    unknown email get the same UNAUTHENTICATED answer. For a user with a second factor the
+    answer holds no session but `second_factor_required`: finish with CompleteSecondFactor.
+    """
+    CompleteSecondFactor: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteSecondFactorRequest, _auth_pb2.AuthResponse]
+    """Finishes a sign-in that answered `second_factor_required`, with a code from the user's
+    authenticator app or one of their recovery codes, and returns the new session (`aal` 2).
+    The challenge token is single use once the sign-in succeeds, lives 5 minutes and belongs
+    to the user and first factor that produced it. A wrong code is UNAUTHENTICATED and counts
+    towards the account's lockout; an unknown, used or expired challenge is UNAUTHENTICATED
+    too. A TOTP code is accepted once: the same code again is refused.
+    """
+    StartPasskeySignIn: _grpc.UnaryUnaryMultiCallable[_auth_pb2.StartPasskeySignInRequest, _auth_pb2.StartPasskeySignInResponse]
+    """Starts a passwordless sign-in with a passkey: the options for
+    `navigator.credentials.get({publicKey})` (any discoverable credential of this relying
+    party) and the id of this ceremony, which lapses after 5 minutes.
+    """
+    FinishPasskeySignIn: _grpc.UnaryUnaryMultiCallable[_auth_pb2.FinishPasskeySignInRequest, _auth_pb2.AuthResponse]
+    """Finishes a passkey sign-in with what the browser returned and returns a new session
+    (`aal` 2: the passkey verified its user). The ceremony is single use. An unknown
+    credential, a bad signature, a wrong origin or RP id, a used or lapsed ceremony, a
+    signature counter that went backwards (a cloned authenticator) and a disabled user are
+    all UNAUTHENTICATED.
     """
     SignOut: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SignOutRequest, _auth_pb2.SignOutResponse]
     """Revokes the calling session (bearer token). Its token stops working at once."""
@@ -153,7 +174,28 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     SignIn: _aio.UnaryUnaryMultiCallable[_auth_pb2.SignInRequest, _auth_pb2.AuthResponse]  # type: ignore[assignment]
     """Signs in with an email and a password and returns a new session. A wrong password and an
-    unknown email get the same UNAUTHENTICATED answer.
+    unknown email get the same UNAUTHENTICATED answer. For a user with a second factor the
+    answer holds no session but `second_factor_required`: finish with CompleteSecondFactor.
+    """
+    CompleteSecondFactor: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteSecondFactorRequest, _auth_pb2.AuthResponse]  # type: ignore[assignment]
+    """Finishes a sign-in that answered `second_factor_required`, with a code from the user's
+    authenticator app or one of their recovery codes, and returns the new session (`aal` 2).
+    The challenge token is single use once the sign-in succeeds, lives 5 minutes and belongs
+    to the user and first factor that produced it. A wrong code is UNAUTHENTICATED and counts
+    towards the account's lockout; an unknown, used or expired challenge is UNAUTHENTICATED
+    too. A TOTP code is accepted once: the same code again is refused.
+    """
+    StartPasskeySignIn: _aio.UnaryUnaryMultiCallable[_auth_pb2.StartPasskeySignInRequest, _auth_pb2.StartPasskeySignInResponse]  # type: ignore[assignment]
+    """Starts a passwordless sign-in with a passkey: the options for
+    `navigator.credentials.get({publicKey})` (any discoverable credential of this relying
+    party) and the id of this ceremony, which lapses after 5 minutes.
+    """
+    FinishPasskeySignIn: _aio.UnaryUnaryMultiCallable[_auth_pb2.FinishPasskeySignInRequest, _auth_pb2.AuthResponse]  # type: ignore[assignment]
+    """Finishes a passkey sign-in with what the browser returned and returns a new session
+    (`aal` 2: the passkey verified its user). The ceremony is single use. An unknown
+    credential, a bad signature, a wrong origin or RP id, a used or lapsed ceremony, a
+    signature counter that went backwards (a cloned authenticator) and a disabled user are
+    all UNAUTHENTICATED.
     """
     SignOut: _aio.UnaryUnaryMultiCallable[_auth_pb2.SignOutRequest, _auth_pb2.SignOutResponse]  # type: ignore[assignment]
     """Revokes the calling session (bearer token). Its token stops working at once."""
@@ -267,7 +309,46 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.AuthResponse, _abc.Awaitable[_auth_pb2.AuthResponse]]:
         """Signs in with an email and a password and returns a new session. A wrong password and an
-        unknown email get the same UNAUTHENTICATED answer.
+        unknown email get the same UNAUTHENTICATED answer. For a user with a second factor the
+        answer holds no session but `second_factor_required`: finish with CompleteSecondFactor.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteSecondFactor(
+        self,
+        request: _auth_pb2.CompleteSecondFactorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.AuthResponse, _abc.Awaitable[_auth_pb2.AuthResponse]]:
+        """Finishes a sign-in that answered `second_factor_required`, with a code from the user's
+        authenticator app or one of their recovery codes, and returns the new session (`aal` 2).
+        The challenge token is single use once the sign-in succeeds, lives 5 minutes and belongs
+        to the user and first factor that produced it. A wrong code is UNAUTHENTICATED and counts
+        towards the account's lockout; an unknown, used or expired challenge is UNAUTHENTICATED
+        too. A TOTP code is accepted once: the same code again is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def StartPasskeySignIn(
+        self,
+        request: _auth_pb2.StartPasskeySignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.StartPasskeySignInResponse, _abc.Awaitable[_auth_pb2.StartPasskeySignInResponse]]:
+        """Starts a passwordless sign-in with a passkey: the options for
+        `navigator.credentials.get({publicKey})` (any discoverable credential of this relying
+        party) and the id of this ceremony, which lapses after 5 minutes.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishPasskeySignIn(
+        self,
+        request: _auth_pb2.FinishPasskeySignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.AuthResponse, _abc.Awaitable[_auth_pb2.AuthResponse]]:
+        """Finishes a passkey sign-in with what the browser returned and returns a new session
+        (`aal` 2: the passkey verified its user). The ceremony is single use. An unknown
+        credential, a bad signature, a wrong origin or RP id, a used or lapsed ceremony, a
+        signature counter that went backwards (a cloned authenticator) and a disabled user are
+        all UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
