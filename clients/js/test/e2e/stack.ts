@@ -1,6 +1,8 @@
 // Starts the real stack for the end-to-end tests: the gatehouse binary (SQLite in a temporary
 // directory, free ports, the Python suite's test settings: rate limits out of reach, cheap
 // Argon2) and the example FastAPI app (examples/fastapi_rag) under uvicorn from the Python venv.
+// Gatehouse's WebAuthn relying party is `localhost` with the app's origin
+// `http://localhost:<port>` (Stack.localUrl), so a page loaded from there can use passkeys.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -109,6 +111,9 @@ async function stopProcess(child: ChildProcess | undefined) {
 export interface Stack {
   /** The example app: `http://127.0.0.1:<port>`. */
   appUrl: string;
+  /** The same app as `http://localhost:<port>`: the origin Gatehouse accepts passkeys from
+   * (GATEHOUSE_WEBAUTHN_ORIGINS; the RP id is `localhost`, which an IP address is not). */
+  localUrl: string;
   /** Gatehouse's gRPC address. */
   target: string;
   stop(): Promise<void>;
@@ -146,6 +151,8 @@ export async function startStack(options: { trustedOrigins?: string[] } = {}): P
         DATABASE_URL: `sqlite://${tmp}/gatehouse.db?mode=rwc`,
         GATEHOUSE_DATA_DIR: dataDir,
         GATEHOUSE_SECRET: "js-client-e2e-tests-secret-" + "x".repeat(16),
+        GATEHOUSE_WEBAUTHN_RP_ID: "localhost",
+        GATEHOUSE_WEBAUTHN_ORIGINS: `http://localhost:${appPort}`,
         RUST_LOG: process.env.RUST_LOG ?? "warn",
         ...RATE_LIMITS,
         ...FAST_HASHING,
@@ -183,7 +190,8 @@ export async function startStack(options: { trustedOrigins?: string[] } = {}): P
     );
     const appUrl = `http://127.0.0.1:${appPort}`;
     await waitFor(`${appUrl}/openapi.json`, app, "the example app (uvicorn)", appLog);
-    return { appUrl, target, stop, logs: () => `gatehouse:\n${tail(gatehouseLog)}\napp:\n${tail(appLog)}` };
+    const localUrl = `http://localhost:${appPort}`;
+    return { appUrl, localUrl, target, stop, logs: () => `gatehouse:\n${tail(gatehouseLog)}\napp:\n${tail(appLog)}` };
   } catch (error) {
     await stop();
     throw error;
