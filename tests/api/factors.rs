@@ -25,6 +25,7 @@ backends! {
     challenges_are_single_use_bound_and_short_lived,
     factor_changes_need_a_recent_second_factor_sign_in,
     secrets_are_never_stored_or_exported_in_the_clear,
+    deleting_the_account_erases_its_factors,
     a_disabled_user_cannot_finish_with_a_code => mesh_config,
     an_operator_reset_removes_factors_and_sessions => mesh_config,
     access_tokens_carry_the_assurance => mesh_config;
@@ -472,4 +473,20 @@ async fn access_tokens_carry_the_assurance(app: &TestApp) {
     assert_eq!(claims["acr"], "aal2");
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
     assert_eq!(claims["auth_time"].as_i64(), Some(strong.session.unwrap().created_at.unwrap().seconds));
+}
+
+async fn deleting_the_account_erases_its_factors(app: &TestApp) {
+    let (token, _, _) = enrolled(app, "gone@example.com").await;
+    let user: uuid::Uuid = app.get_session(&token).await.unwrap().user.unwrap().id.parse().unwrap();
+    let _waiting = challenge(app, "gone@example.com").await;
+    let tables = ["factors", "recovery_codes", "second_factor_challenges"];
+    for table in tables {
+        let n = app.db.count_for(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"), user).await;
+        assert!(n > 0, "{table} has the user's rows before");
+    }
+    app.auth().delete_account(bearer(pb::DeleteAccountRequest { password: PASSWORD.into() }, &token)).await.unwrap();
+    for table in tables {
+        let n = app.db.count_for(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"), user).await;
+        assert_eq!(n, 0, "{table} keeps rows of a deleted user");
+    }
 }
