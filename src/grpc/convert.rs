@@ -139,18 +139,31 @@ impl From<AuditEvent> for pb::AuditEvent {
 
 impl From<SignedIn> for pb::AuthResponse {
     fn from(s: SignedIn) -> Self {
-        let (session, session_token, second_factor_required) = match s.entry {
-            Entry::Session(session, token) => (Some(session.into()), token.into_string(), None),
-            Entry::SecondFactor(challenge) => (None, String::new(), Some(challenge.into())),
-        };
-        pb::AuthResponse { user: Some(s.user.into()), session, session_token, second_factor_required }
+        // Until the second factor, the answer shows nothing of the account: a password alone
+        // (perhaps a stolen one) learns only that a second factor is needed.
+        match s.entry {
+            Entry::Session(session, token) => pb::AuthResponse {
+                user: Some(s.user.into()),
+                session: Some(session.into()),
+                session_token: token.into_string(),
+                second_factor_required: None,
+            },
+            Entry::SecondFactor(challenge) => pb::AuthResponse {
+                user: None,
+                session: None,
+                session_token: String::new(),
+                second_factor_required: Some(challenge.into()),
+            },
+        }
     }
 }
 
 impl From<Completed> for pb::CompleteOAuthResponse {
     fn from(c: Completed) -> Self {
+        // As for SignIn: nothing of the account before the second factor.
+        let user = if c.challenge.is_some() { None } else { Some(c.user.into()) };
         pb::CompleteOAuthResponse {
-            user: Some(c.user.into()),
+            user,
             session: c.session.map(Into::into),
             session_token: c.token.map(|t| t.into_string()).unwrap_or_default(),
             is_new_user: c.is_new_user,

@@ -170,6 +170,7 @@ async fn totp_enrolment_then_sign_in_needs_the_code(app: &TestApp) {
     let required = answer.second_factor_required.expect("second factor required");
     assert_eq!(required.methods, ["totp", "recovery_code"]);
     assert!(answer.session.is_none() && answer.session_token.is_empty());
+    assert!(answer.user.is_none(), "nothing of the account before the second factor");
     assert!(required.challenge_token.starts_with("gatemfa_"));
     // The challenge is not a session.
     assert_eq!(app.get_session(&required.challenge_token).await.unwrap_err().code(), Code::Unauthenticated);

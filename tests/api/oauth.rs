@@ -920,6 +920,7 @@ async fn a_provider_sign_in_asks_for_the_second_factor(env: &Env) {
         .unwrap();
     let again = env.sign_in("google").await.unwrap();
     assert!(again.session.is_none() && again.session_token.is_empty(), "no session before the code");
+    assert!(again.user.is_none(), "nothing of the account before the code");
     let required = again.second_factor_required.unwrap();
     use pb::complete_second_factor_request::Proof;
     let done = env

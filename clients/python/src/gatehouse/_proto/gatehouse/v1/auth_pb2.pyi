@@ -322,7 +322,9 @@ class AuthResponse(_message.Message):
     """
     @_builtins.property
     def user(self) -> Global___User:
-        """The signed-in user."""
+        """The signed-in user. Unset with `second_factor_required`: nothing of the account is shown
+        before the second factor.
+        """
 
     @_builtins.property
     def session(self) -> Global___Session:
@@ -1123,7 +1125,9 @@ class CompleteOAuthResponse(_message.Message):
     """True when this sign-in created the user."""
     @_builtins.property
     def user(self) -> Global___User:
-        """The signed-in (or, for a link flow, the linking) user."""
+        """The signed-in (or, for a link flow, the linking) user. Unset with
+        `second_factor_required`.
+        """
 
     @_builtins.property
     def session(self) -> Global___Session:
