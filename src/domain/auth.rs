@@ -340,7 +340,8 @@ impl Auth {
         // With a second factor the right password is not yet a success: it gives its slot
         // back but clears nothing, so the failures of earlier code guesses stand and the
         // second factor's check counts on from them; a right code clears them all.
-        if !self.factors.has_factor(user.id).await? {
+        let factors = self.factors.active(user.id).await?;
+        if factors.is_empty() {
             self.core.store.clear_failed_sign_ins(user.id).await?;
         } else if let Some(written) = slot {
             self.core.store.refund_attempt(user.id, written).await?;
@@ -359,7 +360,7 @@ impl Auth {
                 "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
             ));
         }
-        let entry = self.factors.enter(user.id, "pwd", client).await?;
+        let entry = self.factors.enter_with(user.id, "pwd", &factors, client).await?;
         if let Entry::Session(..) = entry {
             self.core.audit.record(Some(user.id), Event::SignIn, Outcome::Success, None, client).await;
         }

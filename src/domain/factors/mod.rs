@@ -217,6 +217,18 @@ impl Factors {
     /// factor, otherwise a challenge for one. The caller has checked that the user may sign in.
     pub(crate) async fn enter(&self, user_id: Uuid, first: &'static str, client: &ClientInfo) -> Result<Entry, Error> {
         let active = self.core.store.active_factors(user_id).await?;
+        self.enter_with(user_id, first, &active, client).await
+    }
+
+    /// [`Factors::enter`] with the user's active factors already read (the password sign-in
+    /// reads them once, for the lockout too).
+    pub(crate) async fn enter_with(
+        &self,
+        user_id: Uuid,
+        first: &'static str,
+        active: &[FactorRow],
+        client: &ClientInfo,
+    ) -> Result<Entry, Error> {
         if active.is_empty() {
             let (session, token) = self.sessions.create(user_id, client.clone(), &Assurance::single(first)).await?;
             return Ok(Entry::Session(session, token));
@@ -225,7 +237,7 @@ impl Factors {
         if active.iter().any(|f| f.kind == KIND_TOTP) {
             methods.push(KIND_TOTP);
         }
-        let passkey = self.passkey_request(&active)?;
+        let passkey = self.passkey_request(active)?;
         if passkey.is_some() {
             methods.push(passkeys::KIND_PASSKEY);
         }
@@ -248,6 +260,11 @@ impl Factors {
         let reason = format!("challenge_issued:{first}");
         self.core.audit.record(Some(user_id), Event::SecondFactor, Outcome::Success, Some(&reason), client).await;
         Ok(Entry::SecondFactor(Challenge { token, methods, expires_at: row.expires_at, passkey_options }))
+    }
+
+    /// The user's active factors.
+    pub(crate) async fn active(&self, user_id: Uuid) -> Result<Vec<FactorRow>, Error> {
+        Ok(self.core.store.active_factors(user_id).await?)
     }
 
     /// Whether the user has an active second factor.
