@@ -356,9 +356,7 @@ impl Auth {
                 .audit
                 .record(Some(user.id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client)
                 .await;
-            return Err(Error::FailedPrecondition(
-                "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
-            ));
+            return Err(Error::email_not_verified());
         }
         let entry = self.factors.enter_with(user.id, "pwd", &factors, client).await?;
         if let Entry::Session(..) = entry {

@@ -88,6 +88,14 @@ impl FieldViolation {
 }
 
 impl Error {
+    /// Signing in (by any method) to an account whose address is unverified, when
+    /// verification is required.
+    pub fn email_not_verified() -> Self {
+        Self::FailedPrecondition(
+            "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
+        )
+    }
+
     /// An `InvalidArgument` error for one field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])

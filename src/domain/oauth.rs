@@ -415,10 +415,7 @@ impl OAuth {
                     if self.config.require_email_verification && !user.email_verified {
                         let detail = format!("oauth:{provider}:email_not_verified");
                         self.audit(Event::SignIn, Outcome::Denied, user.id, &detail, &client).await;
-                        return Err(Error::FailedPrecondition(
-                            "the email address is not verified yet: follow the link sent to it, or ask for a new one"
-                                .into(),
-                        ));
+                        return Err(Error::email_not_verified());
                     }
                     return match self.factors.enter(user.id, "oauth", &client).await? {
                         Entry::Session(session, token) => {

@@ -568,7 +568,7 @@ pub struct FactorRow {
     pub expires_at: Option<DateTime<Utc>>,
     /// The last time step whose code was accepted.
     pub last_used_step: Option<i64>,
-    /// When a code was last accepted.
+    /// When it last completed a sign-in.
     pub last_used_at: Option<DateTime<Utc>>,
 }
 

@@ -142,8 +142,6 @@ pub struct Factor {
 impl From<FactorRow> for Factor {
     fn from(r: FactorRow) -> Self {
         let (backup_eligible, backed_up) = r.passkey.as_deref().map(passkeys::backup_flags).unwrap_or_default();
-        // A TOTP factor's confirming code is not a sign-in.
-        let last_used_at = r.last_used_at.filter(|at| r.kind != KIND_TOTP || Some(*at) != r.confirmed_at);
         Factor {
             backup_eligible,
             backed_up,
@@ -151,7 +149,7 @@ impl From<FactorRow> for Factor {
             kind: r.kind,
             name: r.name,
             created_at: r.confirmed_at.unwrap_or(r.created_at),
-            last_used_at,
+            last_used_at: r.last_used_at,
         }
     }
 }
@@ -269,7 +267,7 @@ impl Factors {
 
     /// Whether the user has an active second factor.
     pub(crate) async fn has_factor(&self, user_id: Uuid) -> Result<bool, Error> {
-        Ok(!self.core.store.active_factors(user_id).await?.is_empty())
+        Ok(!self.active(user_id).await?.is_empty())
     }
 
     /// Finishes a sign-in with its second factor. Every failure (unknown, used or expired
@@ -512,7 +510,6 @@ impl Factors {
         self.core.notifier.send(Template::FactorAdded, &caller.user.email, vars);
         let mut factor = pending;
         factor.confirmed_at = Some(now);
-        factor.last_used_at = Some(now);
         Ok((factor.into(), codes))
     }
 
@@ -622,7 +619,7 @@ fn normalise_recovery_code(raw: &str) -> Option<String> {
 
 /// A TOTP code as typed, without the spaces apps show in the middle.
 fn normalise_totp_code(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_whitespace()).collect::<String>().chars().take(8).collect()
+    raw.chars().filter(|c| !c.is_whitespace()).take(8).collect()
 }
 
 fn parse_factor_name(raw: &str, default: &str) -> Result<String, Error> {

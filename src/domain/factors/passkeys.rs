@@ -349,9 +349,7 @@ impl Factors {
                 .audit
                 .record(Some(user_id), Event::SignIn, Outcome::Denied, Some("email_not_verified"), client)
                 .await;
-            return Err(Error::FailedPrecondition(
-                "the email address is not verified yet: follow the link sent to it, or ask for a new one".into(),
-            ));
+            return Err(Error::email_not_verified());
         }
         self.core.store.clear_failed_sign_ins(user_id).await?;
         let assurance = Assurance::passkey(method_of(&result));

@@ -28,6 +28,19 @@ pub(crate) use ceremony_columns;
 
 macro_rules! factors {
     ($store:ty) => {
+        /// Deletes the user's recovery codes, in the caller's transaction.
+        async fn delete_recovery_codes(
+            tx: &mut sqlx::Transaction<'_, <$store as $crate::storage::sql::Backend>::Db>,
+            user_id: uuid::Uuid,
+        ) -> Result<(), $crate::storage::StoreError> {
+            sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::storage::classify)?;
+            Ok(())
+        }
+
         /// Replaces the user's recovery codes, in the caller's transaction.
         async fn put_recovery_codes(
             tx: &mut sqlx::Transaction<'_, <$store as $crate::storage::sql::Backend>::Db>,
@@ -35,11 +48,7 @@ macro_rules! factors {
             codes: &[$crate::storage::NewRecoveryCode],
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<(), $crate::storage::StoreError> {
-            sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut **tx)
-                .await
-                .map_err($crate::storage::classify)?;
+            delete_recovery_codes(tx, user_id).await?;
             for code in codes {
                 sqlx::query("INSERT INTO recovery_codes (id, user_id, code_hash, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(code.id)
@@ -124,8 +133,8 @@ macro_rules! factors {
                     Box::pin(async move {
                         let mut tx = self.pool.begin().await.map_err(classify)?;
                         let confirmed: Option<(uuid::Uuid,)> = sqlx::query_as(
-                            "UPDATE factors SET confirmed_at = $2, expires_at = NULL, last_used_step = $3, \
-                         last_used_at = $2 WHERE id = $1 AND confirmed_at IS NULL AND expires_at > $2 \
+                            "UPDATE factors SET confirmed_at = $2, expires_at = NULL, last_used_step = $3 \
+                         WHERE id = $1 AND confirmed_at IS NULL AND expires_at > $2 \
                          RETURNING user_id",
                         )
                         .bind(factor_id)
@@ -208,7 +217,7 @@ macro_rules! factors {
                         .await
                         .map_err(classify)?;
                         if left == 0 {
-                            put_recovery_codes(&mut tx, user_id, &[], chrono::Utc::now()).await?;
+                            delete_recovery_codes(&mut tx, user_id).await?;
                         }
                         tx.commit().await.map_err(classify)?;
                         Ok(true)
