@@ -26,6 +26,7 @@ backends! {
     factor_changes_need_a_recent_second_factor_sign_in,
     secrets_are_never_stored_or_exported_in_the_clear,
     deleting_the_account_erases_its_factors,
+    a_second_replica_honours_challenges_and_spent_codes,
     a_disabled_user_cannot_finish_with_a_code => mesh_config,
     an_operator_reset_removes_factors_and_sessions => mesh_config,
     access_tokens_carry_the_assurance => mesh_config;
@@ -490,4 +491,25 @@ async fn deleting_the_account_erases_its_factors(app: &TestApp) {
         let n = app.db.count_for(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"), user).await;
         assert_eq!(n, 0, "{table} keeps rows of a deleted user");
     }
+}
+
+/// Two servers on one database: a challenge from one completes on the other, and a code
+/// accepted by one is spent for both, also when the same code reaches both at once.
+async fn a_second_replica_honours_challenges_and_spent_codes(app: &TestApp) {
+    let (_, totp, _) = enrolled(app, "replica@example.com").await;
+    let two = crate::helpers::spawn_on(app.db.clone(), crate::helpers::no_tweak).await;
+    // Both replicas read one time (the first one's clock moved on during enrollment).
+    two.clock.advance(app.clock.now() - two.clock.now());
+    let c = challenge(app, "replica@example.com").await;
+    let code = code_at(app, &totp, 0);
+    assert!(complete(&two, &c, &code).await.is_ok(), "a challenge from one replica completes on the other");
+    let again = challenge(&two, "replica@example.com").await;
+    assert_eq!(complete(app, &again, &code).await.unwrap_err().code(), Code::Unauthenticated, "spent everywhere");
+
+    // The next step's code, sent to both replicas at once: one sign-in.
+    let next = code_at(app, &totp, 1);
+    let (a, b) = (challenge(app, "replica@example.com").await, challenge(&two, "replica@example.com").await);
+    let (on_one, on_two) = tokio::join!(complete(app, &a, &next), complete(&two, &b, &next));
+    assert_eq!(u8::from(on_one.is_ok()) + u8::from(on_two.is_ok()), 1, "{on_one:?} / {on_two:?}");
+    two.stop_only().await;
 }

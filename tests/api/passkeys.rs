@@ -28,6 +28,7 @@ backends! {
     another_origin_or_rp_id_is_refused,
     a_challenge_is_answered_once,
     a_cloned_authenticator_is_refused_by_its_counter,
+    one_counter_value_signs_in_once_under_a_burst,
     user_verification_is_required,
     a_credential_signs_in_only_its_own_user,
     a_disabled_user_cannot_sign_in_with_a_passkey => mesh_config;
@@ -470,4 +471,34 @@ async fn a_disabled_user_cannot_sign_in_with_a_passkey(app: &TestApp) {
     let user_id = app.get_session(&token).await.unwrap().user.unwrap().id;
     admin(app).disable_user(with_key(pb::DisableUserRequest { user_id })).await.unwrap();
     assert_eq!(passkey_sign_in(app, &mut passkey, Lie::default()).await.unwrap_err().code(), Code::Unauthenticated);
+}
+
+/// Twelve copies of one authenticator assert the same counter value at once, each on a ceremony
+/// of its own: every assertion verifies against the stored counter, and the compare-and-swap on
+/// it lets exactly one sign in.
+async fn one_counter_value_signs_in_once_under_a_burst(app: &TestApp) {
+    let (_, passkey) = registered(app, "burst-pk@example.com", true).await;
+    let mut attempts = Vec::new();
+    for _ in 0..12 {
+        let mut copy = passkey.clone();
+        let start = start_sign_in(app).await;
+        let assertion = copy.assert(&start.options_json, Lie::default());
+        let channel = app.channel.clone();
+        attempts.push(tokio::spawn(async move {
+            gatehouse::proto::v1::auth_service_client::AuthServiceClient::new(channel)
+                .finish_passkey_sign_in(pb::FinishPasskeySignInRequest {
+                    challenge_id: start.challenge_id,
+                    credential_json: assertion,
+                })
+                .await
+        }));
+    }
+    let mut signed_in = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => signed_in += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated),
+        }
+    }
+    assert_eq!(signed_in, 1, "one counter value, one sign-in");
 }
